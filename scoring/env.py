@@ -1,0 +1,34 @@
+"""Every environment variable DavIR Studio reads, in one place.
+
+| variable                 | meaning                                                        | default   |
+|--------------------------|----------------------------------------------------------------|-----------|
+| ``DAVIR_CACHE``          | cache folder (DuckDB queries, Parquet parts, models, exports)  | ``./cache`` |
+| ``DAVIR_DEVICE``         | force the scoring device: ``cpu``, ``cuda``, ``cuda:1`` …       | auto      |
+| ``DAVIR_WORKER_IDLE_EXIT`` | seconds an auto-started worker waits for work before exiting | ``60``    |
+
+``--cache DIR`` on the command line wins over ``DAVIR_CACHE``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_VAR = "DAVIR_CACHE"
+DEVICE_VAR = "DAVIR_DEVICE"
+WORKER_IDLE_EXIT_VAR = "DAVIR_WORKER_IDLE_EXIT"
+
+ALL_VARS = (CACHE_VAR, DEVICE_VAR, WORKER_IDLE_EXIT_VAR)
+
+
+def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``explicit`` if given, else ``$DAVIR_CACHE``, else ``./cache``."""
+    value = explicit or os.environ.get(CACHE_VAR) or "cache"
+    return Path(value).expanduser().resolve()
+
+
+def device_override() -> str | None:
+    return os.environ.get(DEVICE_VAR) or None
+
+
+def worker_idle_exit() -> float:
+    return float(os.environ.get(WORKER_IDLE_EXIT_VAR, "60"))

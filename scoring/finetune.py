@@ -1,0 +1,207 @@
+"""The DavIR reference model: the base model fine-tuned once over the whole dataset, response tokens only.
+
+Trained with transformers' Trainer (full fine-tuning, or LoRA through peft, merged back so the checkpoint loads
+like any model). The checkpoint lands under ``<cache>/models/ref-<key>/`` where the key is a fingerprint of
+(base model, dataset, template, max length, training config): the same inputs reuse it, different ones train
+anew. Training writes Trainer checkpoints into a ``.partial`` folder, so a killed run resumes from the last one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from .formatting import encode
+from .models import ModelRef, folder_fingerprint
+from .store import Cache, atomic_write_json
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Reference fine-tuning. Defaults follow the DavIR paper's one pass over all the data."""
+
+    method: str = "full"  # "full" or "lora"
+    epochs: float = 1.0
+    learning_rate: float = 2e-5  # full fine-tuning; LoRA uses lora_learning_rate
+    lora_learning_rate: float = 2e-4
+    batch_size: int = 8  # examples per optimizer step (per_device x accumulation)
+    micro_batch_size: int = 8  # examples per forward pass
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "auto"  # "auto" (bf16 where supported), "bf16", "fp32"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    seed: int = 0
+
+    def key_fields(self) -> dict:
+        return asdict(self)
+
+
+def reference_key(base: ModelRef, dataset_fingerprint: str, template_fp: str, max_length: int, cfg: TrainConfig) -> str:
+    blob = json.dumps(
+        {
+            "base": base.fingerprint,
+            "dataset": dataset_fingerprint,
+            "template": template_fp,
+            "max_length": max_length,
+            "train": cfg.key_fields(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _Examples:
+    """A torch-style dataset of (input_ids, labels) with labels = -100 off the scored tokens."""
+
+    def __init__(self, tokenizer, messages: list[list[dict]], max_length: int):
+        self.items = []
+        for conv in messages:
+            e = encode(tokenizer, conv, max_length)
+            if e.n_response_tokens:
+                labels = [t if s else -100 for t, s in zip(e.ids, e.scored)]
+                self.items.append({"input_ids": e.ids, "labels": labels})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _collate(pad_id: int):
+    import torch
+
+    def collate(batch):
+        width = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[row, :n] = torch.tensor(b["input_ids"])
+            labels[row, :n] = torch.tensor(b["labels"])
+            attention[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": attention}
+
+    return collate
+
+
+def _use_bf16(cfg: TrainConfig, device: str) -> bool:
+    from .models import _cpu_has_bf16
+
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16"
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    return _cpu_has_bf16()
+
+
+def train_reference(
+    cache: Cache,
+    base: ModelRef,
+    tokenizer,
+    messages: list[list[dict]],
+    dataset_fingerprint: str,
+    template_fp: str,
+    max_length: int,
+    cfg: TrainConfig,
+    device: str = "cpu",
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ModelRef | None:
+    """Fine-tune ``base`` on ``messages`` (or reuse the checkpoint with the same key). None when stopped early."""
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    key = reference_key(base, dataset_fingerprint, template_fp, max_length, cfg)
+    final = cache.models_dir() / f"ref-{key}"
+    if (final / "config.json").exists():
+        return ModelRef(name=f"ref-{key}", path=str(final), fingerprint=folder_fingerprint(final, cache))
+    partial = cache.models_dir() / f".ref-{key}.partial"
+    partial.mkdir(parents=True, exist_ok=True)
+
+    data = _Examples(tokenizer, messages, max_length)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            ),
+        )
+    accumulation = max(1, cfg.batch_size // cfg.micro_batch_size)
+    steps = max(1, int(len(data) * cfg.epochs) // (cfg.micro_batch_size * accumulation))
+    args = TrainingArguments(
+        output_dir=str(partial),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=cfg.lora_learning_rate if cfg.method == "lora" else cfg.learning_rate,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=int(cfg.warmup_ratio * steps),
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=_use_bf16(cfg, device),
+        use_cpu=not device.startswith("cuda"),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=max(10, steps // 4),
+        save_total_limit=1,
+        logging_steps=max(1, steps // 20),
+        report_to=[],
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+
+    class Hooks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if on_progress:
+                on_progress(state.global_step, state.max_steps)
+            if should_stop and should_stop():
+                control.should_training_stop = True
+                control.should_save = True
+
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=_collate(tokenizer.pad_token_id),
+        callbacks=[Hooks()],
+    )
+    resume = any(partial.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    if should_stop and should_stop():
+        return None
+    trained = trainer.model
+    if cfg.method == "lora":
+        trained = trained.merge_and_unload()
+    staging = partial / "final"
+    shutil.rmtree(staging, ignore_errors=True)
+    trained.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    atomic_write_json(
+        staging / "davir_reference.json",
+        {"base": base.fingerprint, "dataset": dataset_fingerprint, "train": cfg.key_fields(), "steps": steps},
+    )
+    os.replace(staging, final)
+    shutil.rmtree(partial, ignore_errors=True)
+    return ModelRef(name=f"ref-{key}", path=str(final), fingerprint=folder_fingerprint(final, cache))

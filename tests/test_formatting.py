@@ -1,0 +1,85 @@
+"""The template cut: scored tokens are exactly the assistant turns, under a chat template and the plain one."""
+from __future__ import annotations
+
+import pytest
+
+from scoring.formatting import PLAIN_TEMPLATE, encode, template_fingerprint, template_text
+from scoring.models import ModelRef, load_tokenizer
+
+SINGLE = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
+MULTI = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": "Another?"},
+    {"role": "assistant", "content": "Red."},
+]
+
+
+def tok(folder):
+    return load_tokenizer(ModelRef(name="tiny", path=str(folder), fingerprint="x"))
+
+
+def scored_text(tokenizer, e):
+    return tokenizer.decode([t for t, s in zip(e.ids, e.scored) if s])
+
+
+def test_chat_template_scores_the_assistant_turn_and_its_end_token(tiny_model):
+    t = tok(tiny_model)
+    e = encode(t, SINGLE, 256)
+    assert scored_text(t, e) == "2 + 3 = 5.<|im_end|>"
+    assert t.decode(e.ids[: e.n_prompt_tokens]).endswith("<|im_start|>assistant\n")
+    assert e.flag == "" and e.n_response_tokens == sum(e.scored)
+
+
+def test_multi_turn_scores_every_assistant_turn_only(tiny_model):
+    t = tok(tiny_model)
+    e = encode(t, MULTI, 256)
+    assert scored_text(t, e) == "Blue.<|im_end|>Red.<|im_end|>"
+    assert "Another?" in t.decode(e.ids) and "Another?" not in scored_text(t, e)
+    # concatenating the segments reproduces the template's own rendering
+    assert t.decode(e.ids) == t.apply_chat_template(MULTI, tokenize=False).rstrip()
+
+
+def test_plain_template_when_the_tokenizer_has_none(tiny_plain_model):
+    t = tok(tiny_plain_model)
+    assert not t.chat_template
+    e = encode(t, SINGLE, 256)
+    assert scored_text(t, e) == "2 + 3 = 5.<|endoftext|>"
+    assert t.decode(e.ids[: e.n_prompt_tokens]) == "<|endoftext|>### Instruction:\nWhat is 2 + 3?\n\n### Response:\n"
+    assert template_text(t).startswith("plain:") and "### Instruction" in template_text(t)
+    assert PLAIN_TEMPLATE["assistant"] == "{content}{eos}"
+
+
+def test_alone_ids_are_a_start_token_then_the_same_scored_tokens(tiny_model):
+    t = tok(tiny_model)
+    e = encode(t, SINGLE, 256)
+    assert e.alone_ids[0] == t.bos_token_id
+    assert e.alone_ids[1:] == [i for i, s in zip(e.ids, e.scored) if s]
+
+
+def test_too_long_is_cut_at_the_right_and_flagged(tiny_model):
+    t = tok(tiny_model)
+    full = encode(t, SINGLE, 256)
+    cut = encode(t, SINGLE, full.n_prompt_tokens + 2)
+    assert cut.flag == "too_long" and len(cut.ids) == full.n_prompt_tokens + 2
+    assert cut.n_response_tokens == 2
+    nothing = encode(t, SINGLE, 5)
+    assert nothing.flag == "too_long" and nothing.n_response_tokens == 0 and nothing.alone_ids == []
+
+
+def test_empty_response_scores_only_the_end_token(tiny_model):
+    t = tok(tiny_model)
+    e = encode(t, [SINGLE[0], {"role": "assistant", "content": ""}], 256)
+    assert scored_text(t, e) == "<|im_end|>"
+
+
+def test_template_fingerprint_differs_between_templates(tiny_model, tiny_plain_model):
+    assert template_fingerprint(tok(tiny_model)) != template_fingerprint(tok(tiny_plain_model))
+    assert template_fingerprint(tok(tiny_model)) == template_fingerprint(tok(tiny_model))
+
+
+@pytest.mark.parametrize("messages", [SINGLE, MULTI])
+def test_encoding_is_deterministic(tiny_model, messages):
+    t = tok(tiny_model)
+    assert encode(t, messages, 64) == encode(t, messages, 64)
