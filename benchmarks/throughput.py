@@ -21,10 +21,12 @@ Usage::
 
     python benchmarks/throughput.py [--model M] [--n N] [--max-length L] [--data PATH]
                                     [--random-weights 0.5b|1b|3b|7b|CONFIG] [--batch-tokens B] [--threads T]
+                                    [--repeats R] [--device D] [--dtype auto|bf16|fp16|fp32] [--cache DIR]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -56,9 +58,9 @@ RANDOM_CONFIGS = {
     # Llama-3.2-3B-like: ~3.0B
     "3b": dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
                num_key_value_heads=8),
-    # Llama-2-7B-like (GQA): ~6.5B
+    # Llama-2-7B-like: ~6.7B
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8),
+               num_key_value_heads=32),
 }
 
 
@@ -147,12 +149,13 @@ def sync(device: str) -> None:
 # ---------------------------------------------------------------- the two ways
 
 
-def run_engine(model, encoded, config, pad_id: int, device: str) -> tuple[list[float], float]:
+def run_engine(model, encoded, config, pad_id: int, device: str, warm: bool = True) -> tuple[list[float], float]:
     from scoring.losses import score_encoded
 
-    log(f"engine: warm-up ({min(4, len(encoded))} examples)")
-    score_encoded(model, encoded[:4], config, pad_id)
-    sync(device)
+    if warm:
+        log(f"engine: warm-up ({min(4, len(encoded))} examples)")
+        score_encoded(model, encoded[:4], config, pad_id)
+        sync(device)
     log(f"engine: scoring {len(encoded)} examples (batch_tokens={config.batch_tokens})")
     started = time.perf_counter()
     rows = score_encoded(model, encoded, config, pad_id)
@@ -162,7 +165,7 @@ def run_engine(model, encoded, config, pad_id: int, device: str) -> tuple[list[f
     return means, seconds
 
 
-def run_baseline(model, encoded, device: str) -> tuple[list[float], float]:
+def run_baseline(model, encoded, device: str, warm: bool = True) -> tuple[list[float], float]:
     import torch
 
     def one(e) -> float:
@@ -172,9 +175,10 @@ def run_baseline(model, encoded, device: str) -> tuple[list[float], float]:
 
     means = []
     with torch.inference_mode():
-        log("baseline: warm-up (1 example)")
-        one(encoded[0])
-        sync(device)
+        if warm:
+            log("baseline: warm-up (1 example)")
+            one(encoded[0])
+            sync(device)
         log(f"baseline: scoring {len(encoded)} examples one at a time")
         started = time.perf_counter()
         losses = []
@@ -206,6 +210,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cache", default=None, help="cache folder (default $DAVIR_CACHE or <repo>/cache)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of (baseline, engine), alternated; each way's best time is reported")
     return parser.parse_args(argv)
 
 
@@ -258,22 +264,30 @@ def main(argv=None) -> dict:
     baseline_dtype = next(baseline_model.parameters()).dtype
     log(f"{model_name}: {params / 1e6:.1f}M parameters, baseline dtype {dtype_name(baseline_dtype)}")
 
-    baseline_means, baseline_s = run_baseline(baseline_model, encoded, device)
-    log(f"baseline: {baseline_s:.2f}s, {tokens / baseline_s:.0f} tokens/s")
-
     # Engine model: the same weights in the engine's dtype, loaded the way the scoring worker loads them.
     if args.random_weights:
-        engine_model = baseline_model.to(engine_dtype)  # in place: the fp32 copy is no longer needed
+        engine_model = copy.deepcopy(baseline_model).to(engine_dtype)
     else:
-        del baseline_model
         engine_model = load_model(ref, device, engine_dtype)
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
     pass_config = PassConfig(
         max_length=args.max_length, batch_tokens=batch_tokens, head_rows=args.head_rows, alone=False, embed=False
     )
-    engine_means, engine_s = run_engine(engine_model, encoded, pass_config, tokenizer.pad_token_id, device)
-    log(f"engine: {engine_s:.2f}s, {tokens / engine_s:.0f} tokens/s")
+
+    # Alternate the two ways so both see the same background load; keep each way's best time.
+    baseline_times, engine_times = [], []
+    for repeat in range(args.repeats):
+        if args.repeats > 1:
+            log(f"round {repeat + 1}/{args.repeats}")
+        baseline_means, seconds = run_baseline(baseline_model, encoded, device, warm=repeat == 0)
+        baseline_times.append(seconds)
+        log(f"baseline: {seconds:.2f}s, {tokens / seconds:.0f} tokens/s (load {os.getloadavg()[0]:.2f})")
+        engine_means, seconds = run_engine(
+            engine_model, encoded, pass_config, tokenizer.pad_token_id, device, warm=repeat == 0
+        )
+        engine_times.append(seconds)
+        log(f"engine: {seconds:.2f}s, {tokens / seconds:.0f} tokens/s (load {os.getloadavg()[0]:.2f})")
+    baseline_s, engine_s = min(baseline_times), min(engine_times)
+    load_after = os.getloadavg()[0]
 
     diffs = [abs(a - b) for a, b in zip(engine_means, baseline_means)]
     max_diff = max(diffs)
@@ -298,7 +312,11 @@ def main(argv=None) -> dict:
         "batch_tokens": batch_tokens,
         "max_length": args.max_length,
         "torch_threads": torch.get_num_threads(),
-        "load_avg_1m": round(load_avg[0], 2),
+        "repeats": args.repeats,
+        "baseline_s_all": [round(x, 3) for x in baseline_times],
+        "engine_s_all": [round(x, 3) for x in engine_times],
+        "load_avg_1m_before": round(load_avg[0], 2),
+        "load_avg_1m_after": round(load_after, 2),
         "torch": torch.__version__,
     }
     print(json.dumps(result), flush=True)

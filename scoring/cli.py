@@ -213,7 +213,8 @@ def cmd_export(cache: Cache, args) -> int:
         job_id = (spec.get("runs") or [None])[0]
         table, _ = results.score_table(cache, args.name, job_id)
         scores = table.drop(columns=["idx", "flag"])
-    command = "python -m scoring " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    argv = getattr(args, "argv", None) or []
+    command = "python -m scoring " + " ".join(shlex.quote(a) for a in argv) if argv else None
     result = export.export_selection(cache, args.name, args.selection, args.format, args.out, scores, command)
     print(f"wrote {result.n_rows} rows to {result.path}; manifest {result.manifest_path}")
     return 0
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for manifests
     try:
         cache = Cache(cache_dir(getattr(args, "cache", None)))
         return COMMANDS[args.command](cache, args)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,9 +40,12 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     seed: int = 0
+    checkpoint_minutes: float = 10.0  # save a resumable Trainer checkpoint this often (and when cancelled)
 
     def key_fields(self) -> dict:
-        return asdict(self)
+        fields = asdict(self)
+        fields.pop("checkpoint_minutes")  # how often we save changes no weight
+        return fields
 
 
 def reference_key(base: ModelRef, dataset_fingerprint: str, template_fp: str, max_length: int, cfg: TrainConfig) -> str:
@@ -161,8 +165,7 @@ def train_reference(
         use_cpu=not device.startswith("cuda"),
         seed=cfg.seed,
         data_seed=cfg.seed,
-        save_strategy="steps",
-        save_steps=max(10, steps // 4),
+        save_strategy="no",  # saved by time instead, in Hooks: a checkpoint costs ~3x the model size on disk
         save_total_limit=1,
         logging_steps=max(1, steps // 20),
         report_to=[],
@@ -173,9 +176,14 @@ def train_reference(
     )
 
     class Hooks(TrainerCallback):
+        last_save = time.monotonic()
+
         def on_step_end(self, args, state, control, **kw):
             if on_progress:
                 on_progress(state.global_step, state.max_steps)
+            if time.monotonic() - self.last_save > cfg.checkpoint_minutes * 60:
+                control.should_save = True
+                Hooks.last_save = time.monotonic()
             if should_stop and should_stop():
                 control.should_training_stop = True
                 control.should_save = True

@@ -31,13 +31,13 @@ from .finetune import TrainConfig, train_reference
 from .formatting import template_fingerprint
 from .losses import SCORE_CODE_VERSION, PassConfig, PassProgress, fingerprint_fields, run_pass
 from .scores import passes_needed
-from .store import Cache, atomic_write_json, read_json
+from .store import Cache, Claim, atomic_write_json, pid_alive, read_json, try_claim
 
 ACTIVE = ("queued", "running")
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _key(obj) -> str:
@@ -45,9 +45,7 @@ def _key(obj) -> str:
 
 
 def _alive(pid: int | None) -> bool:
-    from .losses import _alive as alive
-
-    return bool(pid) and alive(int(pid))
+    return bool(pid) and pid_alive(int(pid))
 
 
 # ---------------------------------------------------------------- records
@@ -115,7 +113,9 @@ def score_request(
         "code_version": SCORE_CODE_VERSION,
         "trust_remote_code": trust_remote_code,
     }
-    return {"id": _key(request), **request, "scores": scores}
+    # The scores asked for are part of the id (another set is another job), though not of any pass key:
+    # asking for ifd after ppl reuses the same passes and recomputes nothing.
+    return {"id": _key({**request, "scores": sorted(scores)}), **request, "scores": scores}
 
 
 def layout_request(cache: Cache, job: dict) -> dict:
@@ -133,6 +133,8 @@ def enqueue(cache: Cache, request: dict) -> tuple[dict, bool]:
         return existing, False
     job = {
         **request,
+        # keep the passes it already has, so what is on disk stays visible while it waits
+        **{k: existing[k] for k in ("base_pass", "ref_pass") if existing and existing.get(k)},
         "state": "queued",
         "stage": "queued",
         "done": 0,
@@ -161,31 +163,15 @@ def cancel(cache: Cache, job_id: str) -> dict:
             job.update(state="cancelled", stage="cancelled", finished=now())
             save_job(cache, job)
         finally:
-            lock.unlink(missing_ok=True)
+            lock.release()
     return job
 
 
 # ---------------------------------------------------------------- ownership
 
 
-def _try_lock(cache: Cache, job_id: str) -> Path | None:
-    path = cache.jobs_dir() / f"{job_id}.lock"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = int(path.read_text() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if _alive(owner):
-                return None
-            path.unlink(missing_ok=True)  # stale: its owner died
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        return path
-    return None
+def _try_lock(cache: Cache, job_id: str) -> Claim | None:
+    return try_claim(cache.jobs_dir() / f"{job_id}.lock")
 
 
 class Stopped(Exception):
@@ -229,7 +215,7 @@ def run(cache: Cache, job_id: str, progress: bool = False) -> dict:
         save_job(cache, job)
         return job
     finally:
-        lock.unlink(missing_ok=True)
+        lock.release()
 
 
 # ---------------------------------------------------------------- the work
@@ -384,6 +370,8 @@ def ensure_worker(cache: Cache) -> int | None:
         start_new_session=True,  # outlives the command that started it
         cwd=str(Path(__file__).resolve().parent.parent),
     )
+    # Registered now, not when its imports finish: a second `score` a moment later must see it.
+    atomic_write_json(_workers_dir(cache) / f"{proc.pid}.json", {"pid": proc.pid, "started": now()})
     return proc.pid
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import pyarrow as pa
 
 from . import schema
 from .formatting import Encoded, encode
-from .store import Cache, atomic_write_parquet
+from .store import Cache, Claim, atomic_write_parquet, try_claim
 
 SCORE_CODE_VERSION = "1"  # bump when a change alters any number a pass writes
 
@@ -203,80 +202,54 @@ def run_pass(
     on_progress: Callable[[PassProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> bool:
-    """Fill ``passes/<key>/parts`` until every chunk is on disk. Returns False when stopped early."""
+    """Fill ``passes/<key>/parts`` until every chunk is on disk. Returns False when stopped early.
+
+    Chunks another live worker has claimed are left to it; once ours are done we wait for theirs to land (or
+    for their claim to die with its worker, and then score them ourselves).
+    """
     parts = cache.parts_dir(key)
     parts.mkdir(parents=True, exist_ok=True)
     n = len(examples)
     order = scoring_order(n, config.seed)
     ranges = chunk_ranges(n, config.chunk_size)
-    done = done_ranges(parts)
     idx = examples["idx"].to_numpy()
     ids = examples["id"].to_numpy()
     messages = examples["messages"].to_numpy()
-    n_done = sum(end - start for start, end in done)
     tokens, scored_here, started = 0, 0, time.perf_counter()
-    for start, end in ranges:
-        if (start, end) in done:
-            continue
-        if should_stop and should_stop():
-            return False
-        claim = _claim(parts, start, end)
-        if claim is None:  # another worker holds this chunk
-            continue
-        try:
-            rows_at = order[start:end]
-            encoded = [encode(tokenizer, json.loads(messages[r]), config.max_length) for r in rows_at]
-            rows = score_encoded(model, encoded, config, tokenizer.pad_token_id)
-            table = pa.Table.from_pylist(
-                [{"idx": int(idx[r]), "id": str(ids[r]), **row} for r, row in zip(rows_at, rows)],
-                schema=schema.LOSSES,
-            )
-            atomic_write_parquet(part_path(parts, start, end), table)
-        finally:
-            claim.unlink(missing_ok=True)
-        n_done += end - start
-        scored_here += end - start
-        tokens += sum(len(e.ids) + len(e.alone_ids) * config.alone for e in encoded)
-        if on_progress:
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            eta = (n - n_done) * elapsed / scored_here
-            on_progress(PassProgress(done=n_done, total=n, tokens_per_s=tokens / elapsed, eta_s=eta))
-    return done_ranges(parts) >= set(ranges)
-
-
-def _claim(parts: Path, start: int, end: int) -> Path | None:
-    """An exclusive claim on one chunk, so several workers can fill one pass. Stale claims (dead pid) are taken."""
-    path = parts / f".claim-{start:09d}-{end:09d}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+    while True:
+        todo = [r for r in ranges if r not in done_ranges(parts)]
+        if not todo:
+            return True
+        for start, end in todo:
+            if should_stop and should_stop():
+                return False
+            claim = _claim(parts, start, end)
+            if claim is None:  # another worker holds this chunk
+                continue
             try:
-                owner = int(path.read_text() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner and _alive(owner):
-                return None
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        return path
-    return None
+                if part_path(parts, start, end).exists():  # finished by another worker since we looked
+                    continue
+                rows_at = order[start:end]
+                encoded = [encode(tokenizer, json.loads(messages[r]), config.max_length) for r in rows_at]
+                rows = score_encoded(model, encoded, config, tokenizer.pad_token_id)
+                table = pa.Table.from_pylist(
+                    [{"idx": int(idx[r]), "id": str(ids[r]), **row} for r, row in zip(rows_at, rows)],
+                    schema=schema.LOSSES,
+                )
+                atomic_write_parquet(part_path(parts, start, end), table)
+            finally:
+                claim.release()
+            scored_here += end - start
+            tokens += sum(len(e.ids) + len(e.alone_ids) * config.alone for e in encoded)
+            if on_progress:
+                n_done = sum(e - s for s, e in done_ranges(parts))
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                eta = (n - n_done) * elapsed / scored_here
+                on_progress(PassProgress(done=n_done, total=n, tokens_per_s=tokens / elapsed, eta_s=eta))
+        if any(r not in done_ranges(parts) for r in ranges):
+            time.sleep(0.5)  # the rest is claimed by other workers
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (killed child not yet reaped) is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+def _claim(parts: Path, start: int, end: int) -> Claim | None:
+    """An exclusive claim on one chunk, so several workers can fill one pass without writing it twice."""
+    return try_claim(parts / f".claim-{start:09d}-{end:09d}")

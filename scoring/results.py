@@ -42,7 +42,7 @@ def read_pass(cache: Cache, key: str, columns: list[str]) -> pd.DataFrame:
 
 
 def pick_job(cache: Cache, dataset: str, job_id: str | None = None) -> dict:
-    """The named job, else the dataset's most recent score job that has written anything."""
+    """The named job, else the dataset's most recently finished score job, else the newest one with a pass."""
     from .jobs import list_jobs, load_job
 
     if job_id:
@@ -58,7 +58,7 @@ def pick_job(cache: Cache, dataset: str, job_id: str | None = None) -> dict:
     ]
     if not jobs:
         raise UserError(f"dataset {dataset!r} has no scores yet; run `python -m scoring score {dataset}`")
-    done = [j for j in jobs if j["state"] == "done"]
+    done = sorted((j for j in jobs if j["state"] == "done"), key=lambda j: j.get("finished") or "")
     return (done or jobs)[-1]
 
 

@@ -503,8 +503,9 @@ def reproduce_command(spec: dict) -> str:
     parts += ["--budget", q(str(budget)), "--rule", q(str(rule))]
     if spec.get("include_flagged"):
         parts.append("--include-flagged")
-    for run in spec.get("runs") or []:
-        parts += ["--run", q(str(run))]
+    runs = spec.get("runs") or []
+    if runs:  # a selection reads one score job; the CLI names it with --job
+        parts += ["--job", q(str(runs[0]))]
     if spec.get("name"):
         parts += ["--save", q(str(spec["name"]))]
     return " ".join(parts)

@@ -66,3 +66,24 @@ def test_reference_key_depends_on_every_input():
     assert key != reference_key(base, "d", "t", 128, TrainConfig())
     assert key != reference_key(base, "d", "t", 64, TrainConfig(epochs=2))
     assert key != reference_key(ModelRef("m", "/x", "fp2"), "d", "t", 64, TrainConfig())
+
+
+def test_a_cancelled_training_keeps_a_checkpoint_and_resumes(cache, tiny_model):
+    cfg = TrainConfig(learning_rate=1e-3, precision="fp32", batch_size=2, micro_batch_size=2)
+    base = resolve(str(tiny_model), cache)
+    tokenizer = load_tokenizer(base)
+    steps = []
+    stopped = train_reference(
+        cache, base, tokenizer, CONVS, "fp", template_fingerprint(tokenizer), 64, cfg,
+        on_progress=lambda step, total: steps.append((step, total)), should_stop=lambda: len(steps) >= 3,
+    )  # fmt: skip
+    assert stopped is None
+    partial = list(cache.models_dir().glob(".ref-*.partial/checkpoint-*"))
+    assert partial, "a cancelled run saves where it stopped"
+    steps.clear()
+    ref = train_reference(
+        cache, base, tokenizer, CONVS, "fp", template_fingerprint(tokenizer), 64, cfg,
+        on_progress=lambda step, total: steps.append((step, total)),
+    )  # fmt: skip
+    assert ref is not None and steps[0][0] > 3  # picked up after the checkpoint, not from step 1
+    assert steps[-1][0] == steps[-1][1] == len(CONVS) // 2

@@ -336,9 +336,9 @@ def test_bad_selection_names(tmp_path, name):
 
 def test_reproduce_command():
     assert reproduce_command(spec_for("top6", scores=["davir", "ifd"], budget="6%")) == (
-        "python -m scoring select alpaca --score davir --score ifd --budget 6% --rule top --run run-abc --save top6"
+        "python -m scoring select alpaca --score davir --score ifd --budget 6% --rule top --job run-abc --save top6"
     )
     cmd = reproduce_command(spec_for("mid", rule="band:25-75", include_flagged=True, runs=["r1", "r2"], budget="2M-tokens"))
     assert cmd == ("python -m scoring select alpaca --score davir --budget 2M-tokens --rule band:25-75 "
-                   "--include-flagged --run r1 --run r2 --save mid")
+                   "--include-flagged --job r1 --save mid")
     assert "'my data'" in reproduce_command(spec_for("s", dataset="my data", runs=[]))
