@@ -42,5 +42,6 @@ def test_default_model_scores_demo_examples(default_cache, tmp_path):
     assert job["state"] == "done", job.get("error")
     table, _ = results.score_table(default_cache, "mini-demo")
     assert len(table) == 16 and table["davir"].notna().all()
-    assert (table["loss_base"] > 0).all() and (table["loss_base"] < 10).all()  # a real model, not random weights
+    assert (table["loss_base"] > 0).all()
+    assert table["loss_base"].median() < 4  # a real model: random weights give ~ln(49152) = 10.8 nats
     assert table["davir"].mean() > 0  # fine-tuning on the data lowered its loss
