@@ -168,12 +168,11 @@ def run_engine(model, encoded, config, pad_id: int, device: str, warm: bool = Tr
 def run_baseline(model, encoded, device: str, warm: bool = True) -> tuple[list[float], float]:
     import torch
 
-    def one(e) -> float:
+    def one(e):
         ids = torch.tensor([e.ids], dtype=torch.long, device=device)
         labels = torch.tensor([[t if s else -100 for t, s in zip(e.ids, e.scored)]], dtype=torch.long, device=device)
         return model(input_ids=ids, labels=labels).loss
 
-    means = []
     with torch.inference_mode():
         if warm:
             log("baseline: warm-up (1 example)")

@@ -93,7 +93,9 @@ def response_losses(model, ids, attention, scored, head_rows: int = 2048, want_h
     import torch.nn.functional as F
 
     trunk, head = _trunk_and_head(model)
-    hidden = trunk(input_ids=ids, attention_mask=attention).last_hidden_state  # (B, T, H)
+    # Right padding under a causal mask: a real token never attends to the pads after it, so no padding mask is
+    # needed and attention takes its fast is_causal path. Pad positions compute garbage nobody reads.
+    hidden = trunk(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, H)
     predicts = scored[:, 1:]  # (B, T-1): position t-1 predicts token t
     states = hidden[:, :-1][predicts]  # (N, H)
     targets = ids[:, 1:][predicts]  # (N,)
