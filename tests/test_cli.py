@@ -160,12 +160,18 @@ def test_status_shows_jobs_counts_and_auroc_per_defect_kind(scored):
     assert ok(*c(scored), "status", NAME).count("AUROC") == 1
 
 
-def test_asking_for_other_scores_over_the_same_passes_shows_them(tmp_path, tiny_model):
+def plain_dataset(tmp_path) -> Cache:
+    """A cache holding dataset `plain`: four prompt/response rows."""
     cache = Cache(tmp_path / "cache")
     source = tmp_path / "plain.jsonl"
     source.write_text("".join(json.dumps({"prompt": f"Say {i}.", "response": f"{i} is said."}) + "\n"
                               for i in range(4)))  # fmt: skip
     ok(*c(cache), "ingest", str(source), "--name", "plain")
+    return cache
+
+
+def test_asking_for_other_scores_over_the_same_passes_shows_them(tmp_path, tiny_model):
+    cache = plain_dataset(tmp_path)
     score = [*c(cache), "score", "plain", "--model", str(tiny_model), "--max-length", "64", "--wait"]
     ok(*score, "--scores", "ppl")
     ok(*score, "--scores", "ifd")
@@ -174,11 +180,7 @@ def test_asking_for_other_scores_over_the_same_passes_shows_them(tmp_path, tiny_
 
 
 def test_status_without_defect_labels_has_no_auroc(tmp_path, tiny_model):
-    cache = Cache(tmp_path / "cache")
-    source = tmp_path / "plain.jsonl"
-    source.write_text("".join(json.dumps({"prompt": f"Say {i}.", "response": f"{i} is said."}) + "\n"
-                              for i in range(4)))  # fmt: skip
-    ok(*c(cache), "ingest", str(source), "--name", "plain")
+    cache = plain_dataset(tmp_path)
     out = ok(*c(cache), "status")
     assert "no jobs" in out and "dataset plain: 4 rows, layout prompt_response" in out
     ok(*c(cache), "score", "plain", "--model", str(tiny_model), "--max-length", "64", "--scores", "ppl", "--wait")

@@ -362,10 +362,7 @@ def test_score_without_wait_starts_a_worker_that_finishes_and_exits(tmp_path, ti
 
 def test_two_quick_score_calls_start_one_worker(tmp_path, tiny_model, monkeypatch, capsys):
     monkeypatch.setenv("DAVIR_WORKER_IDLE_EXIT", "1")
-    cache = Cache(tmp_path / "cache")
-    path = tmp_path / "five.json"
-    path.write_text(json.dumps(records(5)))
-    ingest(cache, path, "five")
+    cache = five_rows(tmp_path)
     args = ["--cache", str(cache.root), "score", "five", "--model", str(tiny_model), "--scores", "loss_base"]
     outputs = []
     try:
@@ -389,10 +386,7 @@ def test_two_quick_score_calls_start_one_worker(tmp_path, tiny_model, monkeypatc
 
 
 def test_cancel_a_queued_job_then_queue_it_again(tmp_path, tiny_model):
-    cache = Cache(tmp_path / "cache")
-    path = tmp_path / "five.json"
-    path.write_text(json.dumps(records(5)))
-    ingest(cache, path, "five")
+    cache = five_rows(tmp_path)
     request = jobs.score_request(cache, "five", model=str(tiny_model), scores=BASE_ONLY, pass_config=PASS)
     jobs.enqueue(cache, request)
 
@@ -445,11 +439,17 @@ def test_cancel_a_running_job_keeps_its_parts_and_resumes(tmp_path, big_model, d
     assert table["loss_base"].notna().all() and table["ifd"].notna().all()
 
 
-def test_requeued_job_keeps_showing_the_parts_it_already_has(tmp_path, tiny_model):
+def five_rows(tmp_path) -> Cache:
+    """A cache holding dataset `five`."""
     cache = Cache(tmp_path / "cache")
     path = tmp_path / "five.json"
     path.write_text(json.dumps(records(5)))
     ingest(cache, path, "five")
+    return cache
+
+
+def test_requeued_job_keeps_showing_the_parts_it_already_has(tmp_path, tiny_model):
+    cache = five_rows(tmp_path)
     reference = tmp_path / "reference-model"
     shutil.copytree(tiny_model, reference)
     request = jobs.score_request(cache, "five", model=str(tiny_model), reference=str(reference),
@@ -471,10 +471,7 @@ def test_requeued_job_keeps_showing_the_parts_it_already_has(tmp_path, tiny_mode
 
 
 def test_a_changed_key_is_a_new_run_and_the_same_request_the_same_job(tmp_path, tiny_model):
-    cache = Cache(tmp_path / "cache")
-    path = tmp_path / "five.json"
-    path.write_text(json.dumps(records(5)))
-    ingest(cache, path, "five")
+    cache = five_rows(tmp_path)
 
     def request(**config):
         return jobs.score_request(cache, "five", model=str(tiny_model), scores=BASE_ONLY,
@@ -499,10 +496,7 @@ def test_a_changed_key_is_a_new_run_and_the_same_request_the_same_job(tmp_path, 
 
 
 def test_a_failing_job_records_its_error_and_the_worker_goes_on(tmp_path, tiny_model, capsys):
-    cache = Cache(tmp_path / "cache")
-    path = tmp_path / "five.json"
-    path.write_text(json.dumps(records(5)))
-    ingest(cache, path, "five")
+    cache = five_rows(tmp_path)
     doomed_model = tmp_path / "doomed-model"
     shutil.copytree(tiny_model, doomed_model)
     doomed = jobs.score_request(cache, "five", model=str(doomed_model), scores=BASE_ONLY, pass_config=PASS)
