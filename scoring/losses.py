@@ -219,7 +219,8 @@ def run_pass(
     messages = examples["messages"].to_numpy()
     tokens, scored_here, started = 0, 0, time.perf_counter()
     while True:
-        todo = [r for r in ranges if r not in done_ranges(parts)]
+        finished = done_ranges(parts)
+        todo = [r for r in ranges if r not in finished]
         if not todo:
             return True
         for start, end in todo:
@@ -248,7 +249,7 @@ def run_pass(
                 elapsed = max(time.perf_counter() - started, 1e-9)
                 eta = (n - n_done) * elapsed / scored_here
                 on_progress(PassProgress(done=n_done, total=n, tokens_per_s=tokens / elapsed, eta_s=eta))
-        if any(r not in done_ranges(parts) for r in ranges):
+        if not done_ranges(parts) >= set(ranges):
             time.sleep(0.5)  # the rest is claimed by other workers
 
 
