@@ -13,7 +13,6 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 from .formatting import encode
@@ -176,14 +175,15 @@ def train_reference(
     )
 
     class Hooks(TrainerCallback):
-        last_save = time.monotonic()
+        def __init__(self):
+            self.last_save = time.monotonic()
 
         def on_step_end(self, args, state, control, **kw):
             if on_progress:
                 on_progress(state.global_step, state.max_steps)
             if time.monotonic() - self.last_save > cfg.checkpoint_minutes * 60:
                 control.should_save = True
-                Hooks.last_save = time.monotonic()
+                self.last_save = time.monotonic()
             if should_stop and should_stop():
                 control.should_training_stop = True
                 control.should_save = True

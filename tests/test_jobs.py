@@ -21,7 +21,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from scoring import cli, data, jobs, results
-from scoring.errors import UserError
 from scoring.finetune import TrainConfig
 from scoring.losses import PassConfig, chunk_ranges, part_path
 from scoring.store import Cache, read_json
