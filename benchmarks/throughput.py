@@ -220,7 +220,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     from scoring.formatting import encode
-    from scoring.losses import PassConfig
+    from scoring.losses import PassConfig, uses_packing
     from scoring.models import dtype_name, load_model, load_tokenizer, pick_device, pick_dtype, resolve
     from scoring.store import Cache
 
@@ -309,6 +309,7 @@ def main(argv=None) -> dict:
         "mean_loss_engine": round(sum(engine_means) / len(engine_means), 4),
         "mean_loss_baseline": round(sum(baseline_means) / len(baseline_means), 4),
         "batch_tokens": batch_tokens,
+        "packed": uses_packing(engine_model, pass_config, max(lengths)),
         "max_length": args.max_length,
         "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats,

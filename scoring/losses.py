@@ -2,9 +2,12 @@
 
 Throughput comes from three choices (benchmarks/throughput.py measures them against a plain loop):
 
-1. Length batching: examples are scored in chunks taken from a fixed shuffled order (so partial results are an
-   unbiased sample); inside a chunk they are sorted by length and packed into micro-batches of at most
-   ``batch_tokens`` padded tokens, so padding stays small.
+1. No padding: examples are scored in chunks taken from a fixed shuffled order (so partial results are an
+   unbiased sample); inside a chunk they are sorted by length and packed side by side into rows of at most
+   ``batch_tokens`` real tokens, with attention kept inside each sequence and a prefix shared by the whole row
+   (a chat template's system prompt) computed once (scoring/packing.py). Models packing cannot serve exactly
+   (sliding windows, soft-capped attention, flash-attention on a GPU) get padded micro-batches of similar
+   lengths instead.
 2. No full-vocabulary logits: we run the trunk, keep the hidden states of the positions that predict a scored
    token, and project only those through the LM head, a slice at a time, upcasting each slice to fp32 for the
    log-softmax. Prompt positions never reach the vocabulary.
@@ -26,11 +29,11 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from . import schema
+from . import packing, schema
 from .formatting import Encoded, encode
 from .store import Cache, Claim, atomic_write_parquet, try_claim
 
-SCORE_CODE_VERSION = "1"  # bump when a change alters any number a pass writes
+SCORE_CODE_VERSION = "2"  # bump when a change alters any number a pass writes (2: packed rows)
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,14 @@ class PassConfig:
     """How a pass is run. Every field that can change a number is part of the pass fingerprint."""
 
     max_length: int = 1024  # tokens per example; longer ones are cut at the right and flagged too_long
-    batch_tokens: int = 8192  # padded tokens per micro-batch (rows x longest row)
+    batch_tokens: int = 8192  # tokens per micro-batch (packed: real tokens; padded: rows x longest row)
     chunk_size: int = 64  # examples per part file: the most a crash can lose
     head_rows: int = 2048  # hidden states projected through the LM head at once
     embed: bool = True  # keep a mean-pooled last hidden state per example
     alone: bool = True  # also score the response with no prompt (IFD's denominator)
     seed: int = 0  # the shuffled scoring order
     dtype: str = "auto"  # "auto" (bf16 where native, else fp32), "bf16", "fp16", "fp32"
+    pack: str = "auto"  # "auto" (packed rows on CPU where the model allows), "on" (wherever allowed), "off"
 
 
 def fingerprint_fields(config: PassConfig) -> dict:
@@ -83,30 +87,34 @@ def _trunk_and_head(model):
     return trunk, model.get_output_embeddings()
 
 
+def _head_losses(model, states, targets, head_rows: int):
+    """NLL of ``targets`` (N,) given hidden ``states`` (N, H): the LM head a slice at a time, never (N, V) at once."""
+    import torch
+    import torch.nn.functional as F
+
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    losses = []
+    for start in range(0, states.shape[0], head_rows):
+        logits = head(states[start : start + head_rows]).float()  # (n, V) fp32, one slice at a time
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        losses.append(F.cross_entropy(logits, targets[start : start + head_rows], reduction="none"))  # (n,)
+    return torch.cat(losses) if losses else states.new_zeros(0, dtype=torch.float32)
+
+
 def response_losses(model, ids, attention, scored, head_rows: int = 2048, want_hidden: bool = False):
-    """Per-token NLL of the scored tokens, without materialising (B, T, V) logits.
+    """Per-token NLL of the scored tokens of a right-padded batch, without materialising (B, T, V) logits.
 
     ids, attention, scored: (B, T). Returns (losses (N,) fp32 in row-major order of ``scored[:, 1:]``,
     mean-pooled hidden state (B, H) fp32 or None).
     """
-    import torch
-    import torch.nn.functional as F
-
-    trunk, head = _trunk_and_head(model)
+    trunk, _ = _trunk_and_head(model)
     # Right padding under a causal mask: a real token never attends to the pads after it, so no padding mask is
     # needed and attention takes its fast is_causal path. Pad positions compute garbage nobody reads.
     hidden = trunk(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, H)
     predicts = scored[:, 1:]  # (B, T-1): position t-1 predicts token t
-    states = hidden[:, :-1][predicts]  # (N, H)
-    targets = ids[:, 1:][predicts]  # (N,)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    losses = []
-    for start in range(0, states.shape[0], head_rows):
-        logits = head(states[start : start + head_rows]).float()  # (n, V), one slice at a time
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        losses.append(F.cross_entropy(logits, targets[start : start + head_rows], reduction="none"))
-    losses = torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
+    losses = _head_losses(model, hidden[:, :-1][predicts], ids[:, 1:][predicts], head_rows)  # (N,)
     pooled = None
     if want_hidden:
         mask = attention.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -140,15 +148,79 @@ def _pad(seqs: list[list[int]], pad_id: int, device):
     return ids.to(device), attention.to(device)
 
 
+def _padded_batch(model, seqs, scoreds, config: PassConfig, pad_id: int, want_hidden: bool, device):
+    import torch
+
+    ids, attention = _pad(seqs, pad_id, device)
+    scored = torch.zeros_like(ids, dtype=torch.bool)  # (B, T)
+    for row, mask in enumerate(scoreds):
+        scored[row, : len(mask)] = torch.tensor(mask)
+    losses, pooled = response_losses(model, ids, attention, scored, config.head_rows, want_hidden)
+    pieces = losses.split(scored[:, 1:].sum(1).tolist())
+    return [(piece, pooled[row] if pooled is not None else None) for row, piece in enumerate(pieces)]
+
+
+def _packed_batch(model, seqs, scoreds, config: PassConfig, want_hidden: bool, device):
+    import numpy as np
+    import torch
+
+    first_scored = [mask.index(True) for mask in scoreds]
+    prefix = packing.shared_prefix(seqs, first_scored)
+    trunk, _ = _trunk_and_head(model)
+    hidden, pack = packing.packed_hidden(trunk, model.config, seqs, prefix, device)  # (N, H)
+    where, targets, counts = [], [], []
+    for k, (seq, mask) in enumerate(zip(seqs, scoreds)):
+        tokens = [t for t in range(1, len(seq)) if mask[t]]  # scored tokens; position t-1 predicts token t
+        where.append(packing.row_positions(pack, k, [t - 1 for t in tokens]))
+        targets.extend(seq[t] for t in tokens)
+        counts.append(len(tokens))
+    rows = torch.from_numpy(np.concatenate(where)).to(device)
+    losses = _head_losses(model, hidden[rows], torch.tensor(targets, dtype=torch.long, device=device),
+                          config.head_rows)  # fmt: skip
+    out = []
+    shared = hidden[:prefix].float().sum(0) if prefix else 0.0  # (H,)
+    for k, piece in enumerate(losses.split(counts)):
+        pooled = None
+        if want_hidden:
+            start, length = pack.starts[k], pack.lengths[k]
+            pooled = (shared + hidden[start : start + length].float().sum(0)) / (prefix + length)  # (H,)
+        out.append((piece, pooled))
+    return out
+
+
+def uses_packing(model, config: PassConfig, longest: int) -> bool:
+    if config.pack == "off":
+        return False
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return (config.pack == "on" or on_cpu) and packing.can_pack(model, longest)
+
+
+def score_sequences(model, seqs: list[list[int]], scoreds: list[list[bool]], config: PassConfig, pad_id: int,
+                    want_hidden: bool = False) -> list[tuple]:
+    """(per-token NLL of the scored tokens (n_i,) fp32, mean-pooled last hidden state (H,) or None) per sequence.
+
+    Every sequence must have at least one scored token after its first. Order of the result = order given.
+    """
+    device = next(model.parameters()).device
+    packed = uses_packing(model, config, max(len(s) for s in seqs)) if seqs else False
+    batches = (packing.packed_batches if packed else micro_batches)([len(s) for s in seqs], config.batch_tokens)
+    out: list = [None] * len(seqs)
+    for batch in batches:
+        args = ([seqs[i] for i in batch], [scoreds[i] for i in batch], config)
+        results = (_packed_batch(model, *args, want_hidden, device) if packed
+                   else _padded_batch(model, *args, pad_id, want_hidden, device))  # fmt: skip
+        for i, result in zip(batch, results):
+            out[i] = result
+    return out
+
+
 def score_encoded(model, encoded: list[Encoded], config: PassConfig, pad_id: int) -> list[dict]:
     """Loss rows (minus idx / id) for already-encoded examples, in the order given."""
     import torch
 
-    device = next(model.parameters()).device
-    rows: list[dict] = [dict() for _ in encoded]
-    todo = [i for i, e in enumerate(encoded) if e.n_response_tokens > 0]
-    for i, e in enumerate(encoded):
-        rows[i] = {
+    rows: list[dict] = []
+    for e in encoded:
+        rows.append({
             "n_prompt_tokens": e.n_prompt_tokens,
             "n_response_tokens": e.n_response_tokens,
             "loss_sum": math.nan,
@@ -157,29 +229,24 @@ def score_encoded(model, encoded: list[Encoded], config: PassConfig, pad_id: int
             "token_losses": b"",
             "embedding": b"",
             "flag": e.flag,
-        }
+        })  # fmt: skip
+    todo = [i for i, e in enumerate(encoded) if e.n_response_tokens > 0]
+    if not todo:
+        return rows
     with torch.inference_mode():
-        for batch in micro_batches([len(encoded[i].ids) for i in todo], config.batch_tokens):
-            members = [todo[b] for b in batch]
-            ids, attention = _pad([encoded[i].ids for i in members], pad_id, device)
-            scored = torch.zeros_like(ids, dtype=torch.bool)
-            for row, i in enumerate(members):
-                scored[row, : len(encoded[i].scored)] = torch.tensor(encoded[i].scored)
-            losses, pooled = response_losses(model, ids, attention, scored, config.head_rows, config.embed)
-            counts = scored[:, 1:].sum(1).tolist()
-            for row, (i, piece) in enumerate(zip(members, losses.split(counts))):
-                rows[i]["loss_sum"] = float(piece.double().sum())
-                rows[i]["token_losses"] = schema.encode_f16(piece.cpu().numpy())
-                if pooled is not None:
-                    rows[i]["embedding"] = schema.encode_f16(pooled[row].cpu().numpy())
-            if config.alone:
-                ids, attention = _pad([encoded[i].alone_ids for i in members], pad_id, device)
-                scored = attention.bool().clone()
-                scored[:, 0] = False
-                losses, _ = response_losses(model, ids, attention, scored, config.head_rows)
-                counts = scored[:, 1:].sum(1).tolist()
-                for i, piece in zip(members, losses.split(counts)):
-                    rows[i]["alone_loss_sum"] = float(piece.double().sum())
+        given = score_sequences(model, [encoded[i].ids for i in todo], [encoded[i].scored for i in todo], config,
+                                pad_id, want_hidden=config.embed)  # fmt: skip
+        for i, (piece, pooled) in zip(todo, given):
+            rows[i]["loss_sum"] = float(piece.double().sum())
+            rows[i]["token_losses"] = schema.encode_f16(piece.cpu().numpy())
+            if pooled is not None:
+                rows[i]["embedding"] = schema.encode_f16(pooled.cpu().numpy())
+        if config.alone:
+            alone_ids = [encoded[i].alone_ids for i in todo]
+            alone = score_sequences(model, alone_ids, [[False] + [True] * (len(a) - 1) for a in alone_ids], config,
+                                    pad_id)  # fmt: skip
+            for i, (piece, _) in zip(todo, alone):
+                rows[i]["alone_loss_sum"] = float(piece.double().sum())
     return rows
 
 
