@@ -299,6 +299,8 @@ def run_pass(
             try:
                 if part_path(parts, start, end).exists():  # finished by another worker since we looked
                     continue
+                for stale in parts.glob(f".{part_path(parts, start, end).name}.*.tmp"):
+                    stale.unlink(missing_ok=True)  # half-written by a worker that died holding this claim
                 rows_at = order[start:end]
                 encoded = [encode(tokenizer, json.loads(messages[r]), config.max_length) for r in rows_at]
                 rows = score_encoded(model, encoded, config, tokenizer.pad_token_id)

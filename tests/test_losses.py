@@ -113,3 +113,15 @@ def test_scoring_order_is_shuffled_so_partial_results_are_a_sample(tiny_model, c
     run_pass(cache, "k", model, tokenizer, frame, PassConfig(chunk_size=10), should_stop=iter([False, True]).__next__)
     first = sorted(read_pass(cache, "k", ["idx"])["idx"])
     assert len(first) == 10 and first != list(range(10))
+
+
+def test_a_half_written_part_left_by_a_dead_worker_is_cleaned_up(tiny_model, cache):
+    model, tokenizer = load(tiny_model)
+    frame = examples_frame(12)
+    parts = cache.parts_dir("k")
+    parts.mkdir(parents=True)
+    stale = parts / ".part-000000000-000000006.parquet.deadbeef.tmp"  # what a kill -9 mid-write leaves
+    stale.write_bytes(b"PAR1 half a file")
+    assert run_pass(cache, "k", model, tokenizer, frame, PassConfig(chunk_size=6, max_length=128)) is True
+    assert not stale.exists() and not list(parts.glob(".*.tmp"))
+    assert read_pass(cache, "k", ["idx"])["idx"].tolist() == list(range(12))
