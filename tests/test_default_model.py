@@ -45,3 +45,27 @@ def test_default_model_scores_demo_examples(default_cache, tmp_path):
     assert (table["loss_base"] > 0).all()
     assert table["loss_base"].median() < 4  # a real model: random weights give ~ln(49152) = 10.8 nats
     assert table["davir"].mean() > 0  # fine-tuning on the data lowered its loss
+
+
+@pytest.mark.slow
+def test_packing_matches_padding_on_the_real_model(default_cache, tmp_path):
+    """SmolLM2's template opens every example with the same system prompt: packing shares it and still gives the
+    padded batch's numbers (fp32, so only float rounding may differ)."""
+    import json
+
+    from scoring import packing
+    from scoring.formatting import encode
+    from scoring.losses import score_encoded
+
+    ref = models.resolve(None, default_cache)
+    tokenizer = models.load_tokenizer(ref)
+    model = models.load_model(ref, "cpu", torch.float32)
+    rows = [json.loads(line) for line in write_demo(tmp_path / "demo.jsonl").read_text().splitlines()[:8]]
+    encoded = [encode(tokenizer, [{"role": "user", "content": r["instruction"]},
+                                  {"role": "assistant", "content": r["output"]}], 256) for r in rows]  # fmt: skip
+    assert packing.shared_prefix([e.ids for e in encoded], [e.n_prompt_tokens for e in encoded]) >= 10
+    packed = score_encoded(model, encoded, PassConfig(pack="on"), tokenizer.pad_token_id)
+    padded = score_encoded(model, encoded, PassConfig(pack="off"), tokenizer.pad_token_id)
+    for a, b in zip(packed, padded):
+        assert a["loss_sum"] == pytest.approx(b["loss_sum"], rel=1e-4)
+        assert a["alone_loss_sum"] == pytest.approx(b["alone_loss_sum"], rel=1e-4)
