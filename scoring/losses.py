@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -167,7 +168,7 @@ def _packed_batch(model, seqs, scoreds, config: PassConfig, want_hidden: bool, d
     first_scored = [mask.index(True) for mask in scoreds]
     prefix = packing.shared_prefix(seqs, first_scored)
     trunk, _ = _trunk_and_head(model)
-    hidden, pack = packing.packed_hidden(trunk, model.config, seqs, prefix, device)  # (N, H)
+    hidden, pack = packing.packed_hidden(trunk, seqs, prefix, device)  # (N, H)
     where, targets, counts = [], [], []
     for k, (seq, mask) in enumerate(zip(seqs, scoreds)):
         tokens = [t for t in range(1, len(seq)) if mask[t]]  # scored tokens; position t-1 predicts token t
@@ -195,22 +196,65 @@ def uses_packing(model, config: PassConfig, longest: int) -> bool:
     return (config.pack == "on" or on_cpu) and packing.can_pack(model, longest)
 
 
+def cpu_workers(device) -> int:
+    """Micro-batches scored at once on a CPU: one per torch thread, each single-threaded (1 on a GPU).
+
+    Why: one micro-batch spread over all cores spends much of its time in thread hand-offs (RMSNorm, rotary,
+    attention on 200-token sequences are too small to split well), and it stalls whenever another process takes
+    a core -- the app, a test run, a second worker. Independent micro-batches on single-threaded workers keep
+    every core busy and degrade gracefully. (Which examples share a row follows the worker count, so bf16
+    numbers can differ in their low-order bits between machines with different core counts, as they do between
+    CPU types; on one machine a pass and its resumption are bit-identical.)
+    """
+    import torch
+
+    return 1 if device.type != "cpu" else max(1, torch.get_num_threads())
+
+
 def score_sequences(model, seqs: list[list[int]], scoreds: list[list[bool]], config: PassConfig, pad_id: int,
                     want_hidden: bool = False) -> list[tuple]:
     """(per-token NLL of the scored tokens (n_i,) fp32, mean-pooled last hidden state (H,) or None) per sequence.
 
     Every sequence must have at least one scored token after its first. Order of the result = order given.
     """
+    import torch
+
+    if not seqs:
+        return []
     device = next(model.parameters()).device
-    packed = uses_packing(model, config, max(len(s) for s in seqs)) if seqs else False
-    batches = (packing.packed_batches if packed else micro_batches)([len(s) for s in seqs], config.batch_tokens)
-    out: list = [None] * len(seqs)
-    for batch in batches:
+    lengths = [len(s) for s in seqs]
+    packed = uses_packing(model, config, max(lengths))
+    workers = cpu_workers(device)
+    if packed:
+        packing.install(model)
+        # Enough rows to give every worker one: a chunk of short examples fits in a single row otherwise.
+        budget = min(config.batch_tokens, max(max(lengths), math.ceil(sum(lengths) / workers)))
+        batches = list(packing.packed_batches(lengths, budget))
+    else:
+        batches = list(micro_batches(lengths, config.batch_tokens))
+
+    def run(batch: list[int]) -> list[tuple]:
         args = ([seqs[i] for i in batch], [scoreds[i] for i in batch], config)
-        results = (_packed_batch(model, *args, want_hidden, device) if packed
-                   else _padded_batch(model, *args, pad_id, want_hidden, device))  # fmt: skip
-        for i, result in zip(batch, results):
-            out[i] = result
+        with torch.inference_mode():  # thread-local: entered in the thread that computes
+            if packed:
+                return _packed_batch(model, *args, want_hidden, device)
+            return _padded_batch(model, *args, pad_id, want_hidden, device)
+
+    workers = min(workers, len(batches))
+    if workers > 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(run, batches))
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        results = [run(batch) for batch in batches]
+    out: list = [None] * len(seqs)
+    for batch, result in zip(batches, results):
+        for i, item in zip(batch, result):
+            out[i] = item
     return out
 
 

@@ -52,11 +52,19 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     """transformers attention-interface function: causal SDPA inside each packed sequence only.
 
     query (1, Hq, N, D); key, value (1, Hkv, N, D). Returns ((1, N, Hq, D), None) like the built-in functions.
+    A call without a pack (a padded batch through the same model) is plain SDPA, so the model's attention
+    implementation is switched once and for all instead of back and forth around each call -- a switch that
+    worker threads sharing the model would race on.
     """
     import torch
     import torch.nn.functional as F
 
-    pack: Pack = kwargs["davir_pack"]
+    pack: Pack | None = kwargs.get("davir_pack")
+    if pack is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)  # fmt: skip
     groups = query.shape[1] // key.shape[1]
     if groups > 1:  # grouped-query attention: one repeat per layer, not one per sequence
         key = key.repeat_interleave(groups, dim=1)
@@ -81,24 +89,30 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     return out, None
 
 
-def _register() -> None:
+def install(model) -> None:
+    """Route the model's attention through ``packed_attention`` (idempotent; plain SDPA for unpacked calls).
+
+    transformers builds no mask for an implementation it does not know, which is what both our paths want:
+    packed rows carry their own layout, and padded rows are right-padded under causal attention.
+    """
     from transformers import AttentionInterface
 
     if ATTENTION not in AttentionInterface._global_mapping:
         AttentionInterface.register(ATTENTION, packed_attention)
+    model.config._attn_implementation = ATTENTION
 
 
 def can_pack(model, longest: int) -> bool:
     """True when packing gives exactly the numbers of the model's own attention.
 
     It needs a model that dispatches attention through transformers' interface, plain causal attention (no
-    sliding window shorter than the sequence, no attention-logit soft-capping) and an SDPA or eager backend (on a
-    GPU with flash-attention we leave the model as it is).
+    sliding window shorter than the sequence, no attention-logit soft-capping) and the SDPA backend (eager or
+    flash-attention models are left as they are).
     """
     config = model.config
     if not getattr(model, "_supports_attention_backend", False):
         return False
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", ATTENTION):
         return False
     if getattr(config, "attn_logit_softcapping", None):
         return False
@@ -136,11 +150,10 @@ def shared_prefix(seqs: list[list[int]], first_scored: list[int]) -> int:
     return p if p >= MIN_SHARED_PREFIX else 0
 
 
-def packed_hidden(trunk, config, seqs: list[list[int]], prefix: int, device):
-    """Run the trunk over the packed row. Returns (hidden (N, H), pack)."""
+def packed_hidden(trunk, seqs: list[list[int]], prefix: int, device):
+    """Run the trunk over the packed row (the model must be ``install``-ed). Returns (hidden (N, H), pack)."""
     import torch
 
-    _register()
     row: list[int] = list(seqs[0][:prefix])
     positions: list[int] = list(range(prefix))
     starts, lengths = [], []
@@ -153,12 +166,7 @@ def packed_hidden(trunk, config, seqs: list[list[int]], prefix: int, device):
     pack = Pack(prefix=prefix, starts=starts, lengths=lengths)
     ids = torch.tensor([row], dtype=torch.long, device=device)  # (1, N)
     pos = torch.tensor([positions], dtype=torch.long, device=device)  # (1, N)
-    previous = config._attn_implementation
-    config._attn_implementation = ATTENTION
-    try:
-        hidden = trunk(input_ids=ids, position_ids=pos, use_cache=False, davir_pack=pack).last_hidden_state
-    finally:
-        config._attn_implementation = previous
+    hidden = trunk(input_ids=ids, position_ids=pos, use_cache=False, davir_pack=pack).last_hidden_state
     return hidden[0], pack  # (N, H)
 
 

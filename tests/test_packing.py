@@ -73,3 +73,17 @@ def test_packed_batches_hold_real_tokens_within_the_budget():
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         assert len(b) == 1 or sum(lengths[i] for i in b) <= 128
+
+
+def test_cpu_workers_score_batches_side_by_side_and_restore_torch_threads(tiny_model):
+    model, tokenizer = load(tiny_model)
+    encoded = [encode(tokenizer, c, 256) for c in CONVS]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two single-threaded workers, whatever the machine has
+    try:
+        rows = score_encoded(model, encoded, PassConfig(batch_tokens=64), tokenizer.pad_token_id)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    for e, row in zip(encoded, rows):
+        assert row["loss_sum"] / e.n_response_tokens == pytest.approx(hf_mean_loss(model, e), rel=1e-5)
