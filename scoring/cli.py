@@ -46,10 +46,13 @@ def cmd_score(cache: Cache, args) -> int:
 
     pass_config = PassConfig(max_length=args.max_length, batch_tokens=args.batch_tokens)
     train = replace(TrainConfig(), method=args.train_method, epochs=args.epochs)
-    request = jobs.score_request(
-        cache, args.name, args.model, args.reference, parse_scores(args.scores), pass_config, train,
-        args.trust_remote_code,
-    )  # fmt: skip
+    if data.dataset_meta(cache, args.name).get("kind") == "pair":
+        request = _pair_request(cache, args, pass_config)
+    else:
+        request = jobs.score_request(
+            cache, args.name, args.model, args.reference, parse_scores(args.scores), pass_config, train,
+            args.trust_remote_code,
+        )  # fmt: skip
     job, queued = jobs.enqueue(cache, request)
     if job["state"] == "done":
         print(f"job {job['id']} already done: results are in the cache (`scores {args.name} --out FILE`)")
@@ -60,6 +63,20 @@ def cmd_score(cache: Cache, args) -> int:
         print(f"job {job['id']} {'queued' if queued else 'already ' + job['state']}; {how}; follow with `status`")
         return 0
     return _run_foreground(cache, job["id"])
+
+
+def _pair_request(cache: Cache, args, pass_config) -> dict:
+    """Preference pairs: ref pass, DPO warm-ups of π_θ and θ_val, their passes (scoring.pair_passes)."""
+    from dataclasses import replace
+
+    from .dpo import DPOTrainConfig
+    from .pair_passes import PAIR_PASS_CONFIG, pair_request
+    from .scores import parse_scores
+
+    config = replace(PAIR_PASS_CONFIG, max_length=pass_config.max_length, batch_tokens=pass_config.batch_tokens)
+    dpo = replace(DPOTrainConfig(), beta=args.beta, method=args.train_method, epochs=args.epochs)
+    return pair_request(cache, args.name, args.model, parse_scores(args.scores, "pair"), config, dpo, args.val,
+                        args.val_fraction, args.trust_remote_code)  # fmt: skip
 
 
 def _run_foreground(cache: Cache, job_id: str) -> int:
@@ -108,7 +125,8 @@ def cmd_status(cache: Cache, args) -> int:
         except UserError:
             _print_counts("flags", meta.get("flag_counts") or {})
             continue
-        scored = int(table["loss_base"].notna().sum()) if "loss_base" in table else 0
+        first = "margin_base" if meta.get("kind") == "pair" else "loss_base"  # the first score a run fills
+        scored = int(table[first].notna().sum()) if first in table else 0
         print(f"  scores from job {job['id']} ({job['state']}): {scored} of {len(table)} rows scored")
         _print_counts("flags", results.flag_counts(table))
         report = results.auroc_report(cache, name, table)
@@ -177,23 +195,26 @@ def cmd_scores(cache: Cache, args) -> int:
 
 
 def cmd_select(cache: Cache, args) -> int:
-    """Keep the examples a rule picks within a budget and save the selection by name. Several --score = their
-    intersection; flagged rows are excluded unless --include-flagged. Every dropped row gets a reason.
+    """Keep the examples a rule picks within a budget and save the selection by name. Several --score combine as
+    their intersection (--combine and, the default) or union (--combine or); give one --rule for all scores or one
+    per --score. --quota COLUMN keeps each group's share of the budget ('cluster' = map clusters); --dedup TAU skips
+    an example whose embedding cosine to one already kept exceeds TAU. Flagged rows are excluded unless
+    --include-flagged. Every dropped row gets a reason. The app's Select page runs exactly this.
 
     example: python -m scoring select alpaca --score davir --budget 6% --rule top --save davir-top6
     """
-    from . import select as sel
+    from .selections import SelectionSpec, save_spec
 
-    table, job = results.score_table(cache, args.name, args.job)
-    rule, budget = sel.parse_rule(args.rule), sel.parse_budget(args.budget)
-    result = sel.select(table, args.score, rule, budget, include_flagged=args.include_flagged)
-    meta = data.dataset_meta(cache, args.name)
-    spec = {
-        "dataset": args.name, "dataset_fingerprint": meta["fingerprint"], "scores": args.score,
-        "rule": rule.text, "budget": budget.text, "include_flagged": args.include_flagged, "runs": [job["id"]],
-        "name": args.save,
-    }  # fmt: skip
-    sel.save_selection(cache, args.name, args.save, result, spec)
+    if args.rule == ["lossdiff-irm"] or not args.score:  # preference pairs (and the message for a missing --score)
+        from .pair_results import select_command
+
+        return select_command(cache, args)
+    spec = SelectionSpec(
+        dataset=args.name, scores=tuple(args.score), budget=args.budget, rules=tuple(args.rule or ["top"]),
+        combine=args.combine, include_flagged=args.include_flagged, quota=args.quota, dedup=args.dedup,
+        job=args.job,
+    )  # fmt: skip
+    _, result = save_spec(cache, spec, args.save)
     print(f"{args.save}: kept {len(result.kept_ids)} of {result.n_total} rows, {result.tokens_kept} tokens")
     _print_counts("dropped", result.reason_counts())
     return 0
@@ -252,9 +273,17 @@ def cmd_demo(cache: Cache, args) -> int:
     score it with the default model and print the AUROC of each score per defect kind. --background queues the
     scoring instead of waiting.
 
+    With --pairs SOURCE it is the preference-pair check instead: the first --limit pairs of SOURCE with chosen and
+    rejected swapped in a labelled --swap share (defect "swapped_pair"), scored with DPO warm-ups, and the AUROC
+    with which each pair score ranks the swapped pairs low (irm is the one that should).
+
     example: python -m scoring demo
+    example: python -m scoring demo --pairs ../shared/data/hh-rlhf/helpful-base/test.jsonl.gz --limit 80
     """
     from .demo_data import write_demo
+
+    if args.pairs:
+        return _pair_demo(cache, args)
 
     path = write_demo(cache.root / "demo" / "demo.jsonl", n_clean=args.n_clean)
     result = data.ingest(str(path), cache, name="demo", replace=True, progress=False)
@@ -274,6 +303,32 @@ def cmd_demo(cache: Cache, args) -> int:
         _run_foreground(cache, job["id"])  # makes sure the layout exists too
     print(f"demo scored in {time.perf_counter() - started:.0f} s")
     args.name = "demo"
+    return cmd_status(cache, args)
+
+
+def _pair_demo(cache: Cache, args) -> int:
+    from .losses import PassConfig
+    from .pairs_data import write_planted_pairs
+
+    source = data._resolve_source(args.pairs)
+    name = f"{source.default_name}-swapped"
+    path, n_swapped = write_planted_pairs(args.pairs, cache.root / "demo" / f"{name}.jsonl", args.limit, args.swap)
+    result = data.ingest(str(path), cache, name=name, replace=True, progress=False)
+    print(f"{name}: {result.n_rows} pairs ingested, {n_swapped} with chosen and rejected swapped (defect "
+          f"swapped_pair); layout {result.layout}")
+    args.name, args.scores, args.val, args.beta, args.train_method = name, None, None, 0.1, "full"
+    args.val_fraction, args.epochs, args.trust_remote_code = 0.1, 1.0, False
+    request = _pair_request(cache, args, PassConfig(max_length=args.max_length))
+    job, _ = jobs.enqueue(cache, request)
+    if args.background:
+        jobs.ensure_worker(cache)
+        print(f"job {job['id']} queued in the background; follow with `python -m scoring status {name}`")
+        return 0
+    started = time.perf_counter()
+    code = _run_foreground(cache, job["id"])
+    if code:
+        return code
+    print(f"pairs scored in {time.perf_counter() - started:.0f} s")
     return cmd_status(cache, args)
 
 
@@ -327,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=1.0, help="reference fine-tuning epochs (default 1)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     p.add_argument("--wait", action="store_true", help="do the work here, in the foreground")
+    p.add_argument("--beta", type=float, default=0.1, help="pairs: DPO beta of the warm-ups and scores (default 0.1)")
+    p.add_argument("--val", metavar="DATASET_OR_FILE", help="pairs: validation pairs for theta_val (default: a "
+                   "held-out --val-fraction of the dataset)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="pairs: held-out validation share (default 0.1)")
 
     p = add("worker")
     p.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many idle seconds (0: never)")
@@ -345,9 +404,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("select")
     p.add_argument("name")
-    p.add_argument("--score", action="append", required=True, help="score to rank by; repeat to intersect")
+    p.add_argument("--score", action="append", help="score to rank by; repeat to intersect (not with lossdiff-irm)")
     p.add_argument("--budget", required=True, help="6%% | 3000 | 2M-tokens")
-    p.add_argument("--rule", default="top", help="top | bottom | band:LO-HI (percentiles)")
+    p.add_argument("--rule", action="append", help="top (default) | bottom | band:LO-HI (percentiles); once for all "
+                   "scores or once per --score; lossdiff-irm (preference pairs, no --score)")
+    p.add_argument("--band", metavar="LO-HI", help="--rule lossdiff-irm: percentile band of both lossdiff and irm "
+                   "(default 15-85)")
+    p.add_argument("--combine", choices=["and", "or"], default="and", help="several scores: and = intersection "
+                   "(default), or = union")
+    p.add_argument("--quota", metavar="COLUMN", help="split the budget over groups: 'cluster' (map clusters) or an "
+                   "original column such as a category")
+    p.add_argument("--dedup", type=float, metavar="TAU", help="skip an example whose embedding cosine to one already "
+                   "kept exceeds TAU (e.g. 0.95)")
     p.add_argument("--save", required=True, help="selection name")
     p.add_argument("--include-flagged", action="store_true", help="let flagged rows be selected")
     p.add_argument("--job", help="score job to read (default: the latest finished one)")
@@ -370,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-clean", type=int, default=240, help="clean examples before planting defects (default 240)")
     p.add_argument("--model", help="model to score with (default smollm2-135m)")
     p.add_argument("--background", action="store_true", help="queue the scoring instead of waiting")
+    p.add_argument("--pairs", metavar="SOURCE", help="preference pairs to plant swapped pairs in (see above)")
+    p.add_argument("--limit", type=int, default=100, help="--pairs: pairs read from SOURCE (default 100)")
+    p.add_argument("--swap", type=float, default=0.2, help="--pairs: share of pairs swapped (default 0.2)")
+    p.add_argument("--max-length", type=int, default=512, help="--pairs: tokens per side (default 512)")
     return parser
 
 

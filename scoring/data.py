@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from scoring.errors import UserError
-from scoring.schema import EXAMPLES, join_flags
+from scoring.schema import EXAMPLES, PAIR_EXAMPLES, join_flags
 from scoring.store import Cache, atomic_write_json, atomic_write_parquet, read_json
 
 LAYOUTS = ("alpaca", "prompt_response", "chat", "mapped")
@@ -67,7 +67,7 @@ FLAGS = {
 }
 
 # Fields accepted by --map FIELD=COLUMN.
-MAP_FIELDS = ("prompt", "response", "context", "system", "messages", "id")
+MAP_FIELDS = ("prompt", "response", "context", "system", "messages", "id", "chosen", "rejected")
 CONTENT_FIELDS = ("prompt", "response", "messages")
 
 # Column pairs (prompt, response) tried in order for the prompt_response layout.
@@ -456,10 +456,8 @@ def _detect(columns: set[str]) -> LayoutSpec | None:
 
 
 def _unknown_layout(columns: list[str], where: str) -> UserError:
-    pairs = {"chosen", "rejected"} <= set(columns)
-    hint = " (chosen/rejected look like preference pairs, which this SFT ingest does not read)" if pairs else ""
-    return UserError(
-        f"{where}: cannot tell which columns hold the prompt and the response{hint}. Columns found: "
+    return UserError(  # (preference pairs, with chosen + rejected columns, are read by scoring.pairs_data)
+        f"{where}: cannot tell which columns hold the prompt and the response. Columns found: "
         f"{', '.join(columns)}. Name them with --map, e.g. --map prompt=<column> --map response=<column> (add "
         "--map context=<column>, --map system=<column> or --map id=<column> as needed), or --map messages=<column> "
         "for a column of chat turns.")
@@ -742,8 +740,10 @@ def ingest(source: str, cache: Cache, name: str | None = None, limit: int | None
     if not columns:
         raise UserError(f"{src.display}: none of the {len(raws)} records is a JSON object "
                         f"(first at {raws[0].where}: {_dumps(raws[0].original)[:80]})")
-    spec = detect_layout(columns, field_map, src.display)
-    built = _build_table(raws, spec, columns, progress)
+    from scoring.pairs_data import build_pair_table, detect_pair_layout  # pairs first: they may look like chat
+    spec = detect_pair_layout(columns, field_map, src.display) or detect_layout(columns, field_map, src.display)
+    kind = "sft" if isinstance(spec, LayoutSpec) else "pair"
+    built = _build_table(raws, spec, columns, progress) if kind == "sft" else build_pair_table(raws, spec, columns)
 
     old = read_json(cache.dataset_meta_path(name))
     if old and cache.examples_path(name).is_file():
@@ -754,7 +754,7 @@ def ingest(source: str, cache: Cache, name: str | None = None, limit: int | None
                             "pass --replace to overwrite it, or --name to store this one under another name")
     meta = {
         "name": name, "fingerprint": built.fingerprint, "source": src.display, "layout": spec.layout,
-        "kind": "sft", "n_rows": len(raws), "flag_counts": built.flag_counts, "columns": columns,
+        "kind": kind, "n_rows": len(raws), "flag_counts": built.flag_counts, "columns": columns,
         "id_column": built.id_column, "limit": limit, "field_map": field_map or None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -790,9 +790,9 @@ def dataset_meta(cache: Cache, name: str) -> dict:
 def load_examples(cache: Cache, name: str, columns: list[str] | None = None) -> pd.DataFrame:
     """The examples table of a dataset (optionally only some columns), in idx order."""
     dataset_meta(cache, name)
-    unknown = [c for c in columns or [] if c not in EXAMPLES.names]
+    unknown = [c for c in columns or [] if c not in PAIR_EXAMPLES.names]  # pair datasets add "rejected"
     if unknown:
-        raise UserError(f"unknown examples column {unknown[0]!r}; columns are {', '.join(EXAMPLES.names)}")
+        raise UserError(f"unknown examples column {unknown[0]!r}; columns are {', '.join(PAIR_EXAMPLES.names)}")
     try:
         table = pq.read_table(cache.examples_path(name), columns=columns)
     except (OSError, pa.ArrowException) as e:

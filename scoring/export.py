@@ -35,7 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scoring.errors import UserError
-from scoring.select import kept_sha256, load_selection, reproduce_command
+from scoring.select import kept_sha256
+from scoring.selections import load_selection, reproduce_command
 from scoring.store import Cache, atomic_write_json, read_json
 
 FORMATS = ("jsonl", "parquet", "csv", "hf")

@@ -134,7 +134,7 @@ def enqueue(cache: Cache, request: dict) -> tuple[dict, bool]:
     job = {
         **request,
         # keep the passes it already has, so what is on disk stays visible while it waits
-        **{k: existing[k] for k in ("base_pass", "ref_pass") if existing and existing.get(k)},
+        **{k: existing[k] for k in ("base_pass", "ref_pass", "theta_pass", "val_pass") if existing and existing.get(k)},
         "state": "queued",
         "stage": "queued",
         "done": 0,
@@ -197,6 +197,10 @@ def run(cache: Cache, job_id: str, progress: bool = False) -> dict:
         try:
             if job["kind"] == "layout":
                 _run_layout(cache, job)
+            elif job["kind"] == "pair_score":  # preference pairs: ref pass, DPO warm-ups, theta and val passes
+                from .pair_passes import run_pair_job
+
+                run_pair_job(cache, job, should_stop, progress, save_job, Stopped)
             else:
                 _run_score(cache, job, should_stop, progress)
             job.update(state="done", stage="done", eta_s=0, finished=now())

@@ -51,10 +51,11 @@ def pick_job(cache: Cache, dataset: str, job_id: str | None = None) -> dict:
             raise UserError(f"job {job_id} scores {job.get('dataset')!r}, not {dataset!r}")
         return job
     meta = data.dataset_meta(cache, dataset)
+    kind, first = ("pair_score", "ref_pass") if meta.get("kind") == "pair" else ("score", "base_pass")
     jobs = [
         j
         for j in list_jobs(cache, dataset)
-        if j["kind"] == "score" and j.get("base_pass") and j["dataset_fingerprint"] == meta["fingerprint"]
+        if j["kind"] == kind and j.get(first) and j["dataset_fingerprint"] == meta["fingerprint"]
     ]
     if not jobs:
         raise UserError(f"dataset {dataset!r} has no scores yet; run `python -m scoring score {dataset}`")
@@ -96,7 +97,13 @@ def loss_table(cache: Cache, dataset: str, job: dict) -> pd.DataFrame:
 
 
 def score_table(cache: Cache, dataset: str, job_id: str | None = None) -> tuple[pd.DataFrame, dict]:
-    """(one row per example: idx, id, flag, then every score column; the job it came from)."""
+    """(one row per example: idx, id, flag, then every score column; the job it came from).
+
+    For a preference-pair dataset: one row per pair with the pair scores (scoring.pair_results)."""
+    if data.dataset_meta(cache, dataset).get("kind") == "pair":
+        from .pair_results import pair_score_table
+
+        return pair_score_table(cache, dataset, job_id)
     job = pick_job(cache, dataset, job_id)
     losses = loss_table(cache, dataset, job)
     scores = compute(losses, job.get("scores", []))
@@ -129,7 +136,9 @@ def auroc_report(cache: Cache, dataset: str, table: pd.DataFrame) -> dict | None
     if labels is None:
         return None
     ordered = labels.reindex(table["idx"].to_numpy()).fillna("").tolist()
-    return auroc_by_defect(ordered, {c: table[c].to_numpy() for c in score_columns(table)})
+    report = auroc_by_defect(ordered, {c: table[c].to_numpy() for c in score_columns(table)})
+    present = set(ordered) | {"any"}  # leave out the demo's defect kinds a dataset does not have (e.g. pairs)
+    return {name: {k: v for k, v in row.items() if k in present} for name, row in report.items()}
 
 
 def rank_agreement(cache: Cache, dataset: str) -> list[dict]:
@@ -144,7 +153,8 @@ def rank_agreement(cache: Cache, dataset: str) -> list[dict]:
     runs = [
         j
         for j in list_jobs(cache, dataset)
-        if j["kind"] == "score" and j["state"] == "done" and j["dataset_fingerprint"] == meta["fingerprint"]
+        if j["kind"] == ("pair_score" if meta.get("kind") == "pair" else "score") and j["state"] == "done"
+        and j["dataset_fingerprint"] == meta["fingerprint"]
     ]
     out = []
     for i, a in enumerate(runs):

@@ -12,6 +12,12 @@ Examples (``datasets/<name>/examples.parquet``), one row per ingested record:
     source    string  "file:line" (or "file:#row") the row came from
     original  string  JSON of the original record, for export
 
+Pair examples (``examples.parquet`` of a dataset whose meta has kind "pair"; scoring.pairs_data): the EXAMPLES
+columns with ``messages`` = the prompt turns both sides share (no final assistant turn), ``response`` = the chosen
+reply, plus
+
+    rejected  string  the rejected reply
+
 Loss table (``passes/<key>/parts/*.parquet``), one row per example per model pass:
 
     idx                int64    example row number
@@ -24,6 +30,16 @@ Loss table (``passes/<key>/parts/*.parquet``), one row per example per model pas
     token_losses       binary   float16 per-token NLL of the scored tokens (given the prompt)
     embedding          binary   float16 mean-pooled last hidden state; empty when not computed
     flag               string   "" or reasons found while scoring (e.g. "too_long")
+
+Pair loss table (``passes/<key>/parts/*.parquet`` of a pair pass; scoring.pair_passes), one row per pair per model:
+
+    idx, id                                   as above
+    n_prompt_tokens                           int32    tokens before the reply (after truncation)
+    n_chosen_tokens, n_rejected_tokens        int32    scored reply tokens of each side
+    chosen_logp, rejected_logp                float64  summed log-probability of each reply given the prompt
+    chosen_token_ids, rejected_token_ids      binary   int32 ids of the scored tokens of each side
+    chosen_token_losses, rejected_token_losses binary  float16 per-token NLL of each side
+    flag                                      string   "" or reasons found while scoring (e.g. "too_long")
 """
 from __future__ import annotations
 
@@ -44,6 +60,8 @@ EXAMPLES = pa.schema(
     ]
 )
 
+PAIR_EXAMPLES = pa.schema([*EXAMPLES, ("rejected", pa.string())])
+
 LOSSES = pa.schema(
     [
         ("idx", pa.int64()),
@@ -55,6 +73,23 @@ LOSSES = pa.schema(
         ("token_ids", pa.binary()),
         ("token_losses", pa.binary()),
         ("embedding", pa.binary()),
+        ("flag", pa.string()),
+    ]
+)
+
+PAIR_LOSSES = pa.schema(
+    [
+        ("idx", pa.int64()),
+        ("id", pa.string()),
+        ("n_prompt_tokens", pa.int32()),
+        ("n_chosen_tokens", pa.int32()),
+        ("n_rejected_tokens", pa.int32()),
+        ("chosen_logp", pa.float64()),
+        ("rejected_logp", pa.float64()),
+        ("chosen_token_ids", pa.binary()),
+        ("rejected_token_ids", pa.binary()),
+        ("chosen_token_losses", pa.binary()),
+        ("rejected_token_losses", pa.binary()),
         ("flag", pa.string()),
     ]
 )

@@ -342,3 +342,125 @@ def test_reproduce_command():
     assert cmd == ("python -m scoring select alpaca --score davir --budget 2M-tokens --rule band:25-75 "
                    "--include-flagged --job r1 --save mid")
     assert "'my data'" in reproduce_command(spec_for("s", dataset="my data", runs=[]))
+
+
+# ------------------------------------------------------------------ combine, per-score rules, quotas, dedup
+
+
+def test_or_is_a_union_of_the_top_sets():
+    t = table(6, a=[6, 5, 1, 2, 3, 4], b=[1, 2, 6, 5, 4, 3])
+    result = select(t, ["a", "b"], TOP, parse_budget("2"), combine="or")
+    assert sorted(result.kept_ids) == ids(0, 2)  # each score's best row
+    and_result = select(t, ["a", "b"], TOP, parse_budget("2"))
+    assert set(and_result.kept_ids).isdisjoint({"e0", "e2"})  # AND prefers rows good on both
+    assert result.dropped["e1"] == "below_cut:a"
+
+
+def test_or_band_admits_a_row_inside_any_band():
+    t = table(5, a=[1, 2, 3, 4, 5], b=[5, 4, 3, 2, 1])
+    band = parse_rule("band:0-30")
+    result = select(t, ["a", "b"], band, parse_budget("100%"), combine="or")
+    assert sorted(result.kept_ids) == ids(0, 1, 3, 4)
+    assert result.dropped["e2"] == "outside_band:all"
+
+
+def test_one_rule_per_score():
+    t = table(5, a=[1, 2, 3, 4, 5], b=[1, 2, 3, 4, 5])
+    result = select(t, ["a", "b"], [TOP, BOTTOM], parse_budget("5"))
+    assert len(result.kept_ids) == 5 and result.kept_ids[0] == "e2"  # the middle row is the best compromise
+    with pytest.raises(UserError, match="one per score"):
+        select(t, ["a", "b"], [TOP, BOTTOM, TOP], parse_budget("1"))
+    with pytest.raises(UserError, match="Combine"):
+        select(t, ["a"], TOP, parse_budget("1"), combine="xor")
+
+
+def test_quota_keeps_each_groups_share():
+    n = 40
+    groups = ["x"] * 30 + ["y"] * 10
+    t = table(n, a=list(range(n)))  # higher a is better: every y row is better than every x row
+    result = select(t, ["a"], TOP, parse_budget("8"), groups=groups)
+    kept = result.kept_ids
+    assert len(kept) == 8
+    assert sum(1 for i in kept if int(i[1:]) >= 30) == 2  # y has 10/40 of the pool -> 2 of 8
+    assert kept[:2] == ids(39, 38)  # ordered by the global ranking
+    assert result.dropped["e37"] == "over_quota:y"
+    plain = select(t, ["a"], TOP, parse_budget("8"))
+    assert all(int(i[1:]) >= 32 for i in plain.kept_ids)
+
+
+def test_quota_with_a_token_budget():
+    t = table(20, tokens=[10] * 20, a=list(range(20)))
+    groups = ["x"] * 10 + ["y"] * 10
+    result = select(t, ["a"], TOP, parse_budget("100-tokens"), groups=groups)
+    assert len(result.kept_ids) == 10 and result.tokens_kept == 100
+    assert sorted(int(i[1:]) for i in result.kept_ids) == list(range(5, 10)) + list(range(15, 20))
+
+
+def test_dedup_skips_near_copies_and_fills_the_budget():
+    t = table(6, a=[6, 5, 4, 3, 2, 1])
+    emb = np.array([[1, 0], [0.999, 0.04], [0, 1], [0.7, 0.7], [-1, 0], [0, -1]], dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    result = select(t, ["a"], TOP, parse_budget("3"), embeddings=emb, dedup=0.95)
+    assert result.kept_ids == ids(0, 2, 3)
+    assert result.dropped["e1"] == "near_duplicate"
+    assert result.dropped["e4"] == "below_cut:a"
+    same = select(t, ["a"], TOP, parse_budget("3"), embeddings=emb, dedup=1.0)
+    assert same.kept_ids == select(t, ["a"], TOP, parse_budget("3")).kept_ids
+    with pytest.raises(UserError, match="needs embeddings"):
+        select(t, ["a"], TOP, parse_budget("3"), dedup=0.9)
+
+
+def test_dedup_matches_a_plain_loop_with_quotas_and_tokens():
+    rng = np.random.default_rng(3)
+    n = 400
+    t = table(n, tokens=rng.integers(5, 30, n), a=rng.normal(size=n))
+    emb = rng.normal(size=(n, 4)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    groups = rng.choice(["p", "q", "r"], n)
+    result = select(t, ["a"], TOP, parse_budget("1500-tokens"), groups=groups, embeddings=emb, dedup=0.9)
+    # The same walk written as a plain loop.
+    tok = t["n_prompt_tokens"].to_numpy() + t["n_response_tokens"].to_numpy()
+    share = {g: 1500 * tok[groups == g].sum() / tok.sum() for g in "pqr"}
+    used, stopped, kept = {g: 0 for g in "pqr"}, set(), []
+    for row in np.argsort(-t["a"].to_numpy(), kind="stable"):
+        g = groups[row]
+        if g in stopped:
+            continue
+        if any(emb[row] @ emb[k] > 0.9 for k in kept):
+            continue
+        if used[g] + tok[row] > share[g]:
+            stopped.add(g)
+            continue
+        used[g] += tok[row]
+        kept.append(row)
+    assert result.kept_ids == [f"e{i}" for i in kept]
+
+
+def test_select_table_gives_the_same_result_as_a_dataframe():
+    from scoring.select import SelectTable
+
+    rng = np.random.default_rng(5)
+    n = 2000
+    flags = np.where(rng.random(n) < 0.05, "too_long,x", "")
+    t = table(n, flags=flags, a=rng.integers(0, 50, n), b=rng.normal(size=n))
+    prepared = SelectTable(t)
+    for rule, budget, combine in [(TOP, "10%", "and"), (parse_rule("band:20-60"), "100", "or"),
+                                  ([BOTTOM, TOP], "3000-tokens", "and")]:
+        want = select(t, ["a", "b"], rule, parse_budget(budget), combine=combine)
+        for _ in range(2):  # the second call reuses the cached ranks
+            got = select(prepared, ["a", "b"], rule, parse_budget(budget), combine=combine)
+            assert got.kept_ids == want.kept_ids and dict(got.dropped) == dict(want.dropped)
+            assert got.reason_counts() == want.reason_counts()
+
+
+def test_next_pos_lists_the_best_rows_below_the_cut():
+    t = table(10, a=list(range(10)))
+    result = select(t, ["a"], TOP, parse_budget("3"))
+    assert result.kept_pos.tolist() == [9, 8, 7] and result.next_pos.tolist() == [6, 5, 4, 3, 2]
+
+
+def test_reproduce_command_with_the_new_options():
+    spec = {"dataset": "d", "scores": ["davir", "ifd"], "rules": ["top", "band:10-90"], "combine": "or",
+            "budget": "6%", "quota": "cluster", "dedup": 0.95, "runs": ["j1"], "name": "x"}
+    assert reproduce_command(spec) == ("python -m scoring select d --score davir --score ifd --budget 6% --rule top "
+                                       "--rule band:10-90 --combine or --quota cluster --dedup 0.95 --job j1 --save x")

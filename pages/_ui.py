@@ -1,0 +1,257 @@
+"""What every page shares: the sidebar (cache, dataset, score run, job progress), the page context, chart specs.
+
+Only rendering lives here; every number comes from ``scoring``. Charts are Vega-Lite specs built as plain dicts
+(cheap to build: no figure-object validation on the server) over small aggregated frames.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import sys
+from dataclasses import dataclass
+
+import pandas as pd
+import streamlit as st
+
+from scoring import data, jobs, queries, results, views
+from scoring.env import cache_dir
+from scoring.errors import UserError
+from scoring.store import Cache
+
+STALE_WHILE_RUNNING_S = 5.0  # while parts land, reuse a view this young instead of rebuilding on every rerun
+REFRESH_S = 2.0  # how often the progress indicator and the Overview banner refresh while a job runs
+
+
+@dataclass
+class Ctx:
+    """The state every page reads: cache, dataset and its score view (None before the first results land)."""
+
+    cache: Cache
+    dataset: str | None
+    job_id: str | None
+    view: views.View | None
+    progress: queries.Progress | None
+    problem: str | None = None
+    kind: str = "sft"  # the dataset's kind: "sft" or "pair" (preference pairs)
+
+    @property
+    def is_pair(self) -> bool:
+        return self.kind == "pair"
+
+
+def default_cache_root() -> str:
+    """``--cache DIR`` after ``--`` on the streamlit command line, else ``$DAVIR_CACHE``, else ``./cache``."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--cache")
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return str(cache_dir(args.cache))
+
+
+def _score_runs(cache: Cache, dataset: str) -> list[dict]:
+    meta = data.dataset_meta(cache, dataset)
+    kind, first = ("pair_score", "ref_pass") if meta.get("kind") == "pair" else ("score", "base_pass")  # as pick_job
+    return [j for j in jobs.list_jobs(cache, dataset)
+            if j["kind"] == kind and j.get(first) and j["dataset_fingerprint"] == meta["fingerprint"]]
+
+
+def _run_label(job: dict) -> str:
+    return f"{job['id'][:8]} · {job.get('model') or '?'} · {job['state']}"
+
+
+def _pick_dataset(names: list[str]) -> str | None:
+    """The dataset from the URL on a session's first run (a clear message when unknown), then the selectbox's."""
+    wanted = st.query_params.get("dataset")
+    if "_dataset_init" not in st.session_state:
+        st.session_state["_dataset_init"] = True
+        if wanted and wanted in names:
+            st.session_state["dataset"] = wanted
+        elif wanted:
+            st.session_state["_unknown_dataset"] = wanted
+    if st.session_state.get("dataset") not in names:
+        st.session_state["dataset"] = names[0] if names else None
+    return st.session_state.get("dataset")
+
+
+def sidebar() -> Ctx:
+    """Render the sidebar and store the page context in the session (pages read it with :func:`ctx`)."""
+    if "cache_root" not in st.session_state:
+        st.session_state["cache_root"] = default_cache_root()
+    with st.sidebar:
+        st.text_input("Cache folder", key="cache_root", help="`streamlit run app.py -- --cache DIR`, or $DAVIR_CACHE")
+        cache = Cache(st.session_state["cache_root"])
+        names = [m["name"] for m in data.list_datasets(cache)]
+        dataset = _pick_dataset(names)
+        if names:
+            st.selectbox("Dataset", names, key="dataset")
+            dataset = st.session_state["dataset"]
+            st.query_params["dataset"] = dataset
+        else:
+            st.info("No dataset yet: start one on the Jobs page, or run `python -m scoring demo --background`.")
+        _jobs_indicator(cache)
+    unknown = st.session_state.pop("_unknown_dataset", None)
+    if unknown:
+        listing = ", ".join(names) or "none yet"
+        st.error(f"No dataset named {unknown!r} in {cache.root}. Datasets here: {listing}. Showing "
+                 f"{dataset or 'nothing'} instead.")  # fmt: skip
+    context = _context(cache, dataset)
+    st.session_state["_ctx"] = context
+    return context
+
+
+def _context(cache: Cache, dataset: str | None) -> Ctx:
+    if not dataset:
+        return Ctx(cache, None, None, None, None, "no dataset")
+    kind = data.dataset_meta(cache, dataset).get("kind") or "sft"
+    progress = queries.progress(cache, dataset)
+    runs = _score_runs(cache, dataset)
+    if not runs:
+        return Ctx(cache, dataset, None, None, progress, "no scores yet", kind)
+    try:
+        default = results.pick_job(cache, dataset)["id"]
+    except UserError:
+        default = runs[-1]["id"]
+    ids = [j["id"] for j in runs]
+    labels = {j["id"]: _run_label(j) for j in runs}
+    if st.session_state.get("job_id") not in ids:
+        st.session_state["job_id"] = default
+    with st.sidebar:
+        st.selectbox("Score run", ids, key="job_id", format_func=lambda i: labels[i])
+    job_id = st.session_state["job_id"]
+    try:
+        stale = STALE_WHILE_RUNNING_S if progress.active else None
+        view = views.score_view(cache, dataset, job_id, max_age_s=stale)
+    except UserError as error:
+        return Ctx(cache, dataset, job_id, None, progress, str(error), kind)
+    return Ctx(cache, dataset, job_id, view, progress, None, kind)
+
+
+def _jobs_indicator(cache: Cache) -> None:
+    active = [j for j in jobs.list_jobs(cache) if j["state"] in ("queued", "running", "interrupted")]
+
+    def body() -> None:
+        now_active = [j for j in jobs.list_jobs(cache) if j["state"] in ("queued", "running", "interrupted")]
+        if not now_active:
+            st.caption("No job running.")
+            if st.session_state.pop("_had_active", False):
+                st.rerun()  # the last job just finished: refresh the whole page once
+            return
+        st.session_state["_had_active"] = True
+        for job in now_active:
+            total, done = job.get("total") or 0, job.get("done") or 0
+            text = f"{job['kind']} {job['dataset']}: {job.get('stage') or job['state']}"
+            if total:
+                text += f" — {done:,} / {total:,}"
+            st.progress(min(done / total, 1.0) if total else 0.0, text=text)
+
+    st.fragment(body, run_every=REFRESH_S if active else None)()
+
+
+def ctx() -> Ctx:
+    """The context the sidebar stored for this run."""
+    return st.session_state["_ctx"]
+
+
+def pair_notice(context: Ctx, what: str, stop: bool = True) -> None:
+    """On a page made for SFT examples: say clearly that the dataset holds preference pairs, point to the Pairs
+    page, and (``stop``) end the page there."""
+    if not context.is_pair:
+        return
+    st.info(f"**{context.dataset}** holds preference pairs (prompt, chosen, rejected): {what} Open the **Pairs** "
+            "page for the pair view, the margin distributions and the LossDiff-IRM band.")  # fmt: skip
+    st.page_link("pages/pairs.py", label="Open the Pairs page", icon=":material/compare_arrows:")
+    if stop:
+        st.stop()
+
+
+def token_html(tokens, values, tips) -> str:
+    """Tokens as HTML spans coloured by ``values`` (green > 0, red < 0, grey NaN; scaled to the largest |value|).
+
+    Dataset text is untrusted: every token and tooltip is html-escaped here, the only place tokens become HTML."""
+    finite = [abs(v) for v in values if not math.isnan(v)]
+    scale = max(finite) if finite else 0.0
+    spans = []
+    for tok, value, tip in zip(tokens, values, tips):
+        shown = html.escape(str(tok)).replace("\n", "↵")
+        if math.isnan(value) or scale == 0:
+            colour = "rgba(128,128,128,0.15)"
+        else:
+            a = min(abs(value) / scale, 1.0) * 0.8
+            colour = f"rgba(0,160,80,{a:.2f})" if value > 0 else f"rgba(220,50,50,{a:.2f})"
+        spans.append(f'<span title="{html.escape(tip, quote=True)}" style="background:{colour};padding:1px 0;'
+                     f'white-space:pre-wrap">{shown}</span>')  # fmt: skip
+    return '<div style="font-family:monospace;line-height:1.9">' + "".join(spans) + "</div>"
+
+
+def need_view(context: Ctx) -> views.View:
+    """The score view, or a clear message and stop when there is none yet."""
+    if context.view is not None:
+        return context.view
+    if context.dataset is None:
+        st.info("No dataset in this cache yet. Start one on the **Jobs** page.")
+    elif context.progress and context.progress.active:
+        p = context.progress
+        st.info(f"Scoring {context.dataset}: {p.stage} ({p.done:,} of {p.total:,}). Results appear here as they land.")
+    else:
+        st.info(f"{context.dataset}: {context.problem}. Start a scoring job on the **Jobs** page.")
+    st.stop()
+
+
+# ---------------------------------------------------------------- chart specs (Vega-Lite dicts)
+
+
+def facet_bars(df: pd.DataFrame, y: str = "count", color: str | None = None, columns: int = 4,
+               width: int = 190) -> dict:
+    """Pre-binned histograms (lo, hi, count per score), one small panel per score with its own scales."""
+    encoding = {
+        "x": {"field": "lo", "type": "quantitative", "bin": {"binned": True}, "title": None},
+        "x2": {"field": "hi"},
+        "y": {"field": y, "type": "quantitative", "title": None, **({"stack": True} if color else {})},
+        "tooltip": [{"field": "lo", "format": ".3g"}, {"field": "hi", "format": ".3g"}, {"field": y}],
+    }
+    if color:
+        encoding["color"] = {"field": color, "type": "nominal", "title": None,
+                             "scale": {"domain": ["kept", "dropped"], "range": ["#1f77b4", "#c8c8c8"]}}
+        encoding["order"] = {"field": color, "sort": "descending"}
+    return {
+        "facet": {"field": "score", "type": "nominal", "title": None},
+        "columns": columns,
+        "spec": {"width": width, "height": 110 if width < 300 else 150, "mark": {"type": "bar"}, "encoding": encoding},
+        "resolve": {"scale": {"x": "independent", "y": "independent"}},
+    }
+
+
+def facet_lines(df: pd.DataFrame, columns: int = 4) -> dict:
+    """ECDF curves (value, fraction per score), one panel per score."""
+    return {
+        "facet": {"field": "score", "type": "nominal", "title": None},
+        "columns": columns,
+        "spec": {
+            "width": 190, "height": 110, "mark": {"type": "line", "interpolate": "step-after"},
+            "encoding": {"x": {"field": "value", "type": "quantitative", "title": None},
+                         "y": {"field": "fraction", "type": "quantitative", "title": None}},
+        },  # fmt: skip
+        "resolve": {"scale": {"x": "independent"}},
+    }
+
+
+def heatmap(matrix: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    long = matrix.reset_index(names="a").melt(id_vars="a", var_name="b", value_name="spearman")
+    spec = {
+        "height": 34 * max(len(matrix), 1),
+        "encoding": {"x": {"field": "b", "type": "nominal", "title": None, "sort": list(matrix.columns)},
+                     "y": {"field": "a", "type": "nominal", "title": None, "sort": list(matrix.index)}},
+        "layer": [
+            {"mark": "rect", "encoding": {"color": {"field": "spearman", "type": "quantitative",
+                                                    "scale": {"domain": [-1, 1], "scheme": "redblue"}}}},
+            {"mark": {"type": "text", "fontSize": 11},
+             "encoding": {"text": {"field": "spearman", "type": "quantitative", "format": ".2f"}}},
+        ],
+    }  # fmt: skip
+    return long, spec
+
+
+def example_link(dataset: str, example_id: str) -> str:
+    from urllib.parse import urlencode
+
+    return "/inspect?" + urlencode({"dataset": dataset, "example": example_id})

@@ -1,0 +1,84 @@
+"""Export: a saved selection to JSONL / Parquet / CSV / a `datasets` folder, with the original columns (and the
+scores if asked) and ``manifest.json`` beside it. Files go under the cache's exports folder only: the name typed
+here is sanitised to one safe folder name. Small files get a download button; the equivalent CLI line is shown.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import streamlit as st
+
+from pages import _ui
+from scoring import views
+from scoring.errors import UserError
+from scoring.export import EXTENSIONS, FORMATS, export_selection
+from scoring.selections import list_selections, load_selection
+
+DOWNLOAD_LIMIT = 50 * 1024 * 1024  # bytes: bigger exports are fetched from the exports folder
+
+ctx = _ui.ctx()
+st.title("Export")
+if not ctx.dataset:
+    _ui.need_view(ctx)
+saved = list_selections(ctx.cache, ctx.dataset)
+if not saved:
+    where = "**Pairs** page (the LossDiff-IRM band) or the **Select**" if ctx.is_pair else "**Select**"
+    st.info(f"No saved selection for {ctx.dataset} yet: save one on the {where} page (or with "
+            "`python -m scoring select … --save NAME`).")  # fmt: skip
+    st.stop()
+
+
+def safe_name(text: str) -> str:
+    """One folder name made of letters, digits, '.', '_' and '-' (never a path: no '/', no '..')."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text.strip()).strip(".-")
+    return re.sub(r"\.{2,}", ".", cleaned)[:80]
+
+
+names = [s["name"] for s in saved]
+selection = st.selectbox("Saved selection", names, key="export_selection")
+record = next(s for s in saved if s["name"] == selection)
+st.caption(f"{record.get('n_kept', 0):,} rows kept of {record.get('n_total', 0):,} — scores {record.get('scores')}, "
+           f"rule {record.get('rule')}, budget {record.get('budget')}")  # fmt: skip
+c1, c2, c3 = st.columns(3)
+fmt = c1.radio("Format", FORMATS, horizontal=True, key="export_format",
+               format_func=lambda f: "datasets folder" if f == "hf" else f)  # fmt: skip
+with_scores = c2.checkbox("Add score columns", key="export_scores")
+folder = safe_name(c3.text_input("Export name", value=f"{ctx.dataset}-{selection}", key="export_name")) or "export"
+out = ctx.cache.exports_dir() / folder / (f"{ctx.dataset}-{selection}{EXTENSIONS[fmt]}" if fmt != "hf" else "data")
+command = (f"python -m scoring --cache {shlex.quote(str(ctx.cache.root))} export {shlex.quote(ctx.dataset)} "
+           f"{shlex.quote(selection)} --format {fmt} --out {shlex.quote(str(out))}"
+           + (" --with-scores" if with_scores else ""))  # fmt: skip
+st.markdown("Equivalent command:")
+st.code(command, language="bash")
+
+if st.button("Export", key="export_go", type="primary"):
+    try:
+        scores = None
+        if with_scores:
+            spec, _ = load_selection(ctx.cache, ctx.dataset, selection)
+            view = views.score_view(ctx.cache, ctx.dataset, (spec.get("runs") or [None])[0])
+            scores = views.frame(view, ["id", *view.score_columns])
+        result = export_selection(ctx.cache, ctx.dataset, selection, fmt, out, scores, command=command)
+        st.session_state["export_last"] = (str(result.path), str(result.manifest_path), result.n_rows, fmt)
+    except UserError as error:
+        st.error(str(error))
+
+last = st.session_state.get("export_last")
+if last:
+    path, manifest_path, n_rows, last_fmt = last
+    st.success(f"Wrote {n_rows:,} rows to {path}")
+    from pathlib import Path
+
+    file = Path(path)
+    if last_fmt != "hf" and file.is_file() and file.stat().st_size <= DOWNLOAD_LIMIT:
+        st.download_button(f"Download {file.name}", file.read_bytes(), file_name=file.name, key="export_download")
+    elif file.exists():
+        st.caption("Too big (or a folder) to download here; it is in the exports folder above.")
+    manifest = Path(manifest_path)
+    if manifest.is_file():
+        st.markdown("**manifest.json**")
+        st.json(json.loads(manifest.read_text()), expanded=False)
+        st.download_button("Download manifest.json", manifest.read_bytes(), file_name="manifest.json",
+                           key="export_manifest")  # fmt: skip

@@ -1,0 +1,104 @@
+"""Jobs: start a scoring job (ingest a file, folder or hub id first when given one), see the queue with progress,
+ETA and log tail, cancel, and start a worker when none is running. The page refreshes itself while jobs run.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _ui
+from scoring import data, jobs, pair_queries, queries
+from scoring.errors import UserError
+from scoring.losses import PassConfig
+from scoring.models import DEFAULT_MODEL
+from scoring.scores import DEFAULT_SCORES, SCORES
+
+ctx = _ui.ctx()
+st.title("Jobs")
+
+# ---------------------------------------------------------------- start one
+with st.form("job_form"):
+    st.markdown("**Start a scoring job**")
+    known = [m["name"] for m in data.list_datasets(ctx.cache)]
+    c1, c2 = st.columns(2)
+    source = c1.text_input("Dataset file, folder or hub id (ingested first)", key="job_source",
+                           placeholder="../shared/data/gsm8k/train.jsonl")  # fmt: skip
+    existing = c2.selectbox("…or an ingested dataset", ["(use the source)", *known], key="job_existing",
+                            index=1 + known.index(ctx.dataset) if ctx.dataset in known else 0)  # fmt: skip
+    c3, c4, c5 = st.columns(3)
+    name = c3.text_input("Name for a new dataset (optional)", key="job_name")
+    limit = c4.number_input("Ingest at most N rows (0: all)", 0, 10**9, 0, key="job_limit")
+    model = c5.text_input("Model", value=DEFAULT_MODEL, key="job_model", help="smollm2-135m, a local folder or a hub id")
+    c6, c7, c8 = st.columns(3)
+    ref_kind = c6.radio("Reference", ["train", "given"], horizontal=True, key="job_ref_kind",
+                        help="train: fine-tune the base model once on the dataset; given: a model you fine-tuned")
+    ref_path = c6.text_input("Reference model (when given)", key="job_ref_path")
+    chosen = c7.multiselect("Scores", sorted(SCORES), default=list(DEFAULT_SCORES), key="job_scores",
+                            help="For a preference-pair dataset only the pair scores count (none: the pair "
+                                 "defaults), and the reference is π_ref after a DPO warm-up, not this setting")  # fmt: skip
+    max_length = c8.number_input("Max length (tokens)", 16, 32768, PassConfig().max_length, key="job_max_length")
+    submitted = st.form_submit_button("Queue job", type="primary")
+if submitted:
+    try:
+        if source.strip():
+            with st.spinner(f"Ingesting {source}…"):
+                ingested = data.ingest(source.strip(), ctx.cache, name=name.strip() or None,
+                                       limit=int(limit) or None, progress=False)  # fmt: skip
+            dataset = ingested.name
+        elif existing != "(use the source)":
+            dataset = existing
+        else:
+            raise UserError("Give a dataset source, or pick an ingested dataset.")
+        if pair_queries.is_pair_dataset(ctx.cache, dataset):  # preference pairs: the pair_score job (DPO warm-ups)
+            request = pair_queries.pair_job_request(ctx.cache, dataset, model.strip() or None, chosen, int(max_length))
+        else:
+            reference = "train" if ref_kind == "train" else ref_path.strip()
+            if not reference:
+                raise UserError("Give the reference model's folder or hub id, or choose 'train'.")
+            request = jobs.score_request(ctx.cache, dataset, model.strip() or None, reference, chosen or None,
+                                         PassConfig(max_length=int(max_length)))  # fmt: skip
+        job, queued = jobs.enqueue(ctx.cache, request)
+        pid = jobs.ensure_worker(ctx.cache) if job["state"] != "done" else None
+        st.success(f"Job {job['id']} for {dataset}: " + ("queued" if queued else f"already {job['state']}")
+                   + (f"; started worker {pid}" if pid else ""))  # fmt: skip
+    except UserError as error:
+        st.error(str(error))
+
+
+# ---------------------------------------------------------------- the queue
+def queue() -> None:
+    all_jobs = jobs.list_jobs(ctx.cache)
+    workers = jobs.live_workers(ctx.cache)
+    w1, w2 = st.columns([3, 1])
+    w1.markdown(f"**Queue** — {len(all_jobs)} jobs, {len(workers)} worker(s) alive"
+                + (f" (pid {', '.join(map(str, workers))})" if workers else ""))  # fmt: skip
+    waiting = [j for j in all_jobs if j["state"] in ("queued", "interrupted")]
+    if not workers and w2.button("Start a worker", key="jobs_worker", disabled=not waiting):
+        pid = jobs.ensure_worker(ctx.cache)
+        st.success(f"Started worker {pid}.")
+    if not all_jobs:
+        st.caption("No jobs yet.")
+        return
+    for job in reversed(all_jobs):
+        with st.container(border=True):
+            head, act = st.columns([5, 1])
+            total, done = job.get("total") or 0, job.get("done") or 0
+            head.markdown(f"`{job['id']}` **{job['kind']}** {job['dataset']} — {job['state']}"
+                          + (f" · {job.get('model')}" if job.get("model") else ""))  # fmt: skip
+            if job["state"] in ("queued", "running", "interrupted"):
+                if act.button("Cancel", key=f"cancel_{job['id']}"):
+                    jobs.cancel(ctx.cache, job["id"])
+                    st.rerun()
+                text = f"{job.get('stage') or job['state']}" + (f": {done:,} / {total:,}" if total else "")
+                if job.get("tokens_per_s"):
+                    text += f" · {job['tokens_per_s']:,.0f} tok/s"
+                if job.get("eta_s"):
+                    text += f" · ETA {int(job['eta_s']) // 60} min {int(job['eta_s']) % 60:02d} s"
+                head.progress(min(done / total, 1.0) if total else 0.0, text=text)
+            if job.get("error"):
+                head.error(job["error"])
+            with head.expander("Log tail"):
+                st.code(queries.log_tail(ctx.cache, job["id"]) or "(empty)", language=None)
+
+
+active = any(j["state"] in ("queued", "running", "interrupted") for j in jobs.list_jobs(ctx.cache))
+st.fragment(queue, run_every=_ui.REFRESH_S if active else None)()

@@ -1,0 +1,84 @@
+"""Overview: how the scores are distributed, how they agree, what is flagged, and (demo) how well each finds defects.
+
+While a job runs, a banner says "k of N scored" and the charts redraw on the partial results; both live in a
+fragment that reruns on a timer, so the rest of the app is not rerun.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _ui
+from scoring import queries, views
+
+SCATTER_POINTS = 2000
+
+context = _ui.ctx()
+st.title("Overview")
+_ui.pair_notice(context, "the charts below cover every pair score.", stop=False)
+
+
+def body() -> None:
+    ctx = _ui.ctx()
+    p = queries.progress(ctx.cache, ctx.dataset) if ctx.dataset else None
+    if p and p.active:
+        st.info(f"**{p.done:,} of {p.total:,}** — {p.stage}" + (f", ETA {p.eta_s:.0f} s" if p.eta_s else "")
+                + ". Charts show the partial results.")  # fmt: skip
+        if ctx.view is not None and ctx.job_id:  # pick up parts that landed since the page was drawn
+            ctx.view = views.score_view(ctx.cache, ctx.dataset, ctx.job_id, max_age_s=_ui.STALE_WHILE_RUNNING_S)
+    view = _ui.need_view(ctx)
+    scores = view.score_columns
+    cols = st.columns(4)
+    cols[0].metric("Examples", f"{view.n_rows:,}")
+    cols[1].metric("Scored", f"{view.n_scored:,}")
+    counts = queries.flag_counts(view)
+    cols[2].metric("Flag reasons", f"{sum(counts.values()):,}")
+    cols[3].metric("Score run", view.job["id"][:8], help=f"model {view.job.get('model')}, state {view.job['state']}")
+    if not view.n_scored:
+        st.info("No example is scored yet.")
+        return
+
+    st.subheader("Distributions")
+    st.caption("Histograms binned in DuckDB (40 equal-width bins per score), over the scored rows.")
+    hist = queries.histograms(view, scores)
+    st.vega_lite_chart(hist, _ui.facet_bars(hist), width="content")
+    st.caption("Empirical CDFs (fraction of scored rows at or below each value).")
+    curves = queries.ecdf(view, scores)
+    st.vega_lite_chart(curves, _ui.facet_lines(curves), width="content")
+
+    st.subheader("Score vs response length")
+    default = scores.index("davir") if "davir" in scores else 0
+    pick = st.selectbox("Score", scores, index=default, key="overview_scatter_score")
+    points = queries.sample(view, SCATTER_POINTS, [pick, "n_response_tokens"])
+    st.caption(f"{len(points):,} of {view.n_scored:,} scored rows, drawn with a fixed seed (the same rows every time).")
+    st.vega_lite_chart(points, {
+        "mark": {"type": "point", "filled": True, "opacity": 0.5, "size": 14},
+        "encoding": {"x": {"field": "n_response_tokens", "type": "quantitative", "title": "response tokens"},
+                     "y": {"field": pick, "type": "quantitative"},
+                     "tooltip": [{"field": "id"}, {"field": pick, "format": ".4g"}, {"field": "n_response_tokens"}]},
+    }, width="stretch")  # fmt: skip
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Spearman rank correlation")
+        matrix = queries.spearman(view)
+        if len(matrix):
+            long, spec = _ui.heatmap(matrix)
+            st.vega_lite_chart(long, spec, width="stretch")
+        else:
+            st.caption("Needs at least three scored rows.")
+    with right:
+        st.subheader("Flagged rows by reason")
+        if counts:
+            st.dataframe({"reason": list(counts), "rows": list(counts.values())}, hide_index=True)
+        else:
+            st.caption("No row is flagged.")
+    table = queries.auroc(view)
+    if table is not None:
+        st.subheader("AUROC per defect kind")
+        st.caption("How well each score ranks the labelled defects below clean rows (1 = perfect, 0.5 = chance, "
+                   "below 0.5: the score ranks defects high, so keep its bottom instead).")
+        st.dataframe(table.style.format("{:.2f}", na_rep="–"))
+
+
+active = bool(context.progress and context.progress.active)
+st.fragment(body, run_every=_ui.REFRESH_S if active else None)()

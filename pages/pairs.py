@@ -1,0 +1,144 @@
+"""Pairs: a preference-pair dataset's margin distributions, the LossDiff vs IRM scatter with its adjustable
+percentile band (what it keeps and drops; save it as a selection), the AUROC of each pair score when the dataset
+has planted swap labels, and the pair view: prompt, chosen and rejected side by side, each reply's tokens coloured
+by log π_θ − log π_ref, every pair score with its percentile. ``?example=ID`` opens a pair directly.
+
+Every number comes from ``scoring.pair_queries`` (the same selection call as ``select --rule lossdiff-irm``).
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from pages import _ui
+from scoring import pair_queries, queries
+from scoring.errors import UserError
+from scoring.pair_results import DEFAULT_BAND
+from scoring.selections import save_spec
+
+ctx = _ui.ctx()
+st.title("Pairs")
+if ctx.dataset and not ctx.is_pair:
+    st.info(f"**{ctx.dataset}** holds SFT examples; this page is for preference-pair datasets (chosen / rejected "
+            "columns, e.g. `python -m scoring demo --pairs`). Pick one in the sidebar.")  # fmt: skip
+    st.stop()
+view = _ui.need_view(ctx)
+
+m1, m2, m3 = st.columns(3)
+m1.metric("Pairs", f"{view.n_rows:,}")
+m2.metric("Scored", f"{view.n_scored:,}")
+m3.metric("Score run", view.job["id"][:8], help=f"model {view.job.get('model')}, state {view.job['state']}")
+
+# ---------------------------------------------------------------- margin distributions and AUROC
+st.subheader("Margin distributions")
+hist = pair_queries.distributions(view)
+if len(hist):
+    st.caption("Histograms binned in DuckDB (40 equal-width bins per score) over the scored pairs.")
+    st.vega_lite_chart(hist, _ui.facet_bars(hist, columns=4), width="content")
+else:
+    st.caption("No margin score is computed yet.")
+table = queries.auroc(view)
+if table is not None:
+    st.markdown("**AUROC of each pair score against the planted swaps** (1: the score ranks every swapped pair "
+                "below every clean one; 0.5: chance; below 0.5: it ranks them high)")  # fmt: skip
+    st.dataframe(table.style.format("{:.2f}", na_rep="–"), key="pairs_auroc")
+
+# ---------------------------------------------------------------- LossDiff vs IRM band
+st.subheader("LossDiff-IRM band")
+if not pair_queries.has_band_scores(view):
+    st.info("This score run has no lossdiff and irm scores (they need the DPO warm-up and validation passes): "
+            "score the dataset with the default pair scores on the **Jobs** page.")  # fmt: skip
+    st.stop()
+default = tuple(int(v) for v in DEFAULT_BAND)
+b1, b2, b3 = st.columns([2, 2, 1])
+band_ld = b1.slider("lossdiff: percentile band", 0, 100, default, key="pairs_band_lossdiff")
+band_irm = b2.slider("irm: percentile band", 0, 100, default, key="pairs_band_irm")
+include_flagged = b3.checkbox("Include flagged pairs", key="pairs_flagged")
+bands = tuple((lo, hi) if lo < hi else ((lo, lo + 1) if lo < 100 else (99, 100)) for lo, hi in (band_ld, band_irm))
+try:
+    summary = pair_queries.band_summary(ctx.cache, view, bands, include_flagged)
+except UserError as error:
+    st.error(str(error))
+    st.stop()
+k1, k2, k3 = st.columns(3)
+k1.metric("Kept", f"{summary.n_kept:,}", help="pairs inside both bands")
+k2.metric("Dropped", f"{summary.n_dropped:,}")
+k3.metric("Kept of eligible", f"{100 * summary.n_kept / max(summary.n_eligible, 1):.1f} %",
+          help="eligible: scored and (unless included) unflagged")  # fmt: skip
+
+points = pair_queries.scatter(view, pair_queries.SCATTER_POINTS, summary.result.kept_pos)
+total = pair_queries.n_with_band_scores(view)
+st.caption(f"{len(points):,} of {total:,} pairs drawn with a fixed seed (the same pairs every time). Shaded: each "
+           "score's percentile band; kept pairs lie where the two overlap.")  # fmt: skip
+rects = []
+if "lossdiff" in summary.edges:
+    lo, hi = summary.edges["lossdiff"]
+    rects.append({"mark": {"type": "rect", "opacity": 0.12, "color": "#1f77b4"},
+                  "data": {"values": [{"lo": lo, "hi": hi}]},
+                  "encoding": {"x": {"field": "lo", "type": "quantitative"}, "x2": {"field": "hi"}}})  # fmt: skip
+if "irm" in summary.edges:
+    lo, hi = summary.edges["irm"]
+    rects.append({"mark": {"type": "rect", "opacity": 0.12, "color": "#ff7f0e"},
+                  "data": {"values": [{"lo": lo, "hi": hi}]},
+                  "encoding": {"y": {"field": "lo", "type": "quantitative"}, "y2": {"field": "hi"}}})  # fmt: skip
+st.vega_lite_chart(points, {"height": 420, "layer": [*rects, {
+    "mark": {"type": "point", "filled": True, "opacity": 0.6, "size": 18},
+    "encoding": {"x": {"field": "lossdiff", "type": "quantitative"}, "y": {"field": "irm", "type": "quantitative"},
+                 "color": {"field": "rows", "type": "nominal", "title": None,
+                           "scale": {"domain": ["kept", "dropped"], "range": ["#1f77b4", "#b0b0b0"]}},
+                 "tooltip": [{"field": "id"}, {"field": "lossdiff", "format": ".4g"}, {"field": "irm", "format": ".4g"}]},
+}]}, width="stretch", key="pairs_scatter")  # fmt: skip
+
+r1, r2 = st.columns([1, 2])
+with r1:
+    st.markdown("**Dropped by reason**")
+    reasons = summary.result.reason_counts()
+    st.dataframe({"reason": list(reasons), "pairs": list(reasons.values())}, hide_index=True, height=180)
+with r2:
+    name = st.text_input("Save this band as", key="pairs_sel_name", placeholder="e.g. lossdiff-irm-15-85")
+    command = pair_queries.band_command(ctx.cache, summary.spec, name.strip())
+    st.markdown("Equivalent command:")
+    st.code(command, language="bash")
+    if st.button("Save selection", key="pairs_save"):
+        try:
+            save_spec(ctx.cache, summary.spec, name.strip())
+            st.success(f"Saved {name.strip()}: {summary.n_kept:,} pairs kept. Export it on the **Export** page.")
+        except UserError as error:
+            st.error(str(error))
+
+# ---------------------------------------------------------------- one pair
+st.subheader("Pair view")
+wanted = st.text_input("Open pair by id", value=st.query_params.get("example", ""), key="pairs_open",
+                       placeholder="a pair id, e.g. from the scatter's tooltip")  # fmt: skip
+if not wanted:
+    st.caption("Type a pair id (hover a point in the scatter for its id) to open it.")
+    st.stop()
+idx = queries.find_example(view, wanted)
+if idx is None:
+    st.warning(f"No pair with id {wanted!r} in {view.dataset}.")
+    st.stop()
+st.query_params["example"] = wanted
+pair = pair_queries.pair_detail(ctx.cache, view, idx)
+st.subheader(f"Pair {pair['id']}", anchor=False)
+if pair["flag"]:
+    st.warning(f"Flagged: {pair['flag']}")
+st.markdown("**Prompt**")
+st.code(pair["prompt"], language=None, wrap_lines=True)
+legend = ("tokens coloured by log π_θ − log π_ref (green: the DPO warm-up made the token likelier, red: less likely)"
+          if pair["has_theta"] else "no π_θ pass yet: tokens are shown uncoloured")  # fmt: skip
+left, right = st.columns(2)
+for column, side in ((left, "chosen"), (right, "rejected")):
+    with column:
+        st.markdown(f"**{side.capitalize()}**")
+        st.code(pair[side], language=None, wrap_lines=True)
+        tokens = pair["tokens"][side]
+        if len(tokens):
+            st.caption(legend)
+            tips = [f"log π_ref {r:.2f} · log π_θ {t:.2f} · change {c:+.3f}"
+                    for r, t, c in zip(tokens["ref_logp"], tokens["theta_logp"], tokens["change"])]  # fmt: skip
+            st.html(_ui.token_html(tokens["token"], tokens["change"].astype(float), tips))
+        else:
+            st.caption("Not scored yet.")
+st.markdown("**Pair scores** (percentile among scored pairs)")
+st.dataframe(pair["scores"], hide_index=True, key="pairs_scores", column_config={
+    "value": st.column_config.NumberColumn(format="%.4g"),
+    "percentile": st.column_config.ProgressColumn(min_value=0, max_value=100, format="%.0f")})  # fmt: skip

@@ -1,0 +1,54 @@
+"""The golden pair pipeline: 20 fixed preference pairs through ingest -> ref pass -> DPO warm-up of π_θ -> theta pass
+-> DPO on the held-out validation pairs -> val pass -> pair scores, on the seeded tiny model, all fp32. Its output is
+frozen in tests/golden/tiny_pair_scores.json.
+
+Regenerate (and justify the change in the commit message) with:  python -m tests.golden_pairs
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from scoring import data, jobs, results
+from scoring.dpo import DPOTrainConfig
+from scoring.losses import PassConfig
+from scoring.pair_passes import pair_request
+from scoring.store import Cache
+
+HERE = Path(__file__).parent
+FIXTURE = HERE / "fixtures" / "pairs20.jsonl"
+GOLDEN = HERE / "golden" / "tiny_pair_scores.json"
+PASS = PassConfig(max_length=128, chunk_size=8, dtype="fp32", embed=False, alone=False)
+DPO = DPOTrainConfig(precision="fp32", learning_rate=1e-3, batch_size=4, micro_batch_size=4, epochs=2)
+SCORES = ("n_prompt_tokens", "n_response_tokens", "n_chosen_tokens", "n_rejected_tokens", "logp_chosen",
+          "logp_rejected", "len_diff", "margin_base", "irm", "lossdiff", "davir_dpo")
+
+
+def run(cache: Cache, model_path: Path, val_fraction: float = 0.25):
+    data.ingest(str(FIXTURE), cache, name="golden-pairs", progress=False)
+    request = pair_request(cache, "golden-pairs", str(model_path), pass_config=PASS, dpo=DPO,
+                           val_fraction=val_fraction)
+    jobs.enqueue(cache, request)
+    job = jobs.run(cache, request["id"])
+    assert job["state"] == "done", job.get("error")
+    table, _ = results.score_table(cache, "golden-pairs")
+    return table
+
+
+def as_records(table) -> list[dict]:
+    return json.loads(table.drop(columns=["idx"]).to_json(orient="records", double_precision=15))
+
+
+if __name__ == "__main__":
+    import torch
+
+    from tests.tiny import build_model
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(Path(tmp) / "tiny", chat_template=True)
+        table = run(Cache(Path(tmp) / "cache"), model)
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(as_records(table), indent=1) + "\n")
+        print(f"wrote {GOLDEN} ({len(table)} rows)")

@@ -1,0 +1,136 @@
+"""The app in a real browser: ``streamlit run app.py`` on 127.0.0.1 with a fixture cache, driven by Debian's headless
+Chromium through Selenium. Every page must render with no error box; an example holding an XSS payload must show
+as text and run no script. A screenshot of each page is saved under the test's tmp folder.
+
+Skips only when Chromium is not installed AND we are not in CI (under CI=true a missing browser is a failure:
+``.ci/install`` installs it).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import synthetic
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+PAGES = [("", "Overview"), ("inspect", "Inspect"), ("map", "Map"), ("select", "Select"), ("export", "Export"),
+         ("jobs", "Jobs")]  # fmt: skip
+
+pytestmark = pytest.mark.slow
+
+if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("CI needs Chromium for the browser test: run .ci/install (apt chromium chromium-driver)")
+    pytest.skip("Chromium / chromedriver not installed (bash .ci/install installs them)", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real `streamlit run app.py` on a free loopback port, over a synthetic cache with an XSS row."""
+    root = tmp_path_factory.mktemp("browser")
+    cache = root / "cache"
+    synthetic.build(cache, n=200, dataset="synth",
+                    extra_rows=[{"id": "xss", "prompt": synthetic.XSS_PROMPT, "response": synthetic.XSS_RESPONSE}])
+    port = _free_port()
+    env = dict(os.environ, DAVIR_CACHE=str(cache), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    log = open(root / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--", "--cache", str(cache)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("streamlit did not start:\n" + (root / "streamlit.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield url, root
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _open(driver, url: str, title: str) -> None:
+    """Load ``url`` and wait until the page's title is drawn and the script run has finished."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 60).until(
+        lambda d: any(h.text.strip() == title for h in d.find_elements(By.CSS_SELECTOR, "h1")))
+    WebDriverWait(driver, 60).until(lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'))
+    time.sleep(1.0)  # let charts and late elements settle before looking for error boxes
+
+
+def test_every_page_renders_without_an_error_box(server, browser):
+    from selenium.webdriver.common.by import By
+
+    url, root = server
+    shots = root / "screenshots"
+    shots.mkdir(exist_ok=True)
+    for path, title in PAGES:
+        _open(browser, f"{url}/{path}?dataset=synth", title)
+        errors = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"], [data-testid="stAlertContentError"]')
+        assert not errors, f"{title}: {[e.text for e in errors]}"
+        browser.save_screenshot(str(shots / f"{title.lower()}.png"))
+        assert (shots / f"{title.lower()}.png").stat().st_size > 10_000
+
+
+def test_xss_payload_renders_as_text_and_runs_no_script(server, browser):
+    from selenium.webdriver.common.by import By
+
+    url, root = server
+    _open(browser, f"{url}/inspect?dataset=synth&example=xss", "Inspect")
+    page = browser.find_element(By.TAG_NAME, "body").text
+    assert "Example xss" in page
+    assert "<script>window.__xss = 1</script>" in page  # shown as text
+    assert 'onerror="window.__xss = 2"' in page
+    assert browser.execute_script("return typeof window.__xss") == "undefined"
+    assert browser.execute_script("return document.querySelectorAll('img[onerror]').length") == 0
+    assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    browser.save_screenshot(str(root / "screenshots" / "inspect-xss.png"))
