@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 from .errors import UserError
+from .finetune import KeyedConfig, _use_bf16, progress_hooks, save_final
 from .formatting import Encoded, encode
 from .models import ModelRef, folder_fingerprint
-from .store import Cache, atomic_write_json
+from .store import Cache
 
 
 @dataclass(frozen=True)
-class DPOTrainConfig:
+class DPOTrainConfig(KeyedConfig):
     """DPO warm-up of π_θ and θ_val. β is also the β of the irm / lossdiff / davir_dpo scores."""
 
     beta: float = 0.1  # DPO temperature (TRL's default); the scores use the same value
@@ -51,10 +49,6 @@ class DPOTrainConfig:
     seed: int = 0
     checkpoint_minutes: float = 10.0  # save a resumable Trainer checkpoint this often (and when cancelled)
 
-    def key_fields(self) -> dict:
-        fields = asdict(self)
-        fields.pop("checkpoint_minutes")  # how often we save changes no weight
-        return fields
 
 
 def encode_side(tokenizer, prompt_turns: list[dict], reply: str, max_length: int) -> Encoded:
@@ -153,10 +147,9 @@ def train_dpo(
     names where from, for the key); None lets TRL compute them."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import DPOConfig
 
-    from .finetune import _use_bf16
 
     key = dpo_key(base, pairs_fingerprint(pairs), template_fp, max_length, cfg, ref_source if ref_logps else "trl")
     final = cache.models_dir() / f"dpo-{key}"
@@ -203,41 +196,18 @@ def train_dpo(
         disable_tqdm=on_progress is not None,
     )
 
-    class Hooks(TrainerCallback):
-        def __init__(self):
-            self.last_save = time.monotonic()
-
-        def on_step_end(self, args, state, control, **kw):
-            if on_progress:
-                on_progress(state.global_step, state.max_steps)
-            if time.monotonic() - self.last_save > cfg.checkpoint_minutes * 60:
-                control.should_save = True
-                self.last_save = time.monotonic()
-            if should_stop and should_stop():
-                control.should_training_stop = True
-                control.should_save = True
-
     trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[Hooks()],
+        callbacks=[progress_hooks(cfg, on_progress, should_stop)],
     )
     resume = any(partial.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     if should_stop and should_stop():
         return None
-    trained = trainer.model
-    if cfg.method == "lora":
-        trained = trained.merge_and_unload()
-    staging = partial / "final"
-    shutil.rmtree(staging, ignore_errors=True)
-    trained.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    atomic_write_json(staging / "davir_dpo.json",
-                      {"base": base.fingerprint, "n_pairs": len(rows), "train": cfg.key_fields(), "steps": steps})
-    os.replace(staging, final)
-    shutil.rmtree(partial, ignore_errors=True)
+    save_final(trainer.model, tokenizer, cfg, partial, final, "davir_dpo.json",
+               {"base": base.fingerprint, "n_pairs": len(rows), "train": cfg.key_fields(), "steps": steps})
     return ModelRef(name=f"dpo-{key}", path=str(final), fingerprint=folder_fingerprint(final, cache))

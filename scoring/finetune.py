@@ -20,8 +20,17 @@ from .models import ModelRef, folder_fingerprint
 from .store import Cache, atomic_write_json
 
 
+class KeyedConfig:
+    """Base of the training configs: every field is part of the checkpoint key except how often we save."""
+
+    def key_fields(self) -> dict:
+        fields = asdict(self)
+        fields.pop("checkpoint_minutes")  # how often we save changes no weight
+        return fields
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(KeyedConfig):
     """Reference fine-tuning. Defaults follow the DavIR paper's one pass over all the data."""
 
     method: str = "full"  # "full" or "lora"
@@ -41,10 +50,6 @@ class TrainConfig:
     seed: int = 0
     checkpoint_minutes: float = 10.0  # save a resumable Trainer checkpoint this often (and when cancelled)
 
-    def key_fields(self) -> dict:
-        fields = asdict(self)
-        fields.pop("checkpoint_minutes")  # how often we save changes no weight
-        return fields
 
 
 def reference_key(base: ModelRef, dataset_fingerprint: str, template_fp: str, max_length: int, cfg: TrainConfig) -> str:
@@ -124,7 +129,7 @@ def train_reference(
 ) -> ModelRef | None:
     """Fine-tune ``base`` on ``messages`` (or reuse the checkpoint with the same key). None when stopped early."""
     import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     key = reference_key(base, dataset_fingerprint, template_fp, max_length, cfg)
     final = cache.models_dir() / f"ref-{key}"
@@ -174,6 +179,27 @@ def train_reference(
         disable_tqdm=False,
     )
 
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=_collate(tokenizer.pad_token_id),
+        callbacks=[progress_hooks(cfg, on_progress, should_stop)],
+    )
+    resume = any(partial.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    if should_stop and should_stop():
+        return None
+    save_final(trainer.model, tokenizer, cfg, partial, final, "davir_reference.json",
+               {"base": base.fingerprint, "dataset": dataset_fingerprint, "train": cfg.key_fields(), "steps": steps})
+    return ModelRef(name=f"ref-{key}", path=str(final), fingerprint=folder_fingerprint(final, cache))
+
+
+def progress_hooks(cfg, on_progress: Callable[[int, int], None] | None, should_stop: Callable[[], bool] | None):
+    """A Trainer callback: report steps, save a resumable checkpoint every ``cfg.checkpoint_minutes`` (a
+    checkpoint costs ~3x the model on disk, so by time, not by step), and stop (saving) when asked."""
+    from transformers import TrainerCallback
+
     class Hooks(TrainerCallback):
         def __init__(self):
             self.last_save = time.monotonic()
@@ -188,28 +214,18 @@ def train_reference(
                 control.should_training_stop = True
                 control.should_save = True
 
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=data,
-        data_collator=_collate(tokenizer.pad_token_id),
-        callbacks=[Hooks()],
-    )
-    resume = any(partial.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    if should_stop and should_stop():
-        return None
-    trained = trainer.model
+    return Hooks()
+
+
+def save_final(trained, tokenizer, cfg, partial, final, record_name: str, record: dict) -> None:
+    """Merge LoRA back, save model + tokenizer + a record of how they were made, then rename into place: a
+    checkpoint folder either is complete or does not exist."""
     if cfg.method == "lora":
         trained = trained.merge_and_unload()
     staging = partial / "final"
     shutil.rmtree(staging, ignore_errors=True)
     trained.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    atomic_write_json(
-        staging / "davir_reference.json",
-        {"base": base.fingerprint, "dataset": dataset_fingerprint, "train": cfg.key_fields(), "steps": steps},
-    )
+    atomic_write_json(staging / record_name, record)
     os.replace(staging, final)
     shutil.rmtree(partial, ignore_errors=True)
-    return ModelRef(name=f"ref-{key}", path=str(final), fingerprint=folder_fingerprint(final, cache))

@@ -79,7 +79,8 @@ def _quotas(budget: Budget, limit: int, gcodes: np.ndarray, n_groups: int, token
 
 def _walk_dedup(order, gcodes, quotas, tokens, budget_kind, emb, rows_of, tau, block: int = 512):
     """Greedy walk down the ranking: keep a row unless its group's quota is spent or its embedding's cosine to a
-    row already kept exceeds ``tau``. Returns (kept positions in order, near-duplicate positions, walked count).
+    row already kept exceeds ``tau``. Returns (kept positions in order, near-duplicate positions, whether every
+    group's quota was spent before the ranking ran out).
 
     ``order`` indexes the pool; ``rows_of`` maps a pool position to its row of ``emb``. Quotas are row counts, or
     token budgets with skip-and-stop (a group stops at its first row that would overflow).
@@ -96,12 +97,10 @@ def _walk(order, gcodes, quotas, tokens, budget_kind, emb, rows_of, tau, block):
     kept: list[int] = []
     dups: list[int] = []
     kept_vecs = np.empty((0, emb.shape[1]), dtype=np.float32)
-    walked = 0
     for start in range(0, len(order), block):
         if stopped.all():
             break
         rows = order[start:start + block]
-        walked = start + len(rows)
         take = rows_of[rows]
         sort = np.argsort(take)  # ascending reads are much faster on a memory-mapped matrix
         vecs = np.empty((len(rows), emb.shape[1]), dtype=np.float32)

@@ -15,7 +15,7 @@ import shlex
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from scoring.select import (
     parse_rule,
     select,
 )
-from scoring.store import Cache, atomic_write_json, atomic_write_parquet, read_json
+from scoring.store import Cache, atomic_write_json, read_json
 
 
 # --------------------------------------------------------------------------------------------------------------
