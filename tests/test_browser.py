@@ -23,7 +23,7 @@ from tests import synthetic
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PAGES = [("", "Overview"), ("inspect", "Inspect"), ("map", "Map"), ("select", "Select"), ("export", "Export"),
-         ("jobs", "Jobs")]  # fmt: skip
+         ("jobs", "Jobs"), ("pairs", "Pairs")]  # fmt: skip
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +46,8 @@ def server(tmp_path_factory):
     cache = root / "cache"
     synthetic.build(cache, n=200, dataset="synth",
                     extra_rows=[{"id": "xss", "prompt": synthetic.XSS_PROMPT, "response": synthetic.XSS_RESPONSE}])
+    synthetic.build_pairs(cache, n=100, dataset="pairs", extra_rows=[
+        {"id": "xss", "prompt": synthetic.XSS_PROMPT, "chosen": synthetic.XSS_RESPONSE, "rejected": "<b>no</b>"}])
     port = _free_port()
     env = dict(os.environ, DAVIR_CACHE=str(cache), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     log = open(root / "streamlit.log", "wb")
@@ -119,6 +121,13 @@ def test_every_page_renders_without_an_error_box(server, browser):
         assert not errors, f"{title}: {[e.text for e in errors]}"
         browser.save_screenshot(str(shots / f"{title.lower()}.png"))
         assert (shots / f"{title.lower()}.png").stat().st_size > 10_000
+    _open(browser, f"{url}/pairs?dataset=pairs&example=xss", "Pairs")  # the pair view, XSS in the chosen reply
+    errors = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"], [data-testid="stAlertContentError"]')
+    assert not errors, [e.text for e in errors]
+    assert "Pair xss" in browser.find_element(By.TAG_NAME, "body").text
+    assert browser.execute_script("return typeof window.__xss") == "undefined"
+    assert browser.execute_script("return document.querySelectorAll('img[onerror]').length") == 0
+    browser.save_screenshot(str(shots / "pairs-xss.png"))
 
 
 def test_xss_payload_renders_as_text_and_runs_no_script(server, browser):
