@@ -22,6 +22,7 @@ Usage::
     python benchmarks/throughput.py [--model M] [--n N] [--max-length L] [--data PATH]
                                     [--random-weights 0.5b|1b|3b|7b|CONFIG] [--batch-tokens B] [--threads T]
                                     [--repeats R] [--device D] [--dtype auto|bf16|fp16|fp32] [--cache DIR]
+                                    [--compile]
 """
 from __future__ import annotations
 
@@ -209,6 +210,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cache", default=None, help="cache folder (default $DAVIR_CACHE or <repo>/cache)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+    parser.add_argument("--compile", action="store_true",
+                        help="GPU: torch.compile the engine's decoder layers (PassConfig.compile; the warm-up compiles)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds of (baseline, engine), alternated; each way's best time is reported")
     return parser.parse_args(argv)
@@ -268,9 +271,8 @@ def main(argv=None) -> dict:
         engine_model = copy.deepcopy(baseline_model).to(engine_dtype)
     else:
         engine_model = load_model(ref, device, engine_dtype)
-    pass_config = PassConfig(
-        max_length=args.max_length, batch_tokens=batch_tokens, head_rows=args.head_rows, alone=False, embed=False
-    )
+    pass_config = PassConfig(max_length=args.max_length, batch_tokens=batch_tokens, head_rows=args.head_rows,
+                             alone=False, embed=False, compile=args.compile)  # fmt: skip
 
     # Alternate the two ways so both see the same background load; keep each way's best time.
     baseline_times, engine_times = [], []
@@ -318,6 +320,7 @@ def main(argv=None) -> dict:
         "load_avg_1m_before": round(load_avg[0], 2),
         "load_avg_1m_after": round(load_after, 2),
         "torch": torch.__version__,
+        "compiled": args.compile,
     }
     print(json.dumps(result), flush=True)
     return result

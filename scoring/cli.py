@@ -44,7 +44,7 @@ def cmd_score(cache: Cache, args) -> int:
     from .losses import PassConfig
     from .scores import parse_scores
 
-    pass_config = PassConfig(max_length=args.max_length, batch_tokens=args.batch_tokens)
+    pass_config = PassConfig(max_length=args.max_length, batch_tokens=args.batch_tokens, compile=args.compile)
     train = replace(TrainConfig(), method=args.train_method, epochs=args.epochs)
     if data.dataset_meta(cache, args.name).get("kind") == "pair":
         request = _pair_request(cache, args, pass_config)
@@ -73,7 +73,8 @@ def _pair_request(cache: Cache, args, pass_config) -> dict:
     from .pair_passes import PAIR_PASS_CONFIG, pair_request
     from .scores import parse_scores
 
-    config = replace(PAIR_PASS_CONFIG, max_length=pass_config.max_length, batch_tokens=pass_config.batch_tokens)
+    config = replace(PAIR_PASS_CONFIG, max_length=pass_config.max_length, batch_tokens=pass_config.batch_tokens,
+                     compile=pass_config.compile)
     dpo = replace(DPOTrainConfig(), beta=args.beta, method=args.train_method, epochs=args.epochs)
     return pair_request(cache, args.name, args.model, parse_scores(args.scores, "pair"), config, dpo, args.val,
                         args.val_fraction, args.trust_remote_code)  # fmt: skip
@@ -378,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", help="comma-separated (default davir,rho,ifd,ppl)")
     p.add_argument("--max-length", type=int, default=1024, help="tokens per example (default 1024)")
     p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per micro-batch (default 8192)")
+    p.add_argument("--compile", action="store_true", help="GPU: torch.compile the model's layers (about 2x faster "
+                   "scoring on an H200; ignored on a CPU)")
     p.add_argument("--train-method", choices=["full", "lora"], default="full", help="reference fine-tuning")
     p.add_argument("--epochs", type=float, default=1.0, help="reference fine-tuning epochs (default 1)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")

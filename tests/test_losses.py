@@ -10,7 +10,7 @@ import torch
 
 from scoring import schema
 from scoring.formatting import encode
-from scoring.losses import PassConfig, done_ranges, micro_batches, run_pass, score_encoded
+from scoring.losses import PassConfig, done_ranges, fingerprint_fields, micro_batches, run_pass, score_encoded
 from scoring.models import ModelRef, load_model, load_tokenizer
 from scoring.results import read_pass
 
@@ -125,3 +125,18 @@ def test_a_half_written_part_left_by_a_dead_worker_is_cleaned_up(tiny_model, cac
     assert run_pass(cache, "k", model, tokenizer, frame, PassConfig(chunk_size=6, max_length=128)) is True
     assert not stale.exists() and not list(parts.glob(".*.tmp"))
     assert read_pass(cache, "k", ["idx"])["idx"].tolist() == list(range(12))
+
+
+def test_compile_is_keyed_only_when_asked_and_left_alone_on_a_cpu(tiny_model):
+    """``compile`` joins the pass key only when on (older keys still match); a CPU pass ignores it."""
+    from scoring.cli import build_parser
+
+    assert "compile" not in fingerprint_fields(PassConfig())
+    assert fingerprint_fields(PassConfig(compile=True))["compile"] is True
+    assert build_parser().parse_args(["score", "x", "--compile"]).compile is True
+    model, tokenizer = load(tiny_model)
+    encoded = [encode(tokenizer, c, 256) for c in CONVS[:6]]
+    asked = score_encoded(model, encoded, PassConfig(compile=True), tokenizer.pad_token_id)
+    plain = score_encoded(model, encoded, PassConfig(), tokenizer.pad_token_id)
+    assert not getattr(model, "_davir_compiled", False)
+    assert [r["loss_sum"] for r in asked] == [r["loss_sum"] for r in plain]
