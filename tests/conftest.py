@@ -25,5 +25,22 @@ def tiny_plain_model(tmp_path_factory):
 
 
 @pytest.fixture
+def cpu_one_thread(monkeypatch):
+    """CPU only, one BLAS thread, here and in every subprocess (they inherit os.environ); no ambient cache.
+    A shared small machine makes oversubscribed threads crawl."""
+    import torch
+
+    monkeypatch.setenv("DAVIR_DEVICE", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.delenv("DAVIR_CACHE", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def cache(tmp_path):
     return Cache(tmp_path / "cache")

@@ -6,15 +6,14 @@ Regenerate (and justify the change in the commit message) with:  python -m tests
 """
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
-from scoring import data, jobs, results
+from scoring import data
 from scoring.dpo import DPOTrainConfig
 from scoring.losses import PassConfig
 from scoring.pair_passes import pair_request
 from scoring.store import Cache
+from tests.golden_pipeline import regenerate, run_job
 
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "pairs20.jsonl"
@@ -29,26 +28,11 @@ def run(cache: Cache, model_path: Path, val_fraction: float = 0.25):
     data.ingest(str(FIXTURE), cache, name="golden-pairs", progress=False)
     request = pair_request(cache, "golden-pairs", str(model_path), pass_config=PASS, dpo=DPO,
                            val_fraction=val_fraction)
-    jobs.enqueue(cache, request)
-    job = jobs.run(cache, request["id"])
-    assert job["state"] == "done", job.get("error")
-    table, _ = results.score_table(cache, "golden-pairs")
-    return table
-
-
-def as_records(table) -> list[dict]:
-    return json.loads(table.drop(columns=["idx"]).to_json(orient="records", double_precision=15))
+    return run_job(cache, "golden-pairs", request)
 
 
 if __name__ == "__main__":
     import torch
 
-    from tests.tiny import build_model
-
     torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = build_model(Path(tmp) / "tiny", chat_template=True)
-        table = run(Cache(Path(tmp) / "cache"), model)
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps(as_records(table), indent=1) + "\n")
-        print(f"wrote {GOLDEN} ({len(table)} rows)")
+    regenerate(run, GOLDEN)

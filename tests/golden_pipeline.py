@@ -23,11 +23,15 @@ TRAIN = TrainConfig(precision="fp32", learning_rate=1e-3, batch_size=4, micro_ba
 
 def run(cache: Cache, model_path: Path):
     data.ingest(str(FIXTURE), cache, name="golden", progress=False)
-    request = jobs.score_request(cache, "golden", str(model_path), pass_config=PASS, train=TRAIN)
+    return run_job(cache, "golden", jobs.score_request(cache, "golden", str(model_path), pass_config=PASS, train=TRAIN))
+
+
+def run_job(cache: Cache, name: str, request: dict):
+    """Queue ``request``, run it here, and return the dataset's score table."""
     jobs.enqueue(cache, request)
     job = jobs.run(cache, request["id"])
     assert job["state"] == "done", job.get("error")
-    table, _ = results.score_table(cache, "golden")
+    table, _ = results.score_table(cache, name)
     return table
 
 
@@ -35,12 +39,17 @@ def as_records(table) -> list[dict]:
     return json.loads(table.drop(columns=["idx"]).to_json(orient="records", double_precision=15))
 
 
-if __name__ == "__main__":
+def regenerate(run_pipeline, golden: Path) -> None:
+    """Run ``run_pipeline(cache, model)`` on a fresh seeded tiny model and freeze its table in ``golden``."""
     from tests.tiny import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "tiny", chat_template=True)
-        table = run(Cache(Path(tmp) / "cache"), model)
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(json.dumps(as_records(table), indent=1) + "\n")
-        print(f"wrote {GOLDEN} ({len(table)} rows)")
+        table = run_pipeline(Cache(Path(tmp) / "cache"), model)
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(json.dumps(as_records(table), indent=1) + "\n")
+        print(f"wrote {golden} ({len(table)} rows)")
+
+
+if __name__ == "__main__":
+    regenerate(run, GOLDEN)

@@ -5,8 +5,6 @@ to files, and the CLI runs in-process for the app-vs-CLI check.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 from pathlib import Path
@@ -14,11 +12,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from scoring import cli, jobs
+from scoring import jobs
 from scoring.store import Cache, atomic_write_json
 from tests import synthetic
+from tests.helpers import ok, open_app
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 N = 240
 XSS = {"id": "xss", "prompt": synthetic.XSS_PROMPT, "response": synthetic.XSS_RESPONSE}
 
@@ -36,14 +34,7 @@ def app(cache_root, monkeypatch):
     monkeypatch.setenv("DAVIR_CACHE", str(cache_root))
 
     def make(page: str | None = None, **query) -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=60)
-        at.query_params.update(query)
-        at.run()
-        assert not at.exception, at.exception[0].value
-        if page:
-            at.switch_page(f"pages/{page}.py").run()
-            assert not at.exception, at.exception[0].value
-        return at
+        return open_app(page, query)
 
     return make
 
@@ -162,14 +153,6 @@ def test_select_save_compare_delete(app, cache_root):
     assert not (cache_root / "selections" / "synth" / "twelve.json").exists()
 
 
-def _cli(*argv: str) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = cli.main(list(argv))
-    assert code == 0, out.getvalue()
-    return out.getvalue()
-
-
 def test_app_select_and_export_match_the_cli(app, cache_root):
     """Done-when: selecting with a budget and exporting from the app gives the same ids as the CLI."""
     at = app("select")
@@ -190,8 +173,8 @@ def test_app_select_and_export_match_the_cli(app, cache_root):
     app_ids = [json.loads(line)["id"] for line in app_file.read_text().splitlines()]
 
     argv = command.replace("python -m scoring select ", "").replace("--save NAME", "--save cli40").split()
-    _cli("--cache", str(cache_root), "select", *argv)
-    _cli("--cache", str(cache_root), "export", "synth", "cli40", "--format", "jsonl")
+    ok("--cache", str(cache_root), "select", *argv)
+    ok("--cache", str(cache_root), "export", "synth", "cli40", "--format", "jsonl")
     cli_file = cache_root / "exports" / "synth-cli40" / "synth-cli40.jsonl"
     cli_ids = [json.loads(line)["id"] for line in cli_file.read_text().splitlines()]
     assert len(app_ids) == 40 and app_ids == cli_ids

@@ -3,20 +3,18 @@ scored pair cache written in the real schemas (tests/synthetic.build_pairs: exam
 parts, a finished pair_score job). The app's LossDiff-IRM selection is checked against the CLI's, id for id."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from scoring import cli, views
+from scoring import views
 from scoring.selections import load_selection
 from scoring.store import Cache
 from tests import synthetic
+from tests.helpers import ok, open_app
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 N = 150
 XSS_CHOSEN = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> fine'
 XSS = {"id": "xss", "prompt": synthetic.XSS_PROMPT, "chosen": XSS_CHOSEN, "rejected": "<b>no</b>"}
@@ -35,28 +33,13 @@ def app(cache_root, monkeypatch):
     monkeypatch.setenv("DAVIR_CACHE", str(cache_root))
 
     def make(page: str | None = None, **query) -> AppTest:
-        at = AppTest.from_file(APP, default_timeout=60)
-        at.query_params.update({"dataset": "pairs", **query})
-        at.run()
-        assert not at.exception, at.exception[0].value
-        if page:
-            at.switch_page(f"pages/{page}.py").run()
-            assert not at.exception, at.exception[0].value
-        return at
+        return open_app(page, {"dataset": "pairs", **query})
 
     return make
 
 
 def metric(at: AppTest, label: str) -> int:
     return int(next(m.value for m in at.metric if m.label == label).replace(",", ""))
-
-
-def _cli(*argv: str) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = cli.main(list(argv))
-    assert code == 0, out.getvalue()
-    return out.getvalue()
 
 
 def test_pair_view_counts_pairs_as_scored(cache_root):
@@ -141,8 +124,8 @@ def test_app_band_selection_and_export_match_the_cli(app, cache_root):
     command = at.code[0].value
     assert "--band 20-80" in command and command.endswith("--save appband")
     argv = command.split(" select ", 1)[1].replace("--save appband", "--save cliband").split()
-    _cli("--cache", str(cache_root), "select", *argv)
-    _cli("--cache", str(cache_root), "select", "pairs", "--rule", "lossdiff-irm", "--band", "20-80", "--budget",
+    ok("--cache", str(cache_root), "select", *argv)
+    ok("--cache", str(cache_root), "select", "pairs", "--rule", "lossdiff-irm", "--band", "20-80", "--budget",
          "100%", "--save", "plain")  # fmt: skip
     app_rec, app_sel = load_selection(Cache(cache_root), "pairs", "appband")
     _, cli_sel = load_selection(Cache(cache_root), "pairs", "cliband")
@@ -164,6 +147,6 @@ def test_app_band_selection_and_export_match_the_cli(app, cache_root):
     assert (folder / "pairs-appband.parquet").is_file() and (folder / "data").is_dir()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["counts"]["kept"] == len(rows)
-    _cli("--cache", str(cache_root), "export", "pairs", "cliband", "--format", "jsonl")
+    ok("--cache", str(cache_root), "export", "pairs", "cliband", "--format", "jsonl")
     cli_rows = (cache_root / "exports" / "pairs-cliband" / "pairs-cliband.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in cli_rows] == [r["id"] for r in rows]

@@ -7,7 +7,6 @@ is always a tiny random-weight one passed with ``--model``; the device is forced
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 from scoring import cli, jobs, results
 from scoring import select as sel
 from scoring.store import Cache
+from tests.helpers import ok, run
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "alp"
@@ -31,35 +31,9 @@ ORIGINAL_COLUMNS = ["id", "instruction", "input", "output", "defect"]
 SCORE_NAMES = ["loss_base", "loss_ref", "n_prompt_tokens", "n_response_tokens", "davir", "rho", "ifd", "ppl"]
 
 
-@pytest.fixture(autouse=True)
-def cpu_one_thread(monkeypatch):
-    """CPU only and one BLAS thread (a shared small machine makes oversubscribed threads crawl)."""
-    import torch
-
-    monkeypatch.setenv("DAVIR_DEVICE", "cpu")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.delenv("DAVIR_CACHE", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("cpu_one_thread")  # tests/conftest.py
 
 
-def run(*argv: str) -> tuple[int, str, str]:
-    """``cli.main(argv)`` in this process: (exit code, stdout, stderr). argparse exits become the code."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main(list(argv))
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def ok(*argv: str) -> str:
-    code, out, err = run(*argv)
-    assert code == 0, f"{argv} exited {code}:\n{out}\n{err}"
-    return out
 
 
 def records() -> list[dict]:

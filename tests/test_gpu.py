@@ -81,7 +81,8 @@ def test_dpo_warm_up_trains_in_bf16_on_cuda(cache, tiny_model):
 
 
 def test_a_score_job_runs_on_cuda(tmp_path, tiny_model, monkeypatch):
-    from tests.test_cli import ok, records  # the CLI's own fixture data and in-process runner
+    from tests.helpers import ok
+    from tests.test_cli import records  # the CLI tests' data
 
     monkeypatch.setenv("DAVIR_DEVICE", "cuda")
     src = tmp_path / "alp.jsonl"

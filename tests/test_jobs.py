@@ -41,19 +41,7 @@ SCORE_COLUMNS = ["n_prompt_tokens", "n_response_tokens", "loss_base", "loss_ref"
 # ---------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(autouse=True)
-def cpu_one_thread(monkeypatch):
-    """CPU only, one BLAS thread, here and in every subprocess (they inherit os.environ)."""
-    import torch
-
-    monkeypatch.setenv("DAVIR_DEVICE", "cpu")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("cpu_one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ model (θ_val) -> pair scores -> LossDiff-IRM band selection -> export; golden v
 swapped-pair check; reuse and resume of pair passes."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scoring import cli, data, jobs, results
+from scoring import data, jobs, results
 from scoring.dpo import DPOTrainConfig, encode_side, train_dpo
 from scoring.formatting import template_fingerprint
 from scoring.models import load_tokenizer, resolve
@@ -22,36 +20,17 @@ from scoring.pair_passes import PAIR_PASS_CONFIG, pair_request, run_pair_pass, v
 from scoring.pair_results import DEFAULT_BAND, parse_band, select_lossdiff_irm
 from scoring.errors import UserError
 from scoring.store import Cache
+from tests.helpers import ok, run
 from tests import golden_pairs
+from tests.golden_pipeline import as_records
 
 PAIR_SCORES = ["n_prompt_tokens", "n_response_tokens", "n_chosen_tokens", "n_rejected_tokens", "logp_chosen",
                "logp_rejected", "irm", "lossdiff", "davir_dpo", "margin_base", "len_diff"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def cpu_one_thread(monkeypatch):
-    monkeypatch.setenv("DAVIR_DEVICE", "cpu")
-    monkeypatch.delenv("DAVIR_CACHE", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("cpu_one_thread")  # tests/conftest.py
 
 
-def run(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main(list(argv))
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def ok(*argv: str) -> str:
-    code, out, err = run(*argv)
-    assert code == 0, f"{argv} exited {code}:\n{out}\n{err}"
-    return out
 
 
 def arithmetic_pairs(n: int = 40) -> list[dict]:
@@ -183,7 +162,7 @@ def test_a_second_request_is_done_at_once_and_sft_scores_are_refused(scored, tin
 
 def test_golden_pair_scores(tiny_model, cache):
     """The 20-pair fixture through the whole pair pipeline equals the frozen output."""
-    got = golden_pairs.as_records(golden_pairs.run(cache, tiny_model))
+    got = as_records(golden_pairs.run(cache, tiny_model))
     want = json.loads(golden_pairs.GOLDEN.read_text())
     assert [r["id"] for r in got] == [r["id"] for r in want]
     assert [r["flag"] for r in got] == [r["flag"] for r in want]
