@@ -223,7 +223,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     from scoring.formatting import encode
-    from scoring.losses import PassConfig, uses_packing
+    from scoring.losses import PassConfig, default_batch_tokens, uses_packing
     from scoring.models import dtype_name, load_model, load_tokenizer, pick_device, pick_dtype, resolve
     from scoring.store import Cache
 
@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     device = args.device or pick_device()
     engine_dtype = pick_dtype(device, args.dtype)
-    batch_tokens = args.batch_tokens or (65536 if device.startswith("cuda") else 8192)
+    batch_tokens = args.batch_tokens or default_batch_tokens(device)
     cache = Cache(args.cache or os.environ.get("DAVIR_CACHE") or REPO / "cache")
     load_avg = os.getloadavg()
     log(f"device {device_label(device)}, engine dtype {dtype_name(engine_dtype)}, load average {load_avg[0]:.2f}")

@@ -41,10 +41,12 @@ def cmd_score(cache: Cache, args) -> int:
     from dataclasses import replace
 
     from .finetune import TrainConfig
-    from .losses import PassConfig
+    from .losses import PassConfig, default_batch_tokens
+    from .models import pick_device
     from .scores import parse_scores
 
-    pass_config = PassConfig(max_length=args.max_length, batch_tokens=args.batch_tokens, compile=args.compile)
+    batch_tokens = args.batch_tokens or default_batch_tokens(pick_device())
+    pass_config = PassConfig(max_length=args.max_length, batch_tokens=batch_tokens, compile=args.compile)
     train = replace(TrainConfig(), method=args.train_method, epochs=args.epochs)
     if data.dataset_meta(cache, args.name).get("kind") == "pair":
         request = _pair_request(cache, args, pass_config)
@@ -378,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="train", help="'train' (fine-tune the base, default) or a model")
     p.add_argument("--scores", help="comma-separated (default davir,rho,ifd,ppl)")
     p.add_argument("--max-length", type=int, default=1024, help="tokens per example (default 1024)")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per micro-batch (default 8192)")
+    p.add_argument("--batch-tokens", type=int, help="tokens per micro-batch (default 8192 on a CPU, 65536 on a GPU)")
     p.add_argument("--compile", action="store_true", help="GPU: torch.compile the model's layers (about 2x faster "
                    "scoring on an H200; ignored on a CPU)")
     p.add_argument("--train-method", choices=["full", "lora"], default="full", help="reference fine-tuning")

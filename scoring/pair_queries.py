@@ -173,8 +173,11 @@ def pair_job_request(cache: Cache, dataset: str, model: str | None, scores: list
     names in ``scores`` are ignored (the pair defaults when none is a pair score)."""
     from dataclasses import replace
 
+    from .losses import default_batch_tokens
+    from .models import pick_device
     from .pair_passes import PAIR_PASS_CONFIG, pair_request
     from .scores import SCORES
 
     wanted = [s for s in scores or [] if s in SCORES and "pair" in SCORES[s].kinds] or None
-    return pair_request(cache, dataset, model, wanted, replace(PAIR_PASS_CONFIG, max_length=int(max_length)))
+    config = replace(PAIR_PASS_CONFIG, max_length=int(max_length), batch_tokens=default_batch_tokens(pick_device()))
+    return pair_request(cache, dataset, model, wanted, config)

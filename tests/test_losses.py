@@ -10,7 +10,8 @@ import torch
 
 from scoring import schema
 from scoring.formatting import encode
-from scoring.losses import PassConfig, done_ranges, fingerprint_fields, micro_batches, run_pass, score_encoded
+from scoring.losses import (PassConfig, default_batch_tokens, done_ranges, fingerprint_fields, micro_batches, run_pass,
+                            score_encoded)
 from scoring.models import ModelRef, load_model, load_tokenizer
 from scoring.results import read_pass
 
@@ -134,6 +135,8 @@ def test_compile_is_keyed_only_when_asked_and_left_alone_on_a_cpu(tiny_model):
     assert "compile" not in fingerprint_fields(PassConfig())
     assert fingerprint_fields(PassConfig(compile=True))["compile"] is True
     assert build_parser().parse_args(["score", "x", "--compile"]).compile is True
+    assert build_parser().parse_args(["score", "x"]).batch_tokens is None  # then the device's default:
+    assert (default_batch_tokens("cpu"), default_batch_tokens("cuda:0")) == (PassConfig().batch_tokens, 65536)
     model, tokenizer = load(tiny_model)
     encoded = [encode(tokenizer, c, 256) for c in CONVS[:6]]
     asked = score_encoded(model, encoded, PassConfig(compile=True), tokenizer.pad_token_id)
