@@ -9,7 +9,7 @@ from pages import _ui
 from scoring import data, jobs, pair_queries, queries
 from scoring.errors import UserError
 from scoring.losses import PassConfig, default_batch_tokens
-from scoring.models import DEFAULT_MODEL, pick_device
+from scoring.models import DEFAULT_MODEL
 from scoring.scores import DEFAULT_SCORES, SCORES
 
 ctx = _ui.ctx()
@@ -55,8 +55,7 @@ if submitted:
             if not reference:
                 raise UserError("Give the reference model's folder or hub id, or choose 'train'.")
             request = jobs.score_request(ctx.cache, dataset, model.strip() or None, reference, chosen or None,
-                                         PassConfig(max_length=int(max_length),
-                                                    batch_tokens=default_batch_tokens(pick_device())))  # fmt: skip
+                                         PassConfig(max_length=int(max_length), batch_tokens=default_batch_tokens()))
         job, queued = jobs.enqueue(ctx.cache, request)
         pid = jobs.ensure_worker(ctx.cache) if job["state"] != "done" else None
         st.success(f"Job {job['id']} for {dataset}: " + ("queued" if queued else f"already {job['state']}")

@@ -42,10 +42,9 @@ def cmd_score(cache: Cache, args) -> int:
 
     from .finetune import TrainConfig
     from .losses import PassConfig, default_batch_tokens
-    from .models import pick_device
     from .scores import parse_scores
 
-    batch_tokens = args.batch_tokens or default_batch_tokens(pick_device())
+    batch_tokens = args.batch_tokens or default_batch_tokens()
     pass_config = PassConfig(max_length=args.max_length, batch_tokens=batch_tokens, compile=args.compile)
     train = replace(TrainConfig(), method=args.train_method, epochs=args.epochs)
     if data.dataset_meta(cache, args.name).get("kind") == "pair":

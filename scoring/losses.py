@@ -53,9 +53,14 @@ class PassConfig:
     compile: bool = False  # on a GPU: torch.compile each decoder layer (see compile_layers); ignored on a CPU
 
 
-def default_batch_tokens(device: str) -> int:
+def default_batch_tokens(device: str | None = None) -> int:
     """Tokens per micro-batch when the user gives none: 8,192 on a CPU (the worker threads' rows stay in cache),
-    65,536 on a GPU (large enough to keep the matrix units busy; the H200 figures in README use it)."""
+    65,536 on a GPU (large enough to keep the matrix units busy; the H200 figures in README use it). ``device``
+    defaults to the one a worker on this machine would pick."""
+    if device is None:
+        from .models import pick_device
+
+        device = pick_device()
     return 65536 if device.startswith("cuda") else PassConfig.batch_tokens
 
 

@@ -174,10 +174,9 @@ def pair_job_request(cache: Cache, dataset: str, model: str | None, scores: list
     from dataclasses import replace
 
     from .losses import default_batch_tokens
-    from .models import pick_device
     from .pair_passes import PAIR_PASS_CONFIG, pair_request
     from .scores import SCORES
 
     wanted = [s for s in scores or [] if s in SCORES and "pair" in SCORES[s].kinds] or None
-    config = replace(PAIR_PASS_CONFIG, max_length=int(max_length), batch_tokens=default_batch_tokens(pick_device()))
+    config = replace(PAIR_PASS_CONFIG, max_length=int(max_length), batch_tokens=default_batch_tokens())
     return pair_request(cache, dataset, model, wanted, config)
