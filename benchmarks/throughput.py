@@ -22,7 +22,7 @@ Usage::
     python benchmarks/throughput.py [--model M] [--n N] [--max-length L] [--data PATH]
                                     [--random-weights 0.5b|1b|3b|7b|CONFIG] [--batch-tokens B] [--threads T]
                                     [--repeats R] [--device D] [--dtype auto|bf16|fp16|fp32] [--cache DIR]
-                                    [--compile]
+                                    [--compile] [--kernels auto|off]
 """
 from __future__ import annotations
 
@@ -212,6 +212,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
     parser.add_argument("--compile", action="store_true",
                         help="GPU: torch.compile the engine's decoder layers (PassConfig.compile; the warm-up compiles)")
+    parser.add_argument("--kernels", choices=["auto", "off"], default="auto",
+                        help="CPU: the engine's fused bf16 kernels (PassConfig.kernels; 'off': transformers' layers)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds of (baseline, engine), alternated; each way's best time is reported")
     return parser.parse_args(argv)
@@ -223,7 +225,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     from scoring.formatting import encode
-    from scoring.losses import PassConfig, default_batch_tokens, uses_packing
+    from scoring.losses import PassConfig, default_batch_tokens, uses_kernels, uses_packing
     from scoring.models import dtype_name, load_model, load_tokenizer, pick_device, pick_dtype, resolve
     from scoring.store import Cache
 
@@ -272,7 +274,7 @@ def main(argv=None) -> dict:
     else:
         engine_model = load_model(ref, device, engine_dtype)
     pass_config = PassConfig(max_length=args.max_length, batch_tokens=batch_tokens, head_rows=args.head_rows,
-                             alone=False, embed=False, compile=args.compile)  # fmt: skip
+                             alone=False, embed=False, compile=args.compile, kernels=args.kernels)  # fmt: skip
 
     # Alternate the two ways so both see the same background load; keep each way's best time.
     baseline_times, engine_times = [], []
@@ -290,6 +292,7 @@ def main(argv=None) -> dict:
     baseline_s, engine_s = min(baseline_times), min(engine_times)
     load_after = os.getloadavg()[0]
 
+    packed = uses_packing(engine_model, pass_config, max(lengths))
     diffs = [abs(a - b) for a, b in zip(engine_means, baseline_means)]
     max_diff = max(diffs)
     peak = peak_flops(device)
@@ -311,7 +314,8 @@ def main(argv=None) -> dict:
         "mean_loss_engine": round(sum(engine_means) / len(engine_means), 4),
         "mean_loss_baseline": round(sum(baseline_means) / len(baseline_means), 4),
         "batch_tokens": batch_tokens,
-        "packed": uses_packing(engine_model, pass_config, max(lengths)),
+        "packed": packed,
+        "kernels": uses_kernels(engine_model, pass_config, packed),
         "max_length": args.max_length,
         "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats,

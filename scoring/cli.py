@@ -45,7 +45,8 @@ def cmd_score(cache: Cache, args) -> int:
     from .scores import parse_scores
 
     batch_tokens = args.batch_tokens or default_batch_tokens()
-    pass_config = PassConfig(max_length=args.max_length, batch_tokens=batch_tokens, compile=args.compile)
+    pass_config = PassConfig(max_length=args.max_length, batch_tokens=batch_tokens, compile=args.compile,
+                             kernels="off" if args.no_kernels else "auto")  # fmt: skip
     train = replace(TrainConfig(), method=args.train_method, epochs=args.epochs)
     if data.dataset_meta(cache, args.name).get("kind") == "pair":
         request = _pair_request(cache, args, pass_config)
@@ -75,7 +76,7 @@ def _pair_request(cache: Cache, args, pass_config) -> dict:
     from .scores import parse_scores
 
     config = replace(PAIR_PASS_CONFIG, max_length=pass_config.max_length, batch_tokens=pass_config.batch_tokens,
-                     compile=pass_config.compile)
+                     compile=pass_config.compile, kernels=pass_config.kernels)
     dpo = replace(DPOTrainConfig(), beta=args.beta, method=args.train_method, epochs=args.epochs)
     return pair_request(cache, args.name, args.model, parse_scores(args.scores, "pair"), config, dpo, args.val,
                         args.val_fraction, args.trust_remote_code)  # fmt: skip
@@ -382,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-tokens", type=int, help="tokens per micro-batch (default 8192 on a CPU, 65536 on a GPU)")
     p.add_argument("--compile", action="store_true", help="GPU: torch.compile the model's layers (about 2x faster "
                    "scoring on an H200; ignored on a CPU)")
+    p.add_argument("--no-kernels", action="store_true", help="CPU: transformers' own layers instead of the fused "
+                   "bf16 kernels (about 1.45x slower; low-order bits differ)")
     p.add_argument("--train-method", choices=["full", "lora"], default="full", help="reference fine-tuning")
     p.add_argument("--epochs", type=float, default=1.0, help="reference fine-tuning epochs (default 1)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")

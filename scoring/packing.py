@@ -150,8 +150,10 @@ def shared_prefix(seqs: list[list[int]], first_scored: list[int]) -> int:
     return p if p >= MIN_SHARED_PREFIX else 0
 
 
-def packed_hidden(trunk, seqs: list[list[int]], prefix: int, device):
-    """Run the trunk over the packed row (the model must be ``install``-ed). Returns (hidden (N, H), pack)."""
+def packed_hidden(trunk, seqs: list[list[int]], prefix: int, device, fused: bool = False):
+    """Run the trunk over the packed row (the model must be ``install``-ed). Returns (hidden (N, H), pack).
+
+    ``fused``: through scoring/fused.py's kernels instead of the trunk's own forward (where ``fused.supports``)."""
     import torch
 
     row: list[int] = list(seqs[0][:prefix])
@@ -164,9 +166,13 @@ def packed_hidden(trunk, seqs: list[list[int]], prefix: int, device):
         row.extend(own)
         positions.extend(range(prefix, len(seq)))
     pack = Pack(prefix=prefix, starts=starts, lengths=lengths)
-    ids = torch.tensor([row], dtype=torch.long, device=device)  # (1, N)
-    pos = torch.tensor([positions], dtype=torch.long, device=device)  # (1, N)
-    hidden = trunk(input_ids=ids, position_ids=pos, use_cache=False, davir_pack=pack).last_hidden_state
+    ids = torch.tensor(row, dtype=torch.long, device=device)  # (N,)
+    pos = torch.tensor(positions, dtype=torch.long, device=device)  # (N,)
+    if fused:
+        from .fused import packed_trunk
+
+        return packed_trunk(trunk, ids, pos, pack), pack
+    hidden = trunk(input_ids=ids[None], position_ids=pos[None], use_cache=False, davir_pack=pack).last_hidden_state
     return hidden[0], pack  # (N, H)
 
 
