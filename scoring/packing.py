@@ -66,25 +66,28 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
     groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # grouped-query attention: one repeat per layer, not one per sequence
+    gqa = {}
+    if groups > 1 and query.device.type == "cpu":  # the CPU flash kernel reads each key head for its query group
+        gqa = {"enable_gqa": True}
+    elif groups > 1:  # grouped-query attention: one repeat per layer, not one per sequence
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])  # (1, N, Hq, D)
     p = pack.prefix
     if p:
         head = F.scaled_dot_product_attention(query[:, :, :p], key[:, :, :p], value[:, :, :p], is_causal=True,
-                                              scale=scaling)  # fmt: skip
+                                              scale=scaling, **gqa)  # fmt: skip
         out[:, :p] = head.transpose(1, 2)
     for start, length in zip(pack.starts, pack.lengths):
         end = start + length
         q = query[:, :, start:end]  # (1, Hq, L, D)
         if p:
-            k = torch.cat([key[:, :, :p], key[:, :, start:end]], dim=2)  # (1, Hq, P + L, D)
+            k = torch.cat([key[:, :, :p], key[:, :, start:end]], dim=2)  # (1, Hkv, P + L, D)
             v = torch.cat([value[:, :, :p], value[:, :, start:end]], dim=2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=pack.mask(length, q.device), scale=scaling)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=pack.mask(length, q.device), scale=scaling, **gqa)
         else:
             o = F.scaled_dot_product_attention(q, key[:, :, start:end], value[:, :, start:end], is_causal=True,
-                                               scale=scaling)  # fmt: skip
+                                               scale=scaling, **gqa)  # fmt: skip
         out[:, start:end] = o.transpose(1, 2)
     return out, None
 
