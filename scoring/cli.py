@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="GPU: torch.compile the model's layers (about 2x faster "
                    "scoring on an H200; ignored on a CPU)")
     p.add_argument("--no-kernels", action="store_true", help="CPU: transformers' own layers instead of the fused "
-                   "bf16 kernels (about 1.45x slower; low-order bits differ)")
+                   "bf16 kernels (about 1.6x slower; low-order bits differ)")
     p.add_argument("--train-method", choices=["full", "lora"], default="full", help="reference fine-tuning")
     p.add_argument("--epochs", type=float, default=1.0, help="reference fine-tuning epochs (default 1)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
