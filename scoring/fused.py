@@ -31,6 +31,9 @@ def supports(model, trunk) -> bool:
         return False
     if any(hasattr(layer.self_attn, "q_norm") for layer in layers):  # a Qwen3-like layer: more than we compute
         return False
+    inv_freq = getattr(trunk.rotary_emb, "inv_freq", None)
+    if inv_freq is None or 2 * inv_freq.numel() != layers[0].self_attn.head_dim:  # partial rotary: not ours
+        return False
     try:
         import numba  # noqa: F401  (a dependency of umap-learn; its absence just means the model's own forward)
     except ImportError:

@@ -162,10 +162,18 @@ def test_kernels_only_where_they_compute_the_model(tiny_model):
     assert uses_kernels(model, PassConfig(), packed=True)
     assert not uses_kernels(model, PassConfig(), packed=False)  # padded batches: the model's own forward
     assert not uses_kernels(model, PassConfig(kernels="off"), packed=True)
-    assert not uses_kernels(model.float(), PassConfig(), packed=True)  # the kernels are bf16 only
     qwen3 = Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=2, head_dim=8)).bfloat16()  # fmt: skip
-    assert not uses_kernels(qwen3, PassConfig(), packed=True)  # q / k norms: not what the fused trunk computes
+    assert not uses_kernels(qwen3, PassConfig(), packed=True)  # another family (q / k norms: not what we compute)
+    trunk, _ = _trunk_and_head(model)
+    full = trunk.rotary_emb.inv_freq
+    trunk.rotary_emb.inv_freq = full[: full.numel() // 2]  # rotary over half of each head only
+    try:
+        assert not uses_kernels(model, PassConfig(), packed=True)
+    finally:
+        trunk.rotary_emb.inv_freq = full
+    assert uses_kernels(model, PassConfig(), packed=True)
+    assert not uses_kernels(model.float(), PassConfig(), packed=True)  # the kernels are bf16 only
 
 
 def test_the_kernel_choice_is_part_of_the_pass_key():
