@@ -15,7 +15,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from . import packing
 from .formatting import encode
+from .losses import PassConfig, uses_packing
 from .models import ModelRef, folder_fingerprint
 from .store import Cache, atomic_write_json
 
@@ -129,7 +131,7 @@ def train_reference(
 ) -> ModelRef | None:
     """Fine-tune ``base`` on ``messages`` (or reuse the checkpoint with the same key). None when stopped early."""
     import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, TrainingArguments
 
     key = reference_key(base, dataset_fingerprint, template_fp, max_length, cfg)
     final = cache.models_dir() / f"ref-{key}"
@@ -179,7 +181,10 @@ def train_reference(
         disable_tqdm=False,
     )
 
-    trainer = Trainer(
+    packed = not device.startswith("cuda") and uses_packing(model, PassConfig(), max_length)
+    if packed:
+        packing.install(model)
+    trainer = _trainer_class(packed)(
         model=model,
         args=args,
         train_dataset=data,
@@ -193,6 +198,49 @@ def train_reference(
     save_final(trainer.model, tokenizer, cfg, partial, final, "davir_reference.json",
                {"base": base.fingerprint, "dataset": dataset_fingerprint, "train": cfg.key_fields(), "steps": steps})
     return ModelRef(name=f"ref-{key}", path=str(final), fingerprint=folder_fingerprint(final, cache))
+
+
+def _trainer_class(packed: bool):
+    """transformers' Trainer; with ``packed`` (a CPU), one whose loss runs the model over packed rows."""
+    from transformers import Trainer
+
+    if not packed:
+        return Trainer
+
+    class PackedTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return packed_sft_loss(model, inputs, num_items_in_batch)
+
+    return PackedTrainer
+
+
+def packed_sft_loss(model, inputs: dict, num_items_in_batch=None):
+    """The causal-LM loss of a padded batch (input_ids, labels with -100 off the scored tokens, attention_mask),
+    computed like the scoring engine: the sequences packed side by side in one row with no padding and their shared
+    prefix run once (scoring/packing.py), and only the positions that predict a label through the LM head. The
+    same sum of token losses as ``model(**inputs).loss`` without the pad tokens' work or fp32 logits for every
+    prompt position: on a CPU a training step takes about half the time.
+
+    Normalised as transformers' loss is: by ``num_items_in_batch`` (labels in the whole accumulated batch) when
+    given, else by this batch's labels.
+    """
+    import torch
+
+    from .losses import _packed_batch
+
+    packing.install(model)  # idempotent: packed rows need the per-sequence attention
+    ids, labels, attention = inputs["input_ids"], inputs["labels"], inputs["attention_mask"]
+    seqs, scoreds = [], []
+    for row in range(ids.shape[0]):
+        n = int(attention[row].sum())
+        seqs.append(ids[row, :n].tolist())
+        scoreds.append((labels[row, :n] != -100).tolist())
+    pieces = _packed_batch(model, seqs, scoreds, PassConfig(), want_hidden=False, device=ids.device, fused=False)
+    total = torch.cat([piece for piece, _ in pieces]).sum()
+    count = num_items_in_batch if num_items_in_batch is not None else sum(len(piece) for piece, _ in pieces)
+    return total / count
 
 
 def progress_hooks(cfg, on_progress: Callable[[int, int], None] | None, should_stop: Callable[[], bool] | None):

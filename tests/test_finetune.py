@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scoring.finetune import TrainConfig, _Examples, reference_key, train_reference
+from scoring.finetune import TrainConfig, _collate, _Examples, packed_sft_loss, reference_key, train_reference
 from scoring.formatting import template_fingerprint
-from scoring.models import ModelRef, load_tokenizer, resolve
+from scoring.models import ModelRef, load_model, load_tokenizer, resolve
 
 CONVS = [
     [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": f"{i} + {i} = {2 * i}."}]
@@ -87,3 +87,44 @@ def test_a_cancelled_training_keeps_a_checkpoint_and_resumes(cache, tiny_model):
     )  # fmt: skip
     assert ref is not None and steps[0][0] > 3  # picked up after the checkpoint, not from step 1
     assert steps[-1][0] == steps[-1][1] == len(CONVS) // 2
+
+
+def batch_of(tokenizer, convs):
+    items = _Examples(tokenizer, convs, 64)
+    return _collate(tokenizer.pad_token_id)([items[i] for i in range(len(items))])
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("system", [False, True])
+def test_the_packed_training_loss_is_the_models_loss_with_the_same_gradients(tiny_model, method, system):
+    """What the CPU trainer optimises: the same loss and gradients as ``model(**batch).loss`` on the padded batch,
+    with and without a shared prefix (a system prompt computed once for the whole row)."""
+    ref = ModelRef("tiny", str(tiny_model), "x")
+    tokenizer, model = load_tokenizer(ref), load_model(ref)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()
+    sys_turn = [{"role": "system", "content": "Answer with the sum, then stop."}] if system else []
+    batch = batch_of(tokenizer, [sys_turn + c for c in CONVS[:6]])
+
+    def loss_and_grads(compute):
+        model.zero_grad()
+        loss = compute()
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = loss_and_grads(lambda: model(**batch).loss)
+    packed_loss, packed_grads = loss_and_grads(lambda: packed_sft_loss(model, batch))
+    assert packed_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert plain_grads.keys() == packed_grads.keys() and plain_grads
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    labels = int((batch["labels"][:, 1:] != -100).sum())  # normalised by the accumulated batch's labels when given
+    assert packed_sft_loss(model, batch, 2 * labels).item() == pytest.approx(plain_loss / 2, rel=1e-5)
+
+
+def test_a_reference_trained_packed_loads_with_plain_transformers(cache, tiny_model):
+    _, ref = train(cache, tiny_model, TrainConfig(learning_rate=1e-3, precision="fp32"))
+    assert "davir" not in (cache.models_dir() / ref.name / "config.json").read_text()
