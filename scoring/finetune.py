@@ -211,7 +211,9 @@ def _trainer_class(packed: bool):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return packed_sft_loss(model, inputs, num_items_in_batch)
+            # accelerate applies mixed precision by wrapping model.forward, which this loss does not call
+            with self.accelerator.autocast():
+                return packed_sft_loss(model, inputs, num_items_in_batch)
 
     return PackedTrainer
 

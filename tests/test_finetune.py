@@ -128,3 +128,12 @@ def test_the_packed_training_loss_is_the_models_loss_with_the_same_gradients(tin
 def test_a_reference_trained_packed_loads_with_plain_transformers(cache, tiny_model):
     _, ref = train(cache, tiny_model, TrainConfig(learning_rate=1e-3, precision="fp32"))
     assert "davir" not in (cache.models_dir() / ref.name / "config.json").read_text()
+
+
+def test_bf16_precision_reaches_the_packed_loss(cache, tiny_model):
+    """accelerate applies mixed precision around model.forward, which the packed loss does not call: the trainer
+    enters autocast itself, so a bf16 run trains differently from an fp32 one."""
+    _, bf16 = train(cache, tiny_model, TrainConfig(learning_rate=1e-3, precision="bf16"))
+    _, fp32 = train(cache, tiny_model, TrainConfig(learning_rate=1e-3, precision="fp32"))
+    a, b = weights(bf16.path), weights(fp32.path)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
