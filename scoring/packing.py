@@ -72,23 +72,24 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     elif groups > 1:  # grouped-query attention: one repeat per layer, not one per sequence
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
-    out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])  # (1, N, Hq, D)
+    # The row is [prefix | seq 0 | seq 1 | ...] with no gaps: split, not slice, so autograd (when training through
+    # a packed row) joins the pieces' gradients with one concatenation instead of a zero-filled tensor per slice.
     p = pack.prefix
+    sizes = [p, *pack.lengths]
+    queries, keys, values = query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2)
+    outs = []
     if p:
-        head = F.scaled_dot_product_attention(query[:, :, :p], key[:, :, :p], value[:, :, :p], is_causal=True,
-                                              scale=scaling, **gqa)  # fmt: skip
-        out[:, :p] = head.transpose(1, 2)
-    for start, length in zip(pack.starts, pack.lengths):
-        end = start + length
-        q = query[:, :, start:end]  # (1, Hq, L, D)
+        outs.append(F.scaled_dot_product_attention(queries[0], keys[0], values[0], is_causal=True, scale=scaling,
+                                                   **gqa))  # fmt: skip
+    for q, k, v, length in zip(queries[1:], keys[1:], values[1:], pack.lengths):  # q (1, Hq, L, D)
         if p:
-            k = torch.cat([key[:, :, :p], key[:, :, start:end]], dim=2)  # (1, Hkv, P + L, D)
-            v = torch.cat([value[:, :, :p], value[:, :, start:end]], dim=2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=pack.mask(length, q.device), scale=scaling, **gqa)
+            k = torch.cat([keys[0], k], dim=2)  # (1, Hkv, P + L, D)
+            v = torch.cat([values[0], v], dim=2)
+            outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=pack.mask(length, q.device), scale=scaling,
+                                                       **gqa))  # fmt: skip
         else:
-            o = F.scaled_dot_product_attention(q, key[:, :, start:end], value[:, :, start:end], is_causal=True,
-                                               scale=scaling, **gqa)  # fmt: skip
-        out[:, start:end] = o.transpose(1, 2)
+            outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, **gqa))
+    out = torch.cat([o.transpose(1, 2) for o in outs], dim=1)  # (1, N, Hq, D), contiguous
     return out, None
 
 
