@@ -223,14 +223,14 @@ def packed_sft_loss(model, inputs: dict, num_items_in_batch=None):
     computed like the scoring engine: the sequences packed side by side in one row with no padding and their shared
     prefix run once (scoring/packing.py), and only the positions that predict a label through the LM head. The
     same sum of token losses as ``model(**inputs).loss`` without the pad tokens' work or fp32 logits for every
-    prompt position: on a CPU a training step takes about half the time.
+    prompt position: on a CPU, fine-tuning SmolLM2 on GSM8K took 25-38 % less time.
 
     Normalised as transformers' loss is: by ``num_items_in_batch`` (labels in the whole accumulated batch) when
     given, else by this batch's labels.
     """
     import torch
 
-    from .losses import _packed_batch
+    from .losses import packed_batch
 
     packing.install(model)  # idempotent: packed rows need the per-sequence attention
     ids, labels, attention = inputs["input_ids"], inputs["labels"], inputs["attention_mask"]
@@ -239,7 +239,7 @@ def packed_sft_loss(model, inputs: dict, num_items_in_batch=None):
         n = int(attention[row].sum())
         seqs.append(ids[row, :n].tolist())
         scoreds.append((labels[row, :n] != -100).tolist())
-    pieces = _packed_batch(model, seqs, scoreds, PassConfig(), want_hidden=False, device=ids.device, fused=False)
+    pieces = packed_batch(model, seqs, scoreds, PassConfig(), want_hidden=False, device=ids.device, fused=False)
     total = torch.cat([piece for piece, _ in pieces]).sum()
     count = num_items_in_batch if num_items_in_batch is not None else sum(len(piece) for piece, _ in pieces)
     return total / count

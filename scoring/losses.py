@@ -100,7 +100,7 @@ def done_ranges(parts: Path) -> set[tuple[int, int]]:
 # ---------------------------------------------------------------- the math
 
 
-def _trunk_and_head(model):
+def trunk_and_head(model):
     """The transformer trunk (returns hidden states) and the LM head of a causal LM."""
     trunk = model.get_decoder() if hasattr(model, "get_decoder") else None
     if trunk is None or trunk is model:
@@ -142,7 +142,7 @@ def response_losses(model, ids, attention, scored, head_rows: int = 2048, want_h
     ids, attention, scored: (B, T). Returns (losses (N,) fp32 in row-major order of ``scored[:, 1:]``,
     mean-pooled hidden state (B, H) fp32 or None).
     """
-    trunk, _ = _trunk_and_head(model)
+    trunk, _ = trunk_and_head(model)
     # Right padding under a causal mask: a real token never attends to the pads after it, so no padding mask is
     # needed and attention takes its fast is_causal path. Pad positions compute garbage nobody reads.
     hidden = trunk(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, H)
@@ -193,13 +193,16 @@ def _padded_batch(model, seqs, scoreds, config: PassConfig, pad_id: int, want_hi
     return [(piece, pooled[row] if pooled is not None else None) for row, piece in enumerate(pieces)]
 
 
-def _packed_batch(model, seqs, scoreds, config: PassConfig, want_hidden: bool, device, fused: bool):
+def packed_batch(model, seqs, scoreds, config: PassConfig, want_hidden: bool, device, fused: bool):
+    """(per-token NLL of the scored tokens, mean-pooled hidden state or None) per sequence, the sequences packed in
+    one row (scoring/packing.py; the model ``install``-ed). Differentiable unless ``fused`` (finetune.py trains
+    through it)."""
     import numpy as np
     import torch
 
     first_scored = [mask.index(True) for mask in scoreds]
     prefix = packing.shared_prefix(seqs, first_scored)
-    trunk, _ = _trunk_and_head(model)
+    trunk, _ = trunk_and_head(model)
     hidden, pack = packing.packed_hidden(trunk, seqs, prefix, device, fused)  # (N, H)
     where, targets, counts = [], [], []
     for k, (seq, mask) in enumerate(zip(seqs, scoreds)):
@@ -232,7 +235,7 @@ def uses_kernels(model, config: PassConfig, packed: bool) -> bool:
     """Packed rows through scoring/fused.py's kernels (a Llama-style model in bf16 on a CPU)."""
     from . import fused
 
-    return packed and config.kernels != "off" and fused.supports(model, _trunk_and_head(model)[0])
+    return packed and config.kernels != "off" and fused.supports(model, trunk_and_head(model)[0])
 
 
 def compile_layers(model) -> None:
@@ -248,7 +251,7 @@ def compile_layers(model) -> None:
 
     if getattr(model, "_davir_compiled", False):
         return
-    trunk, _ = _trunk_and_head(model)
+    trunk, _ = trunk_and_head(model)
     layers = getattr(trunk, "layers", None)
     if layers is None:
         return  # not a decoder-layer stack this knows: leave the model eager
@@ -302,7 +305,7 @@ def score_sequences(model, seqs: list[list[int]], scoreds: list[list[bool]], con
         args = ([seqs[i] for i in batch], [scoreds[i] for i in batch], config)
         with torch.inference_mode():  # thread-local: entered in the thread that computes
             if packed:
-                return _packed_batch(model, *args, want_hidden, device, fused)
+                return packed_batch(model, *args, want_hidden, device, fused)
             return _padded_batch(model, *args, pad_id, want_hidden, device)
 
     workers = min(workers, len(batches))

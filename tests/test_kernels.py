@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from scoring import cpu_kernels as kernels
 from scoring import packing
 from scoring.formatting import encode
-from scoring.losses import PassConfig, _trunk_and_head, fingerprint_fields, score_encoded, uses_kernels
+from scoring.losses import PassConfig, trunk_and_head, fingerprint_fields, score_encoded, uses_kernels
 from scoring.models import ModelRef, load_model, load_tokenizer
 from tests.test_losses import CONVS
 from tests.test_packing import with_system
@@ -131,7 +131,7 @@ def test_fused_trunk_is_the_models_forward(tiny_model, family, shared):
     seqs = [e.ids for e in encoded]
     prefix = packing.shared_prefix(seqs, [e.scored.index(True) for e in encoded]) if shared else 0
     assert (prefix > 0) == shared
-    trunk, _ = _trunk_and_head(model)
+    trunk, _ = trunk_and_head(model)
     packing.install(model)
     with torch.inference_mode():
         fused, _ = packing.packed_hidden(trunk, seqs, prefix, "cpu", fused=True)
@@ -165,7 +165,7 @@ def test_kernels_only_where_they_compute_the_model(tiny_model):
     qwen3 = Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=2, head_dim=8)).bfloat16()  # fmt: skip
     assert not uses_kernels(qwen3, PassConfig(), packed=True)  # another family (q / k norms: not what we compute)
-    trunk, _ = _trunk_and_head(model)
+    trunk, _ = trunk_and_head(model)
     full = trunk.rotary_emb.inv_freq
     trunk.rotary_emb.inv_freq = full[: full.numel() // 2]  # rotary over half of each head only
     try:
