@@ -179,3 +179,18 @@ def test_kernels_only_where_they_compute_the_model(tiny_model):
 def test_the_kernel_choice_is_part_of_the_pass_key():
     assert fingerprint_fields(PassConfig())["kernels"] == "auto"
     assert fingerprint_fields(PassConfig(kernels="off")) != fingerprint_fields(PassConfig())
+
+
+def test_the_kernel_benchmark_reports_every_kernel(capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
+    spec = importlib.util.spec_from_file_location("kernels_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--rows", "64", "--repeats", "1"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) >= {"rms_norm", "add_rms_norm", "rotary", "silu_mul", "cross_entropy"}
+    assert all(result[name]["kernel_ms"] > 0 and result[name]["eager_ms"] > 0 for name in ("rms_norm", "rotary"))
