@@ -23,6 +23,13 @@ _OPTS = dict(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "ar
 
 
 @njit(**_OPTS)
+def _scratch(n):
+    """A row buffer of ``n`` fp32 values: (its bits as uint32, the same memory as float32)."""
+    bits = np.empty(n, np.uint32)
+    return bits, bits.view(np.float32)
+
+
+@njit(**_OPTS)
 def _load(src, bits):
     """bf16 bits (uint16) -> fp32 bits (uint32) in ``bits``."""
     for j in range(src.shape[0]):
@@ -68,8 +75,7 @@ def rms_norm(x, weight, eps, out):
     """out = weight * bf16(x * rsqrt(mean(x^2) + eps)), x (N, H) -> out (N, H); weight (H,) fp32 holding bf16
     values. As LlamaRMSNorm: statistics in fp32, the normalised row rounded to bf16, then times the weight."""
     n, h = x.shape
-    bits = np.empty(h, np.uint32)
-    f = bits.view(np.float32)
+    bits, f = _scratch(h)
     for i in range(n):
         _load(x[i], bits)
         _normalise(f, bits, weight, eps)
@@ -81,10 +87,8 @@ def add_rms_norm(residual, delta, weight, eps, out):
     """residual = bf16(residual + delta) in place, then out = rms_norm(residual): a layer's residual add fused with
     the next norm. residual, delta, out (N, H)."""
     n, h = residual.shape
-    bits = np.empty(h, np.uint32)
-    f = bits.view(np.float32)
-    other = np.empty(h, np.uint32)
-    g = other.view(np.float32)
+    bits, f = _scratch(h)
+    other, g = _scratch(h)
     for i in range(n):
         _load(residual[i], bits)
         _load(delta[i], other)
@@ -115,13 +119,10 @@ def _normalise(f, bits, weight, eps):
 def silu_mul(gate, up, out):
     """out = bf16(bf16(silu(gate)) * up), all (N, I). ``out`` may be ``gate``."""
     n, width = gate.shape
-    bits = np.empty(width, np.uint32)
-    f = bits.view(np.float32)
-    other = np.empty(width, np.uint32)
-    g = other.view(np.float32)
+    bits, f = _scratch(width)
+    other, g = _scratch(width)
     e = np.empty(width, np.float32)
-    scale = np.empty(width, np.uint32)
-    s = scale.view(np.float32)
+    scale, s = _scratch(width)
     for i in range(n):
         _load(gate[i], bits)
         _exp_neg(f, e, scale)
@@ -145,16 +146,11 @@ def rotary(x, cos, sin, heads, out):
     n = x.shape[0]
     d = cos.shape[1]
     half = d // 2
-    row = np.empty(x.shape[1], np.uint32)
-    xf = row.view(np.float32)
-    cb = np.empty(d, np.uint32)
-    c = cb.view(np.float32)
-    sb = np.empty(d, np.uint32)
-    s = sb.view(np.float32)
-    ab = np.empty(d, np.uint32)
-    a = ab.view(np.float32)
-    bb = np.empty(d, np.uint32)
-    b = bb.view(np.float32)
+    row, xf = _scratch(x.shape[1])
+    cb, c = _scratch(d)
+    sb, s = _scratch(d)
+    ab, a = _scratch(d)
+    bb, b = _scratch(d)
     for i in range(n):
         _load(x[i], row)
         _load(cos[i], cb)
@@ -192,11 +188,9 @@ def cross_entropy(logits, targets, out):
     """out[i] = logsumexp(logits[i]) - logits[i, targets[i]] in fp32, logits (N, V) bf16 bits: the NLL without an
     fp32 copy of the logits, in two passes over each row held in cache."""
     n, v = logits.shape
-    bits = np.empty(v, np.uint32)
-    f = bits.view(np.float32)
+    bits, f = _scratch(v)
     e = np.empty(v, np.float32)
-    scale = np.empty(v, np.uint32)
-    s = scale.view(np.float32)
+    scale, s = _scratch(v)
     for i in range(n):
         _load(logits[i], bits)
         top = _max(bits)
