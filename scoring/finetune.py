@@ -182,8 +182,6 @@ def train_reference(
     )
 
     packed = not device.startswith("cuda") and uses_packing(model, PassConfig(), max_length)
-    if packed:
-        packing.install(model)
     trainer = _trainer_class(packed)(
         model=model,
         args=args,
