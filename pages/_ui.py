@@ -14,10 +14,15 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from scoring import data, jobs, queries, results, views
 from scoring.env import cache_dir
 from scoring.errors import UserError
-from scoring.store import Cache
+from scoring.ingest.catalog import list_datasets
+from scoring.queries.jobs import Progress
+from scoring.queries.jobs import progress as job_progress
+from scoring.scores.tables import dataset_kind, pick_job, score_runs
+from scoring.scores.views import View, score_view
+from scoring.store.cache import Cache
+from scoring.store.jobs import Job, list_jobs
 
 STALE_WHILE_RUNNING_S = 5.0  # while parts land, reuse a view this young instead of rebuilding on every rerun
 REFRESH_S = 2.0  # how often the progress indicator and the Overview banner refresh while a job runs
@@ -30,8 +35,8 @@ class Ctx:
     cache: Cache
     dataset: str | None
     job_id: str | None
-    view: views.View | None
-    progress: queries.Progress | None
+    view: View | None
+    progress: Progress | None
     problem: str | None = None
     kind: str = "sft"  # the dataset's kind: "sft" or "pair" (preference pairs)
 
@@ -48,15 +53,8 @@ def default_cache_root() -> str:
     return str(cache_dir(args.cache))
 
 
-def _score_runs(cache: Cache, dataset: str) -> list[dict]:
-    meta = data.dataset_meta(cache, dataset)
-    kind, first = ("pair_score", "ref_pass") if meta.get("kind") == "pair" else ("score", "base_pass")  # as pick_job
-    return [j for j in jobs.list_jobs(cache, dataset)
-            if j["kind"] == kind and j.get(first) and j["dataset_fingerprint"] == meta["fingerprint"]]
-
-
-def _run_label(job: dict) -> str:
-    return f"{job['id'][:8]} · {job.get('model') or '?'} · {job['state']}"
+def _run_label(job: Job) -> str:
+    return f"{job.id[:8]} · {job.model or '?'} · {job.state}"
 
 
 def _pick_dataset(names: list[str]) -> str | None:
@@ -80,7 +78,7 @@ def sidebar() -> Ctx:
     with st.sidebar:
         st.text_input("Cache folder", key="cache_root", help="`streamlit run app.py -- --cache DIR`, or $DAVIR_CACHE")
         cache = Cache(st.session_state["cache_root"])
-        names = [m["name"] for m in data.list_datasets(cache)]
+        names = [m["name"] for m in list_datasets(cache)]
         dataset = _pick_dataset(names)
         if names:
             st.selectbox("Dataset", names, key="dataset")
@@ -102,17 +100,17 @@ def sidebar() -> Ctx:
 def _context(cache: Cache, dataset: str | None) -> Ctx:
     if not dataset:
         return Ctx(cache, None, None, None, None, "no dataset")
-    kind = data.dataset_meta(cache, dataset).get("kind") or "sft"
-    progress = queries.progress(cache, dataset)
-    runs = _score_runs(cache, dataset)
+    kind = dataset_kind(cache, dataset)
+    progress = job_progress(cache, dataset)
+    runs = score_runs(cache, dataset)
     if not runs:
         return Ctx(cache, dataset, None, None, progress, "no scores yet", kind)
     try:
-        default = results.pick_job(cache, dataset)["id"]
+        default = pick_job(cache, dataset).id
     except UserError:
-        default = runs[-1]["id"]
-    ids = [j["id"] for j in runs]
-    labels = {j["id"]: _run_label(j) for j in runs}
+        default = runs[-1].id
+    ids = [j.id for j in runs]
+    labels = {j.id: _run_label(j) for j in runs}
     if st.session_state.get("job_id") not in ids:
         st.session_state["job_id"] = default
     with st.sidebar:
@@ -120,17 +118,17 @@ def _context(cache: Cache, dataset: str | None) -> Ctx:
     job_id = st.session_state["job_id"]
     try:
         stale = STALE_WHILE_RUNNING_S if progress.active else None
-        view = views.score_view(cache, dataset, job_id, max_age_s=stale)
+        view = score_view(cache, dataset, job_id, max_age_s=stale)
     except UserError as error:
         return Ctx(cache, dataset, job_id, None, progress, str(error), kind)
     return Ctx(cache, dataset, job_id, view, progress, None, kind)
 
 
 def _jobs_indicator(cache: Cache) -> None:
-    active = [j for j in jobs.list_jobs(cache) if j["state"] in ("queued", "running", "interrupted")]
+    active = [j for j in list_jobs(cache) if j.state in ("queued", "running", "interrupted")]
 
     def body() -> None:
-        now_active = [j for j in jobs.list_jobs(cache) if j["state"] in ("queued", "running", "interrupted")]
+        now_active = [j for j in list_jobs(cache) if j.state in ("queued", "running", "interrupted")]
         if not now_active:
             st.caption("No job running.")
             if st.session_state.pop("_had_active", False):
@@ -138,8 +136,8 @@ def _jobs_indicator(cache: Cache) -> None:
             return
         st.session_state["_had_active"] = True
         for job in now_active:
-            total, done = job.get("total") or 0, job.get("done") or 0
-            text = f"{job['kind']} {job['dataset']}: {job.get('stage') or job['state']}"
+            total, done = job.total or 0, job.done or 0
+            text = f"{job.kind} {job.dataset}: {job.stage or job.state}"
             if total:
                 text += f" — {done:,} / {total:,}"
             st.progress(min(done / total, 1.0) if total else 0.0, text=text)
@@ -183,7 +181,7 @@ def token_html(tokens, values, tips) -> str:
     return '<div style="font-family:monospace;line-height:1.9">' + "".join(spans) + "</div>"
 
 
-def need_view(context: Ctx) -> views.View:
+def need_view(context: Ctx) -> View:
     """The score view, or a clear message and stop when there is none yet."""
     if context.view is not None:
         return context.view

@@ -11,10 +11,11 @@ import shlex
 import streamlit as st
 
 from pages import _ui
-from scoring import views
 from scoring.errors import UserError
 from scoring.export import EXTENSIONS, FORMATS, export_selection
-from scoring.selections import list_selections, load_selection
+from scoring.scores.view_reads import frame
+from scoring.scores.views import score_view
+from scoring.selection.saved import list_selections, load_selection
 
 DOWNLOAD_LIMIT = 50 * 1024 * 1024  # bytes: bigger exports are fetched from the exports folder
 
@@ -58,8 +59,8 @@ if st.button("Export", key="export_go", type="primary"):
         scores = None
         if with_scores:
             spec, _ = load_selection(ctx.cache, ctx.dataset, selection)
-            view = views.score_view(ctx.cache, ctx.dataset, (spec.get("runs") or [None])[0])
-            scores = views.frame(view, ["id", *view.score_columns])
+            view = score_view(ctx.cache, ctx.dataset, (spec.get("runs") or [None])[0])
+            scores = frame(view, ["id", *view.score_columns])
         result = export_selection(ctx.cache, ctx.dataset, selection, fmt, out, scores, command=command)
         st.session_state["export_last"] = (str(result.path), str(result.manifest_path), result.n_rows, fmt)
     except UserError as error:

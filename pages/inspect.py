@@ -11,7 +11,8 @@ import math
 import streamlit as st
 
 from pages import _ui
-from scoring import queries
+from scoring.queries.tokens import token_view
+from scoring.queries.view import TableFilter, example, find_example, flag_counts, neighbours, table_page
 
 PAGE_SIZE = 50
 
@@ -23,7 +24,7 @@ view = _ui.need_view(ctx)
 scores = view.score_columns
 
 # ---------------------------------------------------------------- filters and table
-flags = ["any", "clean", "flagged", *queries.flag_counts(view)]
+flags = ["any", "clean", "flagged", *flag_counts(view)]
 c1, c2, c3, c4 = st.columns([2, 1, 1, 2])
 sort = c1.selectbox("Sort by", scores, index=scores.index("davir") if "davir" in scores else 0, key="inspect_sort")
 descending = c2.toggle("Descending", value=True, key="inspect_desc")
@@ -34,12 +35,12 @@ with st.expander("Score range filter"):
     fscore = r1.selectbox("Score", ["(none)", *scores], key="inspect_fscore")
     lo = r2.number_input("min", value=None, key="inspect_lo", format="%.4f")
     hi = r3.number_input("max", value=None, key="inspect_hi", format="%.4f")
-filt = queries.TableFilter(flag=flag, score=None if fscore == "(none)" else fscore, lo=lo, hi=hi, text=text)
-first_page, total = queries.table_page(ctx.cache, view, filt, sort, descending, 0, PAGE_SIZE)
+filt = TableFilter(flag=flag, score=None if fscore == "(none)" else fscore, lo=lo, hi=hi, text=text)
+first_page, total = table_page(ctx.cache, view, filt, sort, descending, 0, PAGE_SIZE)
 pages = max(1, math.ceil(total / PAGE_SIZE))
 page_no = st.number_input(f"Page (of {pages:,}; {total:,} rows match)", min_value=1, max_value=pages, value=1,
                           key="inspect_page")  # fmt: skip
-rows = first_page if page_no == 1 else queries.table_page(ctx.cache, view, filt, sort, descending, page_no - 1,
+rows = first_page if page_no == 1 else table_page(ctx.cache, view, filt, sort, descending, page_no - 1,
                                                           PAGE_SIZE)[0]  # fmt: skip
 event = st.dataframe(
     rows, hide_index=True, on_select="rerun", selection_mode="single-row", key="inspect_table",
@@ -54,12 +55,12 @@ wanted = st.text_input("Open example by id", value=st.query_params.get("example"
 if not wanted:
     st.caption("Choose a row above (or type an id) to open an example.")
     st.stop()
-idx = queries.find_example(view, wanted)
+idx = find_example(view, wanted)
 if idx is None:
     st.warning(f"No example with id {wanted!r} in {view.dataset}.")
     st.stop()
 st.query_params["example"] = wanted
-ex = queries.example(ctx.cache, view, idx)
+ex = example(ctx.cache, view, idx)
 st.subheader(f"Example {ex['id']}")
 if ex["flag"]:
     st.warning(f"Flagged: {ex['flag']}")
@@ -77,7 +78,7 @@ with right:
 
 st.markdown("**Tokens by loss reduction** (base − reference, per response token; green: the fine-tuned model "
             "learned it, red: it got worse)")  # fmt: skip
-tokens = queries.token_view(ctx.cache, view, idx)
+tokens = token_view(ctx.cache, view, idx)
 if not len(tokens):
     st.caption("This example is not scored yet.")
 else:
@@ -86,7 +87,7 @@ else:
     st.html(_ui.token_html(tokens["token"], tokens["reduction"].astype(float), tips))
 
 st.markdown("**Nearest neighbours** (cosine of mean-centred embeddings)")
-near = queries.neighbours(ctx.cache, view, idx)
+near = neighbours(ctx.cache, view, idx)
 if len(near):
     near["open"] = [_ui.example_link(view.dataset, i) for i in near["id"]]
     st.dataframe(near, hide_index=True, column_config={

@@ -6,11 +6,17 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _ui
-from scoring import data, jobs, pair_queries, queries
 from scoring.errors import UserError
-from scoring.losses import PassConfig, default_batch_tokens
-from scoring.models import DEFAULT_MODEL
-from scoring.scores import DEFAULT_SCORES, SCORES
+from scoring.ingest.catalog import ingest, list_datasets
+from scoring.jobs.requests import pass_config_for, score_request
+from scoring.jobs.runner import cancel, enqueue
+from scoring.jobs.worker import ensure_worker, live_workers
+from scoring.models.loading import DEFAULT_MODEL
+from scoring.passes.engine import PassConfig
+from scoring.queries.jobs import log_tail
+from scoring.scores.registry import DEFAULT_SCORES, SCORES
+from scoring.scores.tables import dataset_kind
+from scoring.store.jobs import list_jobs
 
 ctx = _ui.ctx()
 st.title("Jobs")
@@ -18,7 +24,7 @@ st.title("Jobs")
 # ---------------------------------------------------------------- start one
 with st.form("job_form"):
     st.markdown("**Start a scoring job**")
-    known = [m["name"] for m in data.list_datasets(ctx.cache)]
+    known = [m["name"] for m in list_datasets(ctx.cache)]
     c1, c2 = st.columns(2)
     source = c1.text_input("Dataset file, folder or hub id (ingested first)", key="job_source",
                            placeholder="../shared/data/gsm8k/train.jsonl")  # fmt: skip
@@ -41,24 +47,24 @@ if submitted:
     try:
         if source.strip():
             with st.spinner(f"Ingesting {source}…"):
-                ingested = data.ingest(source.strip(), ctx.cache, name=name.strip() or None,
-                                       limit=int(limit) or None, progress=False)  # fmt: skip
+                ingested = ingest(source.strip(), ctx.cache, name=name.strip() or None, limit=int(limit) or None,
+                                  progress=False)  # fmt: skip
             dataset = ingested.name
         elif existing != "(use the source)":
             dataset = existing
         else:
             raise UserError("Give a dataset source, or pick an ingested dataset.")
-        if pair_queries.is_pair_dataset(ctx.cache, dataset):  # preference pairs: the pair_score job (DPO warm-ups)
-            request = pair_queries.pair_job_request(ctx.cache, dataset, model.strip() or None, chosen, int(max_length))
-        else:
-            reference = "train" if ref_kind == "train" else ref_path.strip()
-            if not reference:
-                raise UserError("Give the reference model's folder or hub id, or choose 'train'.")
-            request = jobs.score_request(ctx.cache, dataset, model.strip() or None, reference, chosen or None,
-                                         PassConfig(max_length=int(max_length), batch_tokens=default_batch_tokens()))
-        job, queued = jobs.enqueue(ctx.cache, request)
-        pid = jobs.ensure_worker(ctx.cache) if job["state"] != "done" else None
-        st.success(f"Job {job['id']} for {dataset}: " + ("queued" if queued else f"already {job['state']}")
+        kind = dataset_kind(ctx.cache, dataset)
+        reference = "train" if ref_kind == "train" else ref_path.strip()
+        if kind == "sft" and not reference:
+            raise UserError("Give the reference model's folder or hub id, or choose 'train'.")
+        # A pair dataset takes the pair scores chosen (the pair defaults when none is), with default DPO warm-ups.
+        wanted = [s for s in chosen if kind in SCORES[s].kinds] or None
+        request = score_request(ctx.cache, dataset, model.strip() or None, wanted,
+                                pass_config_for(kind, int(max_length)), reference=reference)  # fmt: skip
+        job, queued = enqueue(ctx.cache, request)
+        pid = ensure_worker(ctx.cache) if job.state != "done" else None
+        st.success(f"Job {job.id} for {dataset}: " + ("queued" if queued else f"already {job.state}")
                    + (f"; started worker {pid}" if pid else ""))  # fmt: skip
     except UserError as error:
         st.error(str(error))
@@ -66,14 +72,14 @@ if submitted:
 
 # ---------------------------------------------------------------- the queue
 def queue() -> None:
-    all_jobs = jobs.list_jobs(ctx.cache)
-    workers = jobs.live_workers(ctx.cache)
+    all_jobs = list_jobs(ctx.cache)
+    workers = live_workers(ctx.cache)
     w1, w2 = st.columns([3, 1])
     w1.markdown(f"**Queue** — {len(all_jobs)} jobs, {len(workers)} worker(s) alive"
                 + (f" (pid {', '.join(map(str, workers))})" if workers else ""))  # fmt: skip
-    waiting = [j for j in all_jobs if j["state"] in ("queued", "interrupted")]
+    waiting = [j for j in all_jobs if j.state in ("queued", "interrupted")]
     if not workers and w2.button("Start a worker", key="jobs_worker", disabled=not waiting):
-        pid = jobs.ensure_worker(ctx.cache)
+        pid = ensure_worker(ctx.cache)
         st.success(f"Started worker {pid}.")
     if not all_jobs:
         st.caption("No jobs yet.")
@@ -81,24 +87,24 @@ def queue() -> None:
     for job in reversed(all_jobs):
         with st.container(border=True):
             head, act = st.columns([5, 1])
-            total, done = job.get("total") or 0, job.get("done") or 0
-            head.markdown(f"`{job['id']}` **{job['kind']}** {job['dataset']} — {job['state']}"
-                          + (f" · {job.get('model')}" if job.get("model") else ""))  # fmt: skip
-            if job["state"] in ("queued", "running", "interrupted"):
-                if act.button("Cancel", key=f"cancel_{job['id']}"):
-                    jobs.cancel(ctx.cache, job["id"])
+            total, done = job.total or 0, job.done or 0
+            head.markdown(f"`{job.id}` **{job.kind}** {job.dataset} — {job.state}"
+                          + (f" · {job.model}" if job.model else ""))  # fmt: skip
+            if job.state in ("queued", "running", "interrupted"):
+                if act.button("Cancel", key=f"cancel_{job.id}"):
+                    cancel(ctx.cache, job.id)
                     st.rerun()
-                text = f"{job.get('stage') or job['state']}" + (f": {done:,} / {total:,}" if total else "")
-                if job.get("tokens_per_s"):
-                    text += f" · {job['tokens_per_s']:,.0f} tok/s"
-                if job.get("eta_s"):
-                    text += f" · ETA {int(job['eta_s']) // 60} min {int(job['eta_s']) % 60:02d} s"
+                text = f"{job.stage or job.state}" + (f": {done:,} / {total:,}" if total else "")
+                if job.tokens_per_s:
+                    text += f" · {job.tokens_per_s:,.0f} tok/s"
+                if job.eta_s:
+                    text += f" · ETA {int(job.eta_s) // 60} min {int(job.eta_s) % 60:02d} s"
                 head.progress(min(done / total, 1.0) if total else 0.0, text=text)
-            if job.get("error"):
-                head.error(job["error"])
+            if job.error:
+                head.error(job.error)
             with head.expander("Log tail"):
-                st.code(queries.log_tail(ctx.cache, job["id"]) or "(empty)", language=None)
+                st.code(log_tail(ctx.cache, job.id) or "(empty)", language=None)
 
 
-active = any(j["state"] in ("queued", "running", "interrupted") for j in jobs.list_jobs(ctx.cache))
+active = any(j.state in ("queued", "running", "interrupted") for j in list_jobs(ctx.cache))
 st.fragment(queue, run_every=_ui.REFRESH_S if active else None)()

@@ -8,9 +8,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _ui
-from scoring import jobs, queries
 from scoring.errors import UserError
-from scoring.selections import run_selection
+from scoring.jobs.requests import map_request
+from scoring.jobs.runner import enqueue
+from scoring.jobs.worker import ensure_worker
+from scoring.queries.view import map_points, rows_at
+from scoring.selection.saved import run_selection
 
 ctx = _ui.ctx()
 st.title("Map")
@@ -21,9 +24,9 @@ if not view.has_layout:
     st.info("No map yet for this score run: the UMAP layout of its embeddings has not been computed.")
     if st.button("Compute the map (as a job)", key="map_compute"):
         try:
-            job, _ = jobs.enqueue(ctx.cache, jobs.layout_request(ctx.cache, view.job))
-            jobs.ensure_worker(ctx.cache)
-            st.success(f"Layout job {job['id']} queued; follow it on the Jobs page.")
+            job, _ = enqueue(ctx.cache, map_request(view.job))
+            ensure_worker(ctx.cache)
+            st.success(f"Map job {job.id} queued; follow it on the Jobs page.")
         except UserError as error:
             st.error(str(error))
     st.stop()
@@ -41,7 +44,7 @@ if colour.startswith("kept"):
     else:
         kept_pos = run_selection(ctx.cache, spec, view)[0].kept_pos
         colour = "kept"
-points = queries.map_points(view, limit, colour, kept_pos)
+points = map_points(view, limit, colour, kept_pos)
 n_laid = int(view.stats.get("n_rows", 0))
 st.caption(f"{len(points):,} points drawn with a fixed seed, of {n_laid:,} examples. Drag a box or lasso to list "
            "examples.")  # fmt: skip
@@ -65,7 +68,7 @@ event = st.plotly_chart(fig, key="map_chart", on_select="rerun", selection_mode=
 chosen = [p.get("customdata") for p in (event.selection.points if event else [])] if event else []
 chosen = [int(c[0] if isinstance(c, list) else c) for c in chosen if c is not None]
 if chosen:
-    rows = queries.rows_at(ctx.cache, view, chosen[:500], view.score_columns)
+    rows = rows_at(ctx.cache, view, chosen[:500], view.score_columns)
     rows["open"] = [_ui.example_link(view.dataset, i) for i in rows["id"]]
     st.subheader(f"{len(chosen):,} examples chosen" + (" (first 500 listed)" if len(chosen) > 500 else ""))
     st.dataframe(rows, hide_index=True, column_config={"open": st.column_config.LinkColumn(display_text="open")})

@@ -8,7 +8,9 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _ui
-from scoring import queries, views
+from scoring.queries.jobs import progress
+from scoring.queries.view import auroc, ecdf, flag_counts, histograms, sample, spearman
+from scoring.scores.views import score_view
 
 SCATTER_POINTS = 2000
 
@@ -19,36 +21,36 @@ _ui.pair_notice(context, "the charts below cover every pair score.", stop=False)
 
 def body() -> None:
     ctx = _ui.ctx()
-    p = queries.progress(ctx.cache, ctx.dataset) if ctx.dataset else None
+    p = progress(ctx.cache, ctx.dataset) if ctx.dataset else None
     if p and p.active:
         st.info(f"**{p.done:,} of {p.total:,}** — {p.stage}" + (f", ETA {p.eta_s:.0f} s" if p.eta_s else "")
                 + ". Charts show the partial results.")  # fmt: skip
         if ctx.view is not None and ctx.job_id:  # pick up parts that landed since the page was drawn
-            ctx.view = views.score_view(ctx.cache, ctx.dataset, ctx.job_id, max_age_s=_ui.STALE_WHILE_RUNNING_S)
+            ctx.view = score_view(ctx.cache, ctx.dataset, ctx.job_id, max_age_s=_ui.STALE_WHILE_RUNNING_S)
     view = _ui.need_view(ctx)
     scores = view.score_columns
     cols = st.columns(4)
     cols[0].metric("Examples", f"{view.n_rows:,}")
     cols[1].metric("Scored", f"{view.n_scored:,}")
-    counts = queries.flag_counts(view)
+    counts = flag_counts(view)
     cols[2].metric("Flag reasons", f"{sum(counts.values()):,}")
-    cols[3].metric("Score run", view.job["id"][:8], help=f"model {view.job.get('model')}, state {view.job['state']}")
+    cols[3].metric("Score run", view.job.id[:8], help=f"model {view.job.model}, state {view.job.state}")
     if not view.n_scored:
         st.info("No example is scored yet.")
         return
 
     st.subheader("Distributions")
     st.caption("Histograms binned in DuckDB (40 equal-width bins per score), over the scored rows.")
-    hist = queries.histograms(view, scores)
+    hist = histograms(view, scores)
     st.vega_lite_chart(hist, _ui.facet_bars(hist), width="content")
     st.caption("Empirical CDFs (fraction of scored rows at or below each value).")
-    curves = queries.ecdf(view, scores)
+    curves = ecdf(view, scores)
     st.vega_lite_chart(curves, _ui.facet_lines(curves), width="content")
 
     st.subheader("Score vs response length")
     default = scores.index("davir") if "davir" in scores else 0
     pick = st.selectbox("Score", scores, index=default, key="overview_scatter_score")
-    points = queries.sample(view, SCATTER_POINTS, [pick, "n_response_tokens"])
+    points = sample(view, SCATTER_POINTS, [pick, "n_response_tokens"])
     st.caption(f"{len(points):,} of {view.n_scored:,} scored rows, drawn with a fixed seed (the same rows every time).")
     st.vega_lite_chart(points, {
         "mark": {"type": "point", "filled": True, "opacity": 0.5, "size": 14},
@@ -60,7 +62,7 @@ def body() -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Spearman rank correlation")
-        matrix = queries.spearman(view)
+        matrix = spearman(view)
         if len(matrix):
             long, spec = _ui.heatmap(matrix)
             st.vega_lite_chart(long, spec, width="stretch")
@@ -72,7 +74,7 @@ def body() -> None:
             st.dataframe({"reason": list(counts), "rows": list(counts.values())}, hide_index=True)
         else:
             st.caption("No row is flagged.")
-    table = queries.auroc(view)
+    table = auroc(view)
     if table is not None:
         st.subheader("AUROC per defect kind")
         st.caption("How well each score ranks the labelled defects below clean rows (1 = perfect, 0.5 = chance, "

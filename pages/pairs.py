@@ -10,10 +10,20 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import _ui
-from scoring import pair_queries, queries
 from scoring.errors import UserError
-from scoring.pair_results import DEFAULT_BAND
-from scoring.selections import save_spec
+from scoring.queries.pairs import (
+    SCATTER_POINTS,
+    band_command,
+    band_summary,
+    distributions,
+    has_band_scores,
+    n_with_band_scores,
+    pair_detail,
+    scatter,
+)
+from scoring.queries.view import auroc, find_example
+from scoring.selection.pairs import DEFAULT_BAND
+from scoring.selection.saved import save_spec
 
 ctx = _ui.ctx()
 st.title("Pairs")
@@ -26,17 +36,17 @@ view = _ui.need_view(ctx)
 m1, m2, m3 = st.columns(3)
 m1.metric("Pairs", f"{view.n_rows:,}")
 m2.metric("Scored", f"{view.n_scored:,}")
-m3.metric("Score run", view.job["id"][:8], help=f"model {view.job.get('model')}, state {view.job['state']}")
+m3.metric("Score run", view.job.id[:8], help=f"model {view.job.model}, state {view.job.state}")
 
 # ---------------------------------------------------------------- margin distributions and AUROC
 st.subheader("Margin distributions")
-hist = pair_queries.distributions(view)
+hist = distributions(view)
 if len(hist):
     st.caption("Histograms binned in DuckDB (40 equal-width bins per score) over the scored pairs.")
     st.vega_lite_chart(hist, _ui.facet_bars(hist, columns=4), width="content")
 else:
     st.caption("No margin score is computed yet.")
-table = queries.auroc(view)
+table = auroc(view)
 if table is not None:
     st.markdown("**AUROC of each pair score against the planted swaps** (1: the score ranks every swapped pair "
                 "below every clean one; 0.5: chance; below 0.5: it ranks them high)")  # fmt: skip
@@ -44,7 +54,7 @@ if table is not None:
 
 # ---------------------------------------------------------------- LossDiff vs IRM band
 st.subheader("LossDiff-IRM band")
-if not pair_queries.has_band_scores(view):
+if not has_band_scores(view):
     st.info("This score run has no lossdiff and irm scores (they need the DPO warm-up and validation passes): "
             "score the dataset with the default pair scores on the **Jobs** page.")  # fmt: skip
     st.stop()
@@ -55,7 +65,7 @@ band_irm = b2.slider("irm: percentile band", 0, 100, default, key="pairs_band_ir
 include_flagged = b3.checkbox("Include flagged pairs", key="pairs_flagged")
 bands = tuple((lo, hi) if lo < hi else ((lo, lo + 1) if lo < 100 else (99, 100)) for lo, hi in (band_ld, band_irm))
 try:
-    summary = pair_queries.band_summary(ctx.cache, view, bands, include_flagged)
+    summary = band_summary(ctx.cache, view, bands, include_flagged)
 except UserError as error:
     st.error(str(error))
     st.stop()
@@ -65,8 +75,8 @@ k2.metric("Dropped", f"{summary.n_dropped:,}")
 k3.metric("Kept of eligible", f"{100 * summary.n_kept / max(summary.n_eligible, 1):.1f} %",
           help="eligible: scored and (unless included) unflagged")  # fmt: skip
 
-points = pair_queries.scatter(view, pair_queries.SCATTER_POINTS, summary.result.kept_pos)
-total = pair_queries.n_with_band_scores(view)
+points = scatter(view, SCATTER_POINTS, summary.result.kept_pos)
+total = n_with_band_scores(view)
 st.caption(f"{len(points):,} of {total:,} pairs drawn with a fixed seed (the same pairs every time). Shaded: each "
            "score's percentile band; kept pairs lie where the two overlap.")  # fmt: skip
 rects = []
@@ -95,7 +105,7 @@ with r1:
     st.dataframe({"reason": list(reasons), "pairs": list(reasons.values())}, hide_index=True, height=180)
 with r2:
     name = st.text_input("Save this band as", key="pairs_sel_name", placeholder="e.g. lossdiff-irm-15-85")
-    command = pair_queries.band_command(ctx.cache, summary.spec, name.strip())
+    command = band_command(ctx.cache, summary.spec, name.strip())
     st.markdown("Equivalent command:")
     st.code(command, language="bash")
     if st.button("Save selection", key="pairs_save"):
@@ -112,12 +122,12 @@ wanted = st.text_input("Open pair by id", value=st.query_params.get("example", "
 if not wanted:
     st.caption("Type a pair id (hover a point in the scatter for its id) to open it.")
     st.stop()
-idx = queries.find_example(view, wanted)
+idx = find_example(view, wanted)
 if idx is None:
     st.warning(f"No pair with id {wanted!r} in {view.dataset}.")
     st.stop()
 st.query_params["example"] = wanted
-pair = pair_queries.pair_detail(ctx.cache, view, idx)
+pair = pair_detail(ctx.cache, view, idx)
 st.subheader(f"Pair {pair['id']}", anchor=False)
 if pair["flag"]:
     st.warning(f"Flagged: {pair['flag']}")

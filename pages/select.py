@@ -10,9 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from pages import _ui
-from scoring import queries
 from scoring.errors import UserError
-from scoring.selections import (
+from scoring.queries.view import kept_histograms, rows_at
+from scoring.selection.saved import (
     SelectionSpec,
     compare_selections,
     delete_selection,
@@ -73,7 +73,7 @@ if o3.checkbox("Near-duplicate filter", key="sel_dedup_on", help="Skip an exampl
 
 spec = SelectionSpec(dataset=view.dataset, scores=tuple(chosen), budget=budget, rules=tuple(rules), combine=combine,
                      include_flagged=include_flagged, quota=None if quota == "(none)" else quota, dedup=dedup,
-                     job=view.job["id"])  # fmt: skip
+                     job=view.job.id)  # fmt: skip
 try:
     result, _ = run_selection(ctx.cache, spec, view)
 except UserError as error:
@@ -88,9 +88,9 @@ m1.metric("Kept", f"{n_kept:,}", help="rows kept by the rule")
 m2.metric("Of all rows", f"{100 * n_kept / max(result.n_total, 1):.2f} %")
 m3.metric("Tokens kept", f"{result.tokens_kept:,}")
 m4.metric("Dropped", f"{len(result.dropped):,}")
-st.code(reproduce_command(spec.record(view.job["id"], "", "NAME")), language="bash")
+st.code(reproduce_command(spec.record(view.job.id, "", "NAME")), language="bash")
 
-hist = pd.concat([queries.kept_histograms(view, s, result.kept_pos).assign(score=s) for s in chosen])
+hist = pd.concat([kept_histograms(view, s, result.kept_pos).assign(score=s) for s in chosen])
 long = hist.melt(id_vars=["score", "lo", "hi"], value_vars=["kept", "dropped"], var_name="rows", value_name="count")
 st.vega_lite_chart(long, _ui.facet_bars(long, color="rows", columns=2, width=380), width="content")
 
@@ -101,9 +101,9 @@ with r1:
     st.dataframe({"reason": list(reasons), "rows": list(reasons.values())}, hide_index=True, height=200)
 with r2:
     st.markdown("**Just above the cut** (last kept)")
-    st.dataframe(queries.rows_at(ctx.cache, view, result.kept_pos[-5:][::-1], chosen), hide_index=True)
+    st.dataframe(rows_at(ctx.cache, view, result.kept_pos[-5:][::-1], chosen), hide_index=True)
     st.markdown("**Just below the cut** (best not kept)")
-    st.dataframe(queries.rows_at(ctx.cache, view, result.next_pos, chosen), hide_index=True)
+    st.dataframe(rows_at(ctx.cache, view, result.next_pos, chosen), hide_index=True)
 
 # ---------------------------------------------------------------- saved selections
 st.subheader("Saved selections")

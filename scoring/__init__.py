@@ -1,0 +1,20 @@
+"""DavIR Studio's engine: score training examples by how much a model learns from them, select, export.
+
+The data flows left to right, one subpackage per stage, each importing only from the stages to its left and from
+the common base (:mod:`~scoring.errors`, :mod:`~scoring.env`, :mod:`~scoring.schema`, :mod:`~scoring.store`)::
+
+    ingest -> models -> passes -> train -> scores -> selection -> export -> jobs -> queries -> api -> cli
+
+The Python API (the same calls the CLI makes; see :mod:`scoring.api`)::
+
+    import scoring
+
+    scoring.ingest("../shared/data/gsm8k/train.jsonl", limit=200)
+    scoring.score("gsm8k-train")
+    scoring.scores("gsm8k-train")                      # a DataFrame: one row per example, every score
+    scoring.select("gsm8k-train", scores=["davir"], budget="6%", save="top6")
+    scoring.export("gsm8k-train", "top6", format="jsonl")
+"""
+from scoring.api import export, ingest, open_cache, score, scores, select
+
+__all__ = ["export", "ingest", "open_cache", "score", "scores", "select"]

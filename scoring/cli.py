@@ -1,18 +1,72 @@
-"""``python -m scoring``: a thin command line over the library. Each command's docstring is its --help text."""
+"""``python -m scoring``: a thin command line over the library. Each command's docstring is its --help text, and
+its arguments are declared beside it (``@command``)."""
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
-from . import data, jobs, results
-from .env import cache_dir
-from .errors import UserError
-from .store import Cache
+from scoring import api
+from scoring.env import cache_dir
+from scoring.errors import UserError
+from scoring.ingest.catalog import dataset_meta, ingest, list_datasets
+from scoring.ingest.demo import write_demo, write_planted_pairs
+from scoring.ingest.sources import resolve_source
+from scoring.jobs.requests import map_request, pass_config_for, score_request
+from scoring.jobs.runner import cancel, enqueue, run
+from scoring.jobs.worker import ensure_worker, live_workers, worker
+from scoring.scores.registry import parse_scores
+from scoring.scores.reports import auroc_report, flag_counts, format_auroc_table, rank_agreement
+from scoring.scores.tables import dataset_kind, pick_job, score_table
+from scoring.selection.pairs import PAIR_RULE, lossdiff_irm_spec, parse_band
+from scoring.selection.saved import save_spec
+from scoring.store.cache import Cache
+from scoring.store.jobs import ACTIVE, Job, list_jobs
+from scoring.train.dpo import DPOTrainConfig
+from scoring.train.sft import TrainConfig
 
 
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[Cache, argparse.Namespace], int]
+    arguments: tuple  # ((args, kwargs), …) for argparse's add_argument
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def arg(*names, **options) -> tuple:
+    return names, options
+
+
+def command(name: str, *arguments):
+    """Register ``fn`` as the subcommand ``name`` with these arguments."""
+
+    def wrap(fn):
+        if name in COMMANDS:
+            raise ValueError(f"command {name!r} is registered twice")
+        COMMANDS[name] = Command(fn, arguments)
+        return fn
+
+    return wrap
+
+
+def _print_counts(title: str, counts: dict) -> None:
+    print(f"  {title}: " + (", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "none"))
+
+
+@command(
+    "ingest",
+    arg("source", help="file, folder, glob or Hugging Face dataset id"),
+    arg("--name", help="dataset name (default: from the source)"),
+    arg("--limit", type=int, help="keep only the first N records"),
+    arg("--map", action="append", metavar="FIELD=COLUMN", help="prompt/response/context/system/messages/id"),
+    arg("--replace", action="store_true", help="replace a dataset of the same name holding other data"),
+)
 def cmd_ingest(cache: Cache, args) -> int:
     """Read a dataset into the cache: a JSON / JSONL(.gz) / Parquet / CSV file, a folder or glob of them, a
     `datasets.save_to_disk` folder, or a Hugging Face dataset id. Layouts are recognised without flags (Alpaca,
@@ -21,136 +75,146 @@ def cmd_ingest(cache: Cache, args) -> int:
 
     example: python -m scoring ingest '../shared/data/alpaca/*.json' --name alpaca
     """
-    result = data.ingest(
-        args.source, cache, name=args.name, limit=args.limit, field_map=data.parse_field_map(args.map or []),
-        replace=args.replace,
-    )  # fmt: skip
+    result = api.ingest(args.source, name=args.name, limit=args.limit, field_map=args.map or [],
+                        replace=args.replace, cache=cache)  # fmt: skip
     verb = "already ingested (same content): nothing to do" if result.already_present else "ingested"
     print(f"{result.name}: {result.n_rows} rows {verb}; layout {result.layout}; fingerprint {result.fingerprint[:16]}")
     _print_counts("flags", result.flag_counts)
     return 0
 
 
+SCORE_ARGS = (
+    arg("name", help="dataset name"),
+    arg("--model", help="smollm2-135m (default), a local folder or a hub id"),
+    arg("--reference", default="train", help="'train' (fine-tune the base, default) or a model"),
+    arg("--scores", help="comma-separated (default davir,rho,ifd,ppl; pairs: irm,lossdiff,davir_dpo,margin_base,"
+        "len_diff)"),
+    arg("--max-length", type=int, default=1024, help="tokens per example (default 1024)"),
+    arg("--batch-tokens", type=int, help="tokens per micro-batch (default 8192 on a CPU, 65536 on a GPU)"),
+    arg("--compile", action="store_true", help="GPU: torch.compile the model's layers (about 2x faster scoring on "
+        "an H200; ignored on a CPU)"),
+    arg("--no-kernels", action="store_true", help="CPU: transformers' own layers instead of the fused bf16 kernels "
+        "(about 1.6x slower; low-order bits differ)"),
+    arg("--train-method", choices=["full", "lora"], default="full", help="reference fine-tuning"),
+    arg("--epochs", type=float, default=1.0, help="reference fine-tuning epochs (default 1)"),
+    arg("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)"),
+    arg("--wait", action="store_true", help="do the work here, in the foreground"),
+    arg("--beta", type=float, default=0.1, help="pairs: DPO beta of the warm-ups and scores (default 0.1)"),
+    arg("--val", metavar="DATASET_OR_FILE", help="pairs: validation pairs for theta_val (default: a held-out "
+        "--val-fraction of the dataset)"),
+    arg("--val-fraction", type=float, default=0.1, help="pairs: held-out validation share (default 0.1)"),
+)  # fmt: skip
+
+
+def _request(cache: Cache, args) -> Job:
+    """The score job the command line asks for, either dataset kind (scoring.jobs.requests)."""
+    kind = dataset_kind(cache, args.name)
+    config = pass_config_for(kind, args.max_length, args.batch_tokens, args.compile,
+                             "off" if args.no_kernels else "auto")  # fmt: skip
+    return score_request(
+        cache, args.name, args.model, parse_scores(args.scores, kind), config, reference=args.reference,
+        train=replace(TrainConfig(), method=args.train_method, epochs=args.epochs),
+        dpo=replace(DPOTrainConfig(), beta=args.beta, method=args.train_method, epochs=args.epochs),
+        val=args.val, val_fraction=args.val_fraction, trust_remote_code=args.trust_remote_code,
+    )  # fmt: skip
+
+
+@command("score", *SCORE_ARGS)
 def cmd_score(cache: Cache, args) -> int:
-    """Score a dataset: base-model losses, the fine-tuned reference, DavIR and the proxies. Queues a job and makes
-    sure a background worker runs it; with --wait, does the work here in the foreground with a progress bar.
-    An identical request whose results exist returns at once.
+    """Score a dataset: base-model losses, the fine-tuned reference, DavIR and the proxies (preference pairs: the
+    DPO warm-ups, IRM, LossDiff and their proxies). Queues a job and makes sure a background worker runs it; with
+    --wait, does the work here in the foreground with a progress bar. An identical request whose results exist
+    returns at once.
 
     example: python -m scoring score alpaca --scores davir,rho,ifd,ppl --max-length 512 --wait
     """
-    from dataclasses import replace
-
-    from .finetune import TrainConfig
-    from .losses import PassConfig, default_batch_tokens
-    from .scores import parse_scores
-
-    batch_tokens = args.batch_tokens or default_batch_tokens()
-    pass_config = PassConfig(max_length=args.max_length, batch_tokens=batch_tokens, compile=args.compile,
-                             kernels="off" if args.no_kernels else "auto")  # fmt: skip
-    train = replace(TrainConfig(), method=args.train_method, epochs=args.epochs)
-    if data.dataset_meta(cache, args.name).get("kind") == "pair":
-        request = _pair_request(cache, args, pass_config)
-    else:
-        request = jobs.score_request(
-            cache, args.name, args.model, args.reference, parse_scores(args.scores), pass_config, train,
-            args.trust_remote_code,
-        )  # fmt: skip
-    job, queued = jobs.enqueue(cache, request)
-    if job["state"] == "done":
-        print(f"job {job['id']} already done: results are in the cache (`scores {args.name} --out FILE`)")
+    job, queued = enqueue(cache, _request(cache, args))
+    if job.state == "done":
+        print(f"job {job.id} already done: results are in the cache (`scores {args.name} --out FILE`)")
         return 0
     if not args.wait:
-        pid = jobs.ensure_worker(cache)
+        pid = ensure_worker(cache)
         how = f"started worker {pid}" if pid else "a worker is running"
-        print(f"job {job['id']} {'queued' if queued else 'already ' + job['state']}; {how}; follow with `status`")
+        print(f"job {job.id} {'queued' if queued else 'already ' + job.state}; {how}; follow with `status`")
         return 0
-    return _run_foreground(cache, job["id"])
-
-
-def _pair_request(cache: Cache, args, pass_config) -> dict:
-    """Preference pairs: ref pass, DPO warm-ups of π_θ and θ_val, their passes (scoring.pair_passes)."""
-    from dataclasses import replace
-
-    from .dpo import DPOTrainConfig
-    from .pair_passes import PAIR_PASS_CONFIG, pair_request
-    from .scores import parse_scores
-
-    config = replace(PAIR_PASS_CONFIG, max_length=pass_config.max_length, batch_tokens=pass_config.batch_tokens,
-                     compile=pass_config.compile, kernels=pass_config.kernels)
-    dpo = replace(DPOTrainConfig(), beta=args.beta, method=args.train_method, epochs=args.epochs)
-    return pair_request(cache, args.name, args.model, parse_scores(args.scores, "pair"), config, dpo, args.val,
-                        args.val_fraction, args.trust_remote_code)  # fmt: skip
+    return _run_foreground(cache, job.id)
 
 
 def _run_foreground(cache: Cache, job_id: str) -> int:
-    job = jobs.run(cache, job_id, progress=True)
-    if job["state"] == "done" and job["kind"] == "score":
-        layout, _ = jobs.enqueue(cache, jobs.layout_request(cache, job))
-        if layout["state"] != "done":
-            print("computing the UMAP layout…", file=sys.stderr)
+    job = run(cache, job_id, progress=True)
+    if job.state == "done" and job.kind == "score":
+        layout, _ = enqueue(cache, map_request(job))
+        if layout.state != "done":
+            print("computing the UMAP map…", file=sys.stderr)
             try:
-                jobs.run(cache, layout["id"])
+                run(cache, layout.id)
             except UserError:  # a background worker is already computing it
-                print("the layout is being computed by a worker", file=sys.stderr)
-    print(f"job {job['id']}: {job['state']}" + (f" — {job['error']}" if job.get("error") else ""))
-    return 0 if job["state"] == "done" else 1
+                print("the map is being computed by a worker", file=sys.stderr)
+    print(f"job {job.id}: {job.state}" + (f" — {job.error}" if job.error else ""))
+    return 0 if job.state == "done" else 1
 
 
+@command(
+    "worker",
+    arg("--idle-exit", type=float, default=0.0, help="exit after this many idle seconds (0: never)"),
+    arg("--once", action="store_true", help="exit when the queue is empty"),
+)
 def cmd_worker(cache: Cache, args) -> int:
     """Run queued jobs in this process until stopped (or until --idle-exit seconds pass with nothing to do).
     Resumes jobs whose previous worker died.
 
     example: python -m scoring worker --idle-exit 300
     """
-    jobs.worker(cache, idle_exit=args.idle_exit, once=args.once)
+    worker(cache, idle_exit=args.idle_exit, once=args.once)
     return 0
 
 
+@command("status", arg("name", nargs="?", help="dataset name (default: all)"))
 def cmd_status(cache: Cache, args) -> int:
     """Show jobs (stage, examples done / total, tokens/s, ETA, error), flag counts, and for datasets with planted
     defect labels the AUROC of each score per defect kind; proxy rank agreement when two models scored a dataset.
 
     example: python -m scoring status demo
     """
-    all_jobs = jobs.list_jobs(cache, args.name)
+    all_jobs = list_jobs(cache, args.name)
     print(f"cache: {cache.root}")
-    print(f"workers alive: {len(jobs.live_workers(cache))}")
+    print(f"workers alive: {len(live_workers(cache))}")
     if not all_jobs:
         print("no jobs")
     for job in all_jobs:
         print(_job_line(job))
-    names = [args.name] if args.name else [m["name"] for m in data.list_datasets(cache)]
-    for name in names:
-        meta = data.dataset_meta(cache, name)
-        print(f"\ndataset {name}: {meta['n_rows']} rows, layout {meta['layout']}")
-        try:
-            table, job = results.score_table(cache, name)
-        except UserError:
-            _print_counts("flags", meta.get("flag_counts") or {})
-            continue
-        first = "margin_base" if meta.get("kind") == "pair" else "loss_base"  # the first score a run fills
-        scored = int(table[first].notna().sum()) if first in table else 0
-        print(f"  scores from job {job['id']} ({job['state']}): {scored} of {len(table)} rows scored")
-        _print_counts("flags", results.flag_counts(table))
-        report = results.auroc_report(cache, name, table)
-        if report:
-            from .demo_data import format_auroc_table
-
-            print("  AUROC (clean rows ranked above defects; 1 = perfect, 0.5 = chance):")
-            print("    " + format_auroc_table(report).replace("\n", "\n    "))
-        for row in results.rank_agreement(cache, name):
-            print(f"  spearman {row['score']}: {row['model_a']} vs {row['model_b']} = {row['spearman']:.3f} (n={row['n']})")
+    for name in [args.name] if args.name else [m["name"] for m in list_datasets(cache)]:
+        _dataset_status(cache, name)
     return 0
 
 
-def _job_line(job: dict) -> str:
-    total = job.get("total")
-    progress = f"{job.get('done') or 0}/{total}" if total else "-"
-    rate = f"{job['tokens_per_s']:.0f} tok/s" if job.get("tokens_per_s") else ""
-    eta = f"ETA {_duration(job['eta_s'])}" if job.get("eta_s") and job["state"] == "running" else ""
-    error = f"error: {job['error']}" if job.get("error") else ""
-    stage = job.get("stage") if job.get("stage") != job["state"] else ""
-    parts = [job["id"], job["kind"], job["dataset"], job["state"], stage, progress, rate, eta, error]
+def _dataset_status(cache: Cache, name: str) -> None:
+    meta = dataset_meta(cache, name)
+    print(f"\ndataset {name}: {meta['n_rows']} rows, layout {meta['layout']}")
+    try:
+        table, job = score_table(cache, name)
+    except UserError:
+        _print_counts("flags", meta.get("flag_counts") or {})
+        return
+    first = "margin_base" if meta.get("kind") == "pair" else "loss_base"  # the first score a run fills
+    scored = int(table[first].notna().sum()) if first in table else 0
+    print(f"  scores from job {job.id} ({job.state}): {scored} of {len(table)} rows scored")
+    _print_counts("flags", flag_counts(table))
+    report = auroc_report(cache, name, table)
+    if report:
+        print("  AUROC (clean rows ranked above defects; 1 = perfect, 0.5 = chance):")
+        print("    " + format_auroc_table(report).replace("\n", "\n    "))
+    for row in rank_agreement(cache, name):
+        print(f"  spearman {row['score']}: {row['model_a']} vs {row['model_b']} = {row['spearman']:.3f} (n={row['n']})")
+
+
+def _job_line(job: Job) -> str:
+    progress = f"{job.done or 0}/{job.total}" if job.total else "-"
+    rate = f"{job.tokens_per_s:.0f} tok/s" if job.tokens_per_s else ""
+    eta = f"ETA {_duration(job.eta_s)}" if job.eta_s and job.state == "running" else ""
+    error = f"error: {job.error}" if job.error else ""
+    stage = job.stage if job.stage != job.state else ""
+    parts = [job.id, job.kind, job.dataset, job.state, stage, progress, rate, eta, error]
     return "  ".join(p for p in parts if p)
 
 
@@ -159,44 +223,63 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _print_counts(title: str, counts: dict) -> None:
-    if counts:
-        print(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    else:
-        print(f"  {title}: none")
-
-
+@command("cancel", arg("job", help="job id (a unique prefix is enough)"))
 def cmd_cancel(cache: Cache, args) -> int:
     """Cancel a queued or running job (a running one stops after the chunk in flight; finished parts are kept).
 
     example: python -m scoring cancel 3f2a9c1d
     """
-    job = jobs.cancel(cache, args.job)
-    print(f"job {job['id']}: {'cancel requested' if job['state'] in jobs.ACTIVE else job['state']}")
+    job = cancel(cache, args.job)
+    print(f"job {job.id}: {'cancel requested' if job.state in ACTIVE else job.state}")
     return 0
 
 
+@command(
+    "scores",
+    arg("name"),
+    arg("--out", required=True, help="FILE.csv or FILE.parquet"),
+    arg("--job", help="score job to read (default: the latest finished one)"),
+)
 def cmd_scores(cache: Cache, args) -> int:
     """Write one row per example: id, flag (empty when fine) and one column per computed score.
 
     example: python -m scoring scores alpaca --out alpaca-scores.csv
     """
-    table, job = results.score_table(cache, args.name, args.job)
     out = Path(args.out)
+    if out.suffix not in (".csv", ".parquet"):
+        raise UserError(f"--out must end in .csv or .parquet, not {out.name!r}")
+    table, job = score_table(cache, args.name, args.job)
     table = table.drop(columns=["idx"])
     for column in ("n_prompt_tokens", "n_response_tokens"):
         table[column] = table[column].astype("Int64")  # counts stay integers; unscored rows stay empty
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":
         table.to_csv(out, index=False)
-    elif out.suffix == ".parquet":
-        table.to_parquet(out, index=False)
     else:
-        raise UserError(f"--out must end in .csv or .parquet, not {out.name!r}")
-    print(f"wrote {len(table)} rows x {len(table.columns)} columns from job {job['id']} to {out}")
+        table.to_parquet(out, index=False)
+    print(f"wrote {len(table)} rows x {len(table.columns)} columns from job {job.id} to {out}")
     return 0
 
 
+@command(
+    "select",
+    arg("name"),
+    arg("--score", action="append", help="score to rank by; repeat to intersect (not with lossdiff-irm)"),
+    arg("--budget", required=True, help="6%% | 3000 | 2M-tokens"),
+    arg("--rule", action="append", help="top (default) | bottom | band:LO-HI (percentiles); once for all scores or "
+        "once per --score; lossdiff-irm (preference pairs, no --score)"),
+    arg("--band", metavar="LO-HI", help="--rule lossdiff-irm: percentile band of both lossdiff and irm "
+        "(default 15-85)"),
+    arg("--combine", choices=["and", "or"], default="and", help="several scores: and = intersection (default), or "
+        "= union"),
+    arg("--quota", metavar="COLUMN", help="split the budget over groups: 'cluster' (map clusters) or an original "
+        "column such as a category"),
+    arg("--dedup", type=float, metavar="TAU", help="skip an example whose embedding cosine to one already kept "
+        "exceeds TAU (e.g. 0.95)"),
+    arg("--save", required=True, help="selection name"),
+    arg("--include-flagged", action="store_true", help="let flagged rows be selected"),
+    arg("--job", help="score job to read (default: the latest finished one)"),
+)  # fmt: skip
 def cmd_select(cache: Cache, args) -> int:
     """Keep the examples a rule picks within a budget and save the selection by name. Several --score combine as
     their intersection (--combine and, the default) or union (--combine or); give one --rule for all scores or one
@@ -206,71 +289,97 @@ def cmd_select(cache: Cache, args) -> int:
 
     example: python -m scoring select alpaca --score davir --budget 6% --rule top --save davir-top6
     """
-    from .selections import SelectionSpec, save_spec
-
-    if args.rule == ["lossdiff-irm"] or not args.score:  # preference pairs (and the message for a missing --score)
-        from .pair_results import select_command
-
-        return select_command(cache, args)
-    spec = SelectionSpec(
-        dataset=args.name, scores=tuple(args.score), budget=args.budget, rules=tuple(args.rule or ["top"]),
-        combine=args.combine, include_flagged=args.include_flagged, quota=args.quota, dedup=args.dedup,
-        job=args.job,
-    )  # fmt: skip
-    _, result = save_spec(cache, spec, args.save)
+    if args.rule == [PAIR_RULE] or not args.score:  # preference pairs (and the message for a missing --score)
+        return _select_pairs(cache, args)
+    result = api.select(args.name, scores=args.score, budget=args.budget, rule=args.rule or ["top"],
+                        combine=args.combine, include_flagged=args.include_flagged, quota=args.quota,
+                        dedup=args.dedup, job=args.job, save=args.save, cache=cache)  # fmt: skip
     print(f"{args.save}: kept {len(result.kept_ids)} of {result.n_total} rows, {result.tokens_kept} tokens")
     _print_counts("dropped", result.reason_counts())
     return 0
 
 
+def _select_pairs(cache: Cache, args) -> int:
+    """``select NAME --rule lossdiff-irm [--band LO-HI] --budget B --save SEL`` on a preference-pair dataset."""
+    if [str(r).strip().lower() for r in args.rule or []] != [PAIR_RULE]:
+        raise UserError("--score is required (or use --rule lossdiff-irm on a preference-pair dataset)")
+    if dataset_kind(cache, args.name) != "pair":
+        raise UserError(f"--rule lossdiff-irm needs a preference-pair dataset; {args.name!r} holds "
+                        f"{dataset_meta(cache, args.name).get('kind', 'sft')} examples")
+    lo, hi = parse_band(args.band)
+    spec = lossdiff_irm_spec(args.name, (lo, hi), args.budget, args.include_flagged, args.job)
+    _, result = save_spec(cache, spec, args.save)
+    print(f"{args.save}: kept {len(result.kept_ids)} of {result.n_total} pairs (lossdiff and irm both inside the "
+          f"{lo:g}-{hi:g} percentile band), {result.tokens_kept} tokens")
+    _print_counts("dropped", result.reason_counts())
+    return 0
+
+
+@command(
+    "export",
+    arg("name"),
+    arg("selection"),
+    arg("--format", required=True, choices=["jsonl", "parquet", "csv", "hf"]),
+    arg("--out", help="output file (folder for hf); default under <cache>/exports/"),
+    arg("--with-scores", action="store_true", help="add the score columns"),
+)
 def cmd_export(cache: Cache, args) -> int:
     """Write a saved selection's examples (original columns, plus scores with --with-scores) as JSONL, Parquet,
     CSV or a `datasets` folder, with a manifest.json that records how to reproduce it.
 
     example: python -m scoring export alpaca davir-top6 --format jsonl --out curated/alpaca.jsonl --with-scores
     """
-    from . import export, select as sel
-
-    scores = None
-    if args.with_scores:
-        spec, _ = sel.load_selection(cache, args.name, args.selection)
-        job_id = (spec.get("runs") or [None])[0]
-        table, _ = results.score_table(cache, args.name, job_id)
-        scores = table.drop(columns=["idx", "flag"])
     argv = getattr(args, "argv", None) or []
-    command = "python -m scoring " + " ".join(shlex.quote(a) for a in argv) if argv else None
-    result = export.export_selection(cache, args.name, args.selection, args.format, args.out, scores, command)
+    line = "python -m scoring " + " ".join(shlex.quote(a) for a in argv) if argv else None
+    result = api.export(args.name, args.selection, format=args.format, out=args.out, with_scores=args.with_scores,
+                        command=line, cache=cache)  # fmt: skip
     print(f"wrote {result.n_rows} rows to {result.path}; manifest {result.manifest_path}")
     return 0
 
 
+@command(
+    "layout",
+    arg("name"),
+    arg("--job", help="score job whose embeddings to map (default: latest)"),
+    arg("--wait", action="store_true"),
+)
 def cmd_layout(cache: Cache, args) -> int:
     """Compute the 2-D UMAP map of a dataset from its base-pass embeddings, as a job (in the foreground with --wait).
 
     example: python -m scoring layout alpaca --wait
     """
-    job = results.pick_job(cache, args.name, args.job)
-    layout, queued = jobs.enqueue(cache, jobs.layout_request(cache, job))
-    if layout["state"] == "done":
-        print(f"layout job {layout['id']} already done")
+    job, _ = enqueue(cache, map_request(pick_job(cache, args.name, args.job)))
+    if job.state == "done":
+        print(f"layout job {job.id} already done")
         return 0
     if args.wait:
-        return _run_foreground(cache, layout["id"])
-    jobs.ensure_worker(cache)
-    print(f"layout job {layout['id']} queued")
+        return _run_foreground(cache, job.id)
+    ensure_worker(cache)
+    print(f"layout job {job.id} queued")
     return 0
 
 
+@command("datasets")
 def cmd_datasets(cache: Cache, args) -> int:
     """List ingested datasets.
 
     example: python -m scoring datasets
     """
-    for meta in data.list_datasets(cache):
+    for meta in list_datasets(cache):
         print(f"{meta['name']}\t{meta['n_rows']} rows\t{meta['layout']}\t{meta['fingerprint'][:16]}\t{meta['source']}")
     return 0
 
 
+@command(
+    "demo",
+    arg("--n-clean", type=int, default=240, help="clean examples before planting defects (default 240)"),
+    arg("--model", help="model to score with (default smollm2-135m)"),
+    arg("--background", action="store_true", help="queue the scoring instead of waiting"),
+    arg("--pairs", metavar="SOURCE", help="preference pairs to plant swapped pairs in (see above)"),
+    arg("--limit", type=int, default=100, help="--pairs: pairs read from SOURCE (default 100)"),
+    arg("--swap", type=float, default=0.2, help="--pairs: share of pairs swapped (default 0.2)"),
+    arg("--max-length", type=int, default=512, help="--pairs: tokens per side (default 512)"),
+)
 def cmd_demo(cache: Cache, args) -> int:
     """Generate the embedded demo (a few hundred computed-answer tasks with labelled planted defects), ingest it,
     score it with the default model and print the AUROC of each score per defect kind. --background queues the
@@ -283,172 +392,46 @@ def cmd_demo(cache: Cache, args) -> int:
     example: python -m scoring demo
     example: python -m scoring demo --pairs ../shared/data/hh-rlhf/helpful-base/test.jsonl.gz --limit 80
     """
-    from .demo_data import write_demo
-
     if args.pairs:
-        return _pair_demo(cache, args)
-
-    path = write_demo(cache.root / "demo" / "demo.jsonl", n_clean=args.n_clean)
-    result = data.ingest(str(path), cache, name="demo", replace=True, progress=False)
-    print(f"demo: {result.n_rows} rows ingested ({'unchanged' if result.already_present else 'new'})")
-    request = jobs.score_request(cache, "demo", args.model)
-    job, _ = jobs.enqueue(cache, request)
-    if args.background:
-        jobs.ensure_worker(cache)
-        print(f"job {job['id']} queued in the background; follow with `python -m scoring status demo`")
-        return 0
-    started = time.perf_counter()
-    if job["state"] != "done":
-        code = _run_foreground(cache, job["id"])
-        if code:
-            return code
+        name = f"{resolve_source(args.pairs).default_name}-swapped"
+        path, n_swapped = write_planted_pairs(args.pairs, cache.root / "demo" / f"{name}.jsonl", args.limit,
+                                              args.swap)  # fmt: skip
+        result = ingest(str(path), cache, name=name, replace=True, progress=False)
+        print(f"{name}: {result.n_rows} pairs ingested, {n_swapped} with chosen and rejected swapped (defect "
+              f"swapped_pair); layout {result.layout}")
+        request = score_request(cache, name, args.model, None, pass_config_for("pair", args.max_length))
     else:
-        _run_foreground(cache, job["id"])  # makes sure the layout exists too
-    print(f"demo scored in {time.perf_counter() - started:.0f} s")
-    args.name = "demo"
-    return cmd_status(cache, args)
-
-
-def _pair_demo(cache: Cache, args) -> int:
-    from .losses import PassConfig
-    from .pairs_data import write_planted_pairs
-
-    source = data._resolve_source(args.pairs)
-    name = f"{source.default_name}-swapped"
-    path, n_swapped = write_planted_pairs(args.pairs, cache.root / "demo" / f"{name}.jsonl", args.limit, args.swap)
-    result = data.ingest(str(path), cache, name=name, replace=True, progress=False)
-    print(f"{name}: {result.n_rows} pairs ingested, {n_swapped} with chosen and rejected swapped (defect "
-          f"swapped_pair); layout {result.layout}")
-    args.name, args.scores, args.val, args.beta, args.train_method = name, None, None, 0.1, "full"
-    args.val_fraction, args.epochs, args.trust_remote_code = 0.1, 1.0, False
-    request = _pair_request(cache, args, PassConfig(max_length=args.max_length))
-    job, _ = jobs.enqueue(cache, request)
+        name = "demo"
+        path = write_demo(cache.root / "demo" / "demo.jsonl", n_clean=args.n_clean)
+        result = ingest(str(path), cache, name=name, replace=True, progress=False)
+        print(f"demo: {result.n_rows} rows ingested ({'unchanged' if result.already_present else 'new'})")
+        request = score_request(cache, name, args.model)
+    job, _ = enqueue(cache, request)
     if args.background:
-        jobs.ensure_worker(cache)
-        print(f"job {job['id']} queued in the background; follow with `python -m scoring status {name}`")
+        ensure_worker(cache)
+        print(f"job {job.id} queued in the background; follow with `python -m scoring status {name}`")
         return 0
     started = time.perf_counter()
-    code = _run_foreground(cache, job["id"])
+    code = _run_foreground(cache, job.id)  # when already done, this still makes sure the map exists
     if code:
         return code
-    print(f"pairs scored in {time.perf_counter() - started:.0f} s")
+    print(f"{'pairs' if args.pairs else 'demo'} scored in {time.perf_counter() - started:.0f} s")
+    args.name = name
     return cmd_status(cache, args)
-
-
-COMMANDS = {
-    "ingest": cmd_ingest,
-    "score": cmd_score,
-    "worker": cmd_worker,
-    "status": cmd_status,
-    "cancel": cmd_cancel,
-    "scores": cmd_scores,
-    "select": cmd_select,
-    "export": cmd_export,
-    "layout": cmd_layout,
-    "datasets": cmd_datasets,
-    "demo": cmd_demo,
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--cache", default=argparse.SUPPRESS, help="cache folder (default $DAVIR_CACHE or ./cache)")
-    parser = argparse.ArgumentParser(
-        prog="python -m scoring", description="DavIR Studio: score, select and export training examples.",
-        parents=[common],
-    )  # fmt: skip
+    parser = argparse.ArgumentParser(prog="python -m scoring", parents=[common],
+                                     description="DavIR Studio: score, select and export training examples.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str):
-        fn = COMMANDS[name]
-        doc = (fn.__doc__ or "").strip()
-        return sub.add_parser(
-            name, parents=[common], help=doc.splitlines()[0], description=doc,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
-
-    p = add("ingest")
-    p.add_argument("source", help="file, folder, glob or Hugging Face dataset id")
-    p.add_argument("--name", help="dataset name (default: from the source)")
-    p.add_argument("--limit", type=int, help="keep only the first N records")
-    p.add_argument("--map", action="append", metavar="FIELD=COLUMN", help="prompt/response/context/system/messages/id")
-    p.add_argument("--replace", action="store_true", help="replace a dataset of the same name holding other data")
-
-    p = add("score")
-    p.add_argument("name", help="dataset name")
-    p.add_argument("--model", help="smollm2-135m (default), a local folder or a hub id")
-    p.add_argument("--reference", default="train", help="'train' (fine-tune the base, default) or a model")
-    p.add_argument("--scores", help="comma-separated (default davir,rho,ifd,ppl)")
-    p.add_argument("--max-length", type=int, default=1024, help="tokens per example (default 1024)")
-    p.add_argument("--batch-tokens", type=int, help="tokens per micro-batch (default 8192 on a CPU, 65536 on a GPU)")
-    p.add_argument("--compile", action="store_true", help="GPU: torch.compile the model's layers (about 2x faster "
-                   "scoring on an H200; ignored on a CPU)")
-    p.add_argument("--no-kernels", action="store_true", help="CPU: transformers' own layers instead of the fused "
-                   "bf16 kernels (about 1.6x slower; low-order bits differ)")
-    p.add_argument("--train-method", choices=["full", "lora"], default="full", help="reference fine-tuning")
-    p.add_argument("--epochs", type=float, default=1.0, help="reference fine-tuning epochs (default 1)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
-    p.add_argument("--wait", action="store_true", help="do the work here, in the foreground")
-    p.add_argument("--beta", type=float, default=0.1, help="pairs: DPO beta of the warm-ups and scores (default 0.1)")
-    p.add_argument("--val", metavar="DATASET_OR_FILE", help="pairs: validation pairs for theta_val (default: a "
-                   "held-out --val-fraction of the dataset)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="pairs: held-out validation share (default 0.1)")
-
-    p = add("worker")
-    p.add_argument("--idle-exit", type=float, default=0.0, help="exit after this many idle seconds (0: never)")
-    p.add_argument("--once", action="store_true", help="exit when the queue is empty")
-
-    p = add("status")
-    p.add_argument("name", nargs="?", help="dataset name (default: all)")
-
-    p = add("cancel")
-    p.add_argument("job", help="job id (a unique prefix is enough)")
-
-    p = add("scores")
-    p.add_argument("name")
-    p.add_argument("--out", required=True, help="FILE.csv or FILE.parquet")
-    p.add_argument("--job", help="score job to read (default: the latest finished one)")
-
-    p = add("select")
-    p.add_argument("name")
-    p.add_argument("--score", action="append", help="score to rank by; repeat to intersect (not with lossdiff-irm)")
-    p.add_argument("--budget", required=True, help="6%% | 3000 | 2M-tokens")
-    p.add_argument("--rule", action="append", help="top (default) | bottom | band:LO-HI (percentiles); once for all "
-                   "scores or once per --score; lossdiff-irm (preference pairs, no --score)")
-    p.add_argument("--band", metavar="LO-HI", help="--rule lossdiff-irm: percentile band of both lossdiff and irm "
-                   "(default 15-85)")
-    p.add_argument("--combine", choices=["and", "or"], default="and", help="several scores: and = intersection "
-                   "(default), or = union")
-    p.add_argument("--quota", metavar="COLUMN", help="split the budget over groups: 'cluster' (map clusters) or an "
-                   "original column such as a category")
-    p.add_argument("--dedup", type=float, metavar="TAU", help="skip an example whose embedding cosine to one already "
-                   "kept exceeds TAU (e.g. 0.95)")
-    p.add_argument("--save", required=True, help="selection name")
-    p.add_argument("--include-flagged", action="store_true", help="let flagged rows be selected")
-    p.add_argument("--job", help="score job to read (default: the latest finished one)")
-
-    p = add("export")
-    p.add_argument("name")
-    p.add_argument("selection")
-    p.add_argument("--format", required=True, choices=["jsonl", "parquet", "csv", "hf"])
-    p.add_argument("--out", help="output file (folder for hf); default under <cache>/exports/")
-    p.add_argument("--with-scores", action="store_true", help="add the score columns")
-
-    p = add("layout")
-    p.add_argument("name")
-    p.add_argument("--job", help="score job whose embeddings to lay out (default: latest)")
-    p.add_argument("--wait", action="store_true")
-
-    add("datasets")
-
-    p = add("demo")
-    p.add_argument("--n-clean", type=int, default=240, help="clean examples before planting defects (default 240)")
-    p.add_argument("--model", help="model to score with (default smollm2-135m)")
-    p.add_argument("--background", action="store_true", help="queue the scoring instead of waiting")
-    p.add_argument("--pairs", metavar="SOURCE", help="preference pairs to plant swapped pairs in (see above)")
-    p.add_argument("--limit", type=int, default=100, help="--pairs: pairs read from SOURCE (default 100)")
-    p.add_argument("--swap", type=float, default=0.2, help="--pairs: share of pairs swapped (default 0.2)")
-    p.add_argument("--max-length", type=int, default=512, help="--pairs: tokens per side (default 512)")
+    for name, cmd in COMMANDS.items():
+        doc = (cmd.run.__doc__ or "").strip()
+        p = sub.add_parser(name, parents=[common], help=doc.splitlines()[0], description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        for names, options in cmd.arguments:
+            p.add_argument(*names, **options)
     return parser
 
 
@@ -457,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for manifests
     try:
         cache = Cache(cache_dir(getattr(args, "cache", None)))
-        return COMMANDS[args.command](cache, args)
+        return COMMANDS[args.command].run(cache, args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -17,8 +17,6 @@ CACHE_VAR = "DAVIR_CACHE"
 DEVICE_VAR = "DAVIR_DEVICE"
 WORKER_IDLE_EXIT_VAR = "DAVIR_WORKER_IDLE_EXIT"
 
-ALL_VARS = (CACHE_VAR, DEVICE_VAR, WORKER_IDLE_EXIT_VAR)
-
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The cache folder: ``explicit`` if given, else ``$DAVIR_CACHE``, else ``./cache``."""

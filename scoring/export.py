@@ -35,9 +35,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scoring.errors import UserError
-from scoring.select import kept_sha256
-from scoring.selections import load_selection, reproduce_command
-from scoring.store import Cache, atomic_write_json, read_json
+from scoring.selection.rules import kept_sha256
+from scoring.selection.saved import load_selection, reproduce_command
+from scoring.store.cache import Cache, atomic_write_json, read_json
 
 FORMATS = ("jsonl", "parquet", "csv", "hf")
 EXTENSIONS = {"jsonl": ".jsonl", "parquet": ".parquet", "csv": ".csv", "hf": ""}
@@ -166,7 +166,7 @@ def _write_csv(tmp: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def _write_hf(tmp: Path, rows: list[dict], columns: list[str]) -> None:
-    import datasets  # slow import: only when asked for
+    import datasets  # heavy: only when a datasets folder is asked for
 
     full = [{c: row.get(c) for c in columns} for row in rows]
     try:

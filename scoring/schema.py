@@ -12,7 +12,7 @@ Examples (``datasets/<name>/examples.parquet``), one row per ingested record:
     source    string  "file:line" (or "file:#row") the row came from
     original  string  JSON of the original record, for export
 
-Pair examples (``examples.parquet`` of a dataset whose meta has kind "pair"; scoring.pairs_data): the EXAMPLES
+Pair examples (``examples.parquet`` of a dataset whose meta has kind "pair"; scoring.ingest.pairs): the EXAMPLES
 columns with ``messages`` = the prompt turns both sides share (no final assistant turn), ``response`` = the chosen
 reply, plus
 
@@ -31,7 +31,7 @@ Loss table (``passes/<key>/parts/*.parquet``), one row per example per model pas
     embedding          binary   float16 mean-pooled last hidden state; empty when not computed
     flag               string   "" or reasons found while scoring (e.g. "too_long")
 
-Pair loss table (``passes/<key>/parts/*.parquet`` of a pair pass; scoring.pair_passes), one row per pair per model:
+Pair loss table (``passes/<key>/parts/*.parquet`` of a pair pass; scoring.passes.runner.PAIRS), one row per pair per model:
 
     idx, id                                   as above
     n_prompt_tokens                           int32    tokens before the reply (after truncation)
@@ -93,10 +93,6 @@ PAIR_LOSSES = pa.schema(
         ("flag", pa.string()),
     ]
 )
-
-# Scalar columns of the loss table: what score queries read (the blobs stay on disk).
-LOSS_SCALARS = ("idx", "id", "n_prompt_tokens", "n_response_tokens", "loss_sum", "alone_loss_sum", "flag")
-
 
 def encode_f16(values) -> bytes:
     return np.asarray(values, dtype=np.float16).tobytes()

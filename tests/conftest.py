@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from scoring.store import Cache
+from scoring.store.cache import Cache
 from tests.tiny import build_model
 
 

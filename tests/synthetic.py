@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from scoring.losses import chunk_ranges, part_path, scoring_order
-from scoring.schema import EXAMPLES, LOSSES
-from scoring.store import Cache, atomic_write_json, atomic_write_parquet
+from scoring.ingest.demo import SWAP_LABEL
+from scoring.passes.runner import chunk_ranges, scoring_order
+from scoring.schema import EXAMPLES, LOSSES, PAIR_EXAMPLES, PAIR_LOSSES
+from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet
+from scoring.store.parts import part_path
 
 CATEGORIES = ("open_qa", "brainstorming", "classification", "summarization", "creative_writing")
 WORDS = ("alpha", "beta", "gamma", "delta", "planet", "river", "number", "capital", "sort", "convert", "answer")
@@ -124,7 +126,7 @@ def build(root: str | Path, n: int = 300, dataset: str = "synth", dim: int = 16,
         })  # fmt: skip
     if layout:
         xy = centres[cluster][:, :2] * 3 + rng.normal(size=(total, 2))
-        atomic_write_parquet(cache.pass_dir(passes["base"]) / "layout.parquet", pa.table(
+        atomic_write_parquet(cache.map_path(passes["base"]), pa.table(
             {"idx": idx, "x": xy[:, 0].astype(np.float32), "y": xy[:, 1].astype(np.float32)}))
     job_id = hashlib.sha256(f"job:{key}".encode()).hexdigest()[:16]
     atomic_write_json(cache.jobs_dir() / f"{job_id}.json", {
@@ -155,9 +157,6 @@ def build_pairs(root: str | Path, n: int = 120, dataset: str = "pairs", swap_fra
 
     A seeded ``swap_fraction`` of the generated pairs is labelled ``defect`` = "swapped_pair" (like ``demo --pairs``)
     and moves the wrong way under DPO, so ``irm`` ranks them low. Returns the Cache."""
-    from scoring.pairs_data import SWAP_LABEL
-    from scoring.schema import PAIR_EXAMPLES, PAIR_LOSSES
-
     cache = Cache(root)
     rng = np.random.default_rng(seed)
     prompts, chosen, _ = _texts(n, rng)

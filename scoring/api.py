@@ -1,0 +1,98 @@
+"""The Python API: what the CLI and the app do, callable from a notebook. Re-exported by ``scoring`` itself.
+
+    import scoring
+
+    scoring.ingest("../shared/data/gsm8k/train.jsonl", limit=200)            # -> dataset "gsm8k-train"
+    job = scoring.score("gsm8k-train")                                      # base pass, reference, ref pass
+    table = scoring.scores("gsm8k-train")                                   # one row per example
+    kept = scoring.select("gsm8k-train", scores=["davir"], budget="6%", save="top6")
+    scoring.export("gsm8k-train", "top6", format="jsonl")
+
+Every function takes ``cache=``: a folder (default ``$DAVIR_CACHE``, else ``./cache``) or a
+:class:`~scoring.store.cache.Cache`. Problems with the input raise :class:`~scoring.errors.UserError` with a message
+meant for a person.
+"""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from scoring.env import cache_dir
+from scoring.export import ExportResult, export_selection
+from scoring.ingest.catalog import IngestResult
+from scoring.ingest.catalog import ingest as ingest_source
+from scoring.ingest.layouts import parse_field_map
+from scoring.jobs.requests import pass_config_for, score_request
+from scoring.jobs.runner import enqueue, run
+from scoring.jobs.worker import ensure_worker
+from scoring.scores.tables import dataset_kind, score_table
+from scoring.selection.rules import SelectionResult
+from scoring.selection.saved import SelectionSpec, load_selection, run_selection, save_spec
+from scoring.store.cache import Cache
+from scoring.store.jobs import Job
+
+
+def open_cache(cache: Cache | str | os.PathLike | None = None) -> Cache:
+    """A Cache: the one given, or the folder given, or ``$DAVIR_CACHE``, else ``./cache``."""
+    return cache if isinstance(cache, Cache) else Cache(cache_dir(cache))
+
+
+def ingest(source: str, *, name: str | None = None, limit: int | None = None,
+           field_map: dict[str, str] | list[str] | None = None, replace: bool = False,
+           cache=None, progress: bool = True) -> IngestResult:
+    """Read a file, folder, glob, ``save_to_disk`` folder or hub id into the cache (see scoring.ingest).
+    ``field_map``: {"prompt": "question", …} or ["prompt=question", …], as ``--map``."""
+    if isinstance(field_map, (list, tuple)):
+        field_map = parse_field_map(list(field_map))
+    return ingest_source(source, open_cache(cache), name=name, limit=limit, field_map=field_map, replace=replace,
+                         progress=progress)  # fmt: skip
+
+
+def score(dataset: str, *, model: str | None = None, scores: list[str] | None = None, max_length: int | None = None,
+          batch_tokens: int | None = None, wait: bool = True, progress: bool = False, cache=None,
+          **request) -> Job:
+    """Score a dataset (either kind) and return its job; ``wait=False`` queues it for a background worker.
+
+    ``request``: the rest of :func:`scoring.jobs.requests.score_request` (reference, train, dpo, val, …).
+    The same request again returns the finished job at once."""
+    cache = open_cache(cache)
+    config = pass_config_for(dataset_kind(cache, dataset), max_length, batch_tokens)
+    job, _ = enqueue(cache, score_request(cache, dataset, model, scores, config, **request))
+    if job.state == "done":
+        return job
+    if not wait:
+        ensure_worker(cache)
+        return job
+    return run(cache, job.id, progress=progress)
+
+
+def scores(dataset: str, *, job: str | None = None, cache=None) -> pd.DataFrame:
+    """One row per example: idx, id, flag and every score of the job (default: the latest finished one)."""
+    table, _ = score_table(open_cache(cache), dataset, job)
+    return table
+
+
+def select(dataset: str, *, scores: list[str], budget: str, rule: str | list[str] = "top", combine: str = "and",
+           include_flagged: bool = False, quota: str | None = None, dedup: float | None = None,
+           job: str | None = None, save: str | None = None, cache=None) -> SelectionResult:
+    """Keep what the rule picks within the budget (the semantics: scoring.selection.engine); ``save`` names it."""
+    cache = open_cache(cache)
+    rules = (rule,) if isinstance(rule, str) else tuple(rule)
+    spec = SelectionSpec(dataset=dataset, scores=tuple(scores), budget=budget, rules=rules, combine=combine,
+                         include_flagged=include_flagged, quota=quota, dedup=dedup, job=job)  # fmt: skip
+    if save:
+        return save_spec(cache, spec, save)[1]
+    return run_selection(cache, spec)[0]
+
+
+def export(dataset: str, selection: str, *, format: str = "jsonl", out: str | os.PathLike | None = None,
+           with_scores: bool = False, command: str | None = None, cache=None) -> ExportResult:
+    """Write a saved selection's examples with a manifest that reproduces them (scoring.export)."""
+    cache = open_cache(cache)
+    table = None
+    if with_scores:
+        record, _ = load_selection(cache, dataset, selection)
+        table, _ = score_table(cache, dataset, (record.get("runs") or [None])[0])
+        table = table.drop(columns=["idx", "flag"])
+    return export_selection(cache, dataset, selection, format, out, table, command)

@@ -1,0 +1,86 @@
+"""The two kinds of step every score job is made of -- fill a model pass, train a model -- with the job's progress.
+
+Both dataset kinds run their stages through one :class:`Steps`: it records each stage in the job (so ``status``
+and the app follow it), draws the progress bar in the foreground, and turns a cancel request into
+:class:`Stopped`. What a stage computes lives in scoring.passes (the pass runner) and scoring.train.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+from tqdm import tqdm
+
+from scoring.models.formatting import template_fingerprint
+from scoring.models.loading import ModelRef, model_card
+from scoring.passes.engine import PassConfig
+from scoring.passes.runner import PassProgress, RowKind, fill_pass, pass_key, pass_manifest
+from scoring.store.cache import Cache
+from scoring.store.jobs import Job, save_job
+
+
+class Stopped(Exception):
+    """The job was cancelled between two chunks or two training steps."""
+
+
+class Steps:
+    """One running job's steps: ``fill`` a pass, ``train`` a model; each keeps the job record up to date."""
+
+    def __init__(self, cache: Cache, job: Job, tokenizer, should_stop: Callable[[], bool], progress: bool):
+        self.cache, self.job, self.tokenizer = cache, job, tokenizer
+        self.should_stop, self.progress = should_stop, progress
+        self.template = template_fingerprint(tokenizer)
+
+    def stage(self, text: str, **changes) -> None:
+        self.job.progress(stage=text, **changes)
+        save_job(self.cache, self.job)
+
+    def fill(self, role: str, kind: RowKind, ref: ModelRef, examples, config: PassConfig) -> str:
+        """Run (or resume, or reuse) the ``role`` pass of model ``ref``; returns its key."""
+        cache, job = self.cache, self.job
+        key = pass_key(kind, job.dataset_fingerprint, ref, self.template, config)
+        job.set_pass_key(role, key)
+        manifest = pass_manifest(cache, key)
+        if manifest and manifest.get("complete"):
+            self.stage(job.stage, done=manifest["n_examples"], total=manifest["n_examples"])
+            return key
+        what = "scoring pairs" if kind.name == "pair" else "scoring"
+        self.stage(f"{what} ({role} model)", done=0, total=len(examples), eta_s=None)
+        bar = tqdm(total=len(examples), desc=f"{role} pass", unit="ex", file=sys.stderr) if self.progress else None
+
+        def on_progress(p: PassProgress) -> None:
+            job.progress(done=p.done, total=p.total, tokens_per_s=round(p.tokens_per_s, 1), eta_s=round(p.eta_s or 0))
+            save_job(cache, job)
+            if bar:
+                bar.n = p.done
+                bar.set_postfix(tok_s=f"{p.tokens_per_s:.0f}")
+                bar.refresh()
+
+        about = {"role": role, "dataset": job.dataset, "dataset_fingerprint": job.dataset_fingerprint,
+                 "template": self.template}  # fmt: skip
+        finished = fill_pass(cache, key, kind, ref, self.tokenizer, examples, config, about, job.trust_remote_code,
+                             on_progress, self.should_stop)  # fmt: skip
+        if bar:
+            bar.close()
+        if not finished:
+            raise Stopped()
+        return key
+
+    def train(self, role: str, stage: str, run: Callable[[Callable[[int, int], None]], ModelRef | None]) -> ModelRef:
+        """Train a model with ``run(on_step)``; records its card as the job's ``<role>_model``. ``run`` returns None
+        when it stopped early (cancelled), which becomes :class:`Stopped`."""
+        job = self.job
+        self.stage(stage, done=0, total=None, tokens_per_s=None, eta_s=None)
+        started = time.perf_counter()
+
+        def on_step(step: int, total: int) -> None:
+            elapsed = time.perf_counter() - started
+            job.progress(done=step, total=total, eta_s=round(elapsed / max(step, 1) * (total - step)))
+            save_job(self.cache, job)
+
+        trained = run(on_step)
+        if trained is None:
+            raise Stopped()
+        setattr(job, "reference_model" if role == "ref" else f"{role}_model", model_card(trained))
+        return trained

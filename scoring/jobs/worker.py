@@ -1,0 +1,87 @@
+"""Worker processes: run queued jobs in the background, and resume jobs whose worker died.
+
+``score`` (without ``--wait``) queues a job and starts one background worker unless one is alive; the worker
+serves the queue and exits after ``$DAVIR_WORKER_IDLE_EXIT`` idle seconds. Each registers itself as
+``<cache>/workers/<pid>.json``; a file whose process is gone is removed by the next look.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scoring.env import worker_idle_exit
+from scoring.errors import UserError
+from scoring.jobs.runner import run
+from scoring.store.cache import Cache, atomic_write_json
+from scoring.store.claims import pid_alive
+from scoring.store.jobs import Job, list_jobs, now
+
+
+def _workers_dir(cache: Cache) -> Path:
+    return cache.root / "workers"
+
+
+def live_workers(cache: Cache) -> list[int]:
+    alive = []
+    for path in _workers_dir(cache).glob("*.json"):
+        pid = int(path.stem)
+        if pid_alive(pid):
+            alive.append(pid)
+        else:
+            path.unlink(missing_ok=True)
+    return alive
+
+
+def ensure_worker(cache: Cache) -> int | None:
+    """Start a background worker unless one is alive. Returns the new worker's pid (None if one was running)."""
+    if live_workers(cache):
+        return None
+    cache.logs_dir().mkdir(parents=True, exist_ok=True)
+    log = open(cache.logs_dir() / "worker.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scoring", "--cache", str(cache.root), "worker", "--idle-exit", str(worker_idle_exit())],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # outlives the command that started it
+        cwd=str(Path(__file__).resolve().parents[2]),  # the repo root: `-m scoring` finds the package
+    )
+    # Registered now, not when its imports finish: a second `score` a moment later must see it.
+    atomic_write_json(_workers_dir(cache) / f"{proc.pid}.json", {"pid": proc.pid, "started": now()})
+    return proc.pid
+
+
+def runnable(cache: Cache) -> list[Job]:
+    """Queued jobs, and running ones whose owner died (to resume), oldest first."""
+    return [j for j in list_jobs(cache) if j.state in ("queued", "interrupted")]
+
+
+def worker(cache: Cache, idle_exit: float = 0.0, poll: float = 1.0, once: bool = False) -> None:
+    """Run queued jobs until told to stop (idle_exit > 0: exit after that many idle seconds)."""
+    me = _workers_dir(cache) / f"{os.getpid()}.json"
+    atomic_write_json(me, {"pid": os.getpid(), "started": now()})
+    try:
+        idle_since = time.monotonic()
+        while True:
+            ran = False
+            for job in runnable(cache):
+                try:
+                    result = run(cache, job.id)
+                except UserError:  # someone else took it first
+                    continue
+                print(f"{now()} job {job.id} {result.state} {result.error or ''}", flush=True)
+                ran = True
+                break
+            if once and not ran:
+                return
+            if ran:
+                idle_since = time.monotonic()
+            elif idle_exit and time.monotonic() - idle_since > idle_exit:
+                return
+            else:
+                time.sleep(poll)
+    finally:
+        me.unlink(missing_ok=True)

@@ -1,0 +1,195 @@
+"""One model over one dataset, for both kinds of dataset: loss rows written as immutable Parquet parts.
+
+One chunked runner serves instruction examples and preference pairs alike. A :class:`RowKind` says only what
+differs: how an example becomes sequences to score (one conversation; or the chosen and the rejected side of a
+pair) and how their loss rows become the example's row of the kind's loss table (``schema.LOSSES`` /
+``schema.PAIR_LOSSES``). Everything else is shared:
+
+- the order: examples are scored in chunks of a fixed shuffled order, so partial results are an unbiased sample;
+- crash safety: a chunk becomes one part file, written under a temporary name and renamed (scoring/store/parts.py).
+  A kill loses at most the chunk in flight; a restart skips every part already on disk, and a chunk's numbers
+  depend only on the chunk, so a resumed pass is bit-identical to an uninterrupted one;
+- several workers: each chunk is claimed with an flock before it is computed, so workers (or GPUs) can fill one
+  pass without writing a part twice; a temp file left by a worker that died holding the claim is removed;
+- the pass's manifest (what produced it, complete or not) and its key: a fingerprint of the dataset content, the
+  model, the prompt template, every field of the pass config and the kind's code version.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from scoring import schema
+from scoring.models.formatting import Encoded, encode, encode_side
+from scoring.models.loading import ModelRef, dtype_name, load_model, model_card, pick_device, pick_dtype
+from scoring.passes.engine import PassConfig, fingerprint_fields, score_encoded
+from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet, read_json
+from scoring.store.claims import try_claim
+from scoring.store.jobs import now
+from scoring.store.keys import key_of
+from scoring.store.parts import claim_path, done_ranges, part_path
+
+SCORE_CODE_VERSION = "2"  # bump when a change alters any number an instruction pass writes (2: packed rows)
+PAIR_CODE_VERSION = "1"  # the same for pair passes
+
+
+@dataclass(frozen=True)
+class RowKind:
+    """What one kind of dataset supplies to the runner."""
+
+    name: str  # "sft" | "pair"
+    schema: pa.Schema  # of its loss table
+    columns: tuple[str, ...]  # example columns it reads
+    code_version: str
+    encode: Callable[[object, dict, PassConfig], list[Encoded]]  # (tokenizer, example, config) -> sequences
+    result: Callable[[list[dict]], dict]  # loss rows of those sequences -> the example's row (minus idx, id)
+    fixed: tuple[tuple[str, object], ...] = ()  # PassConfig fields this kind always runs with
+
+
+def _encode_instruction(tokenizer, example: dict, config: PassConfig) -> list[Encoded]:
+    return [encode(tokenizer, json.loads(example["messages"]), config.max_length)]
+
+
+def _encode_pair(tokenizer, example: dict, config: PassConfig) -> list[Encoded]:
+    turns = json.loads(example["messages"])  # the prompt turns both sides share
+    return [encode_side(tokenizer, turns, example["response"], config.max_length),
+            encode_side(tokenizer, turns, example["rejected"], config.max_length)]  # fmt: skip
+
+
+def _pair_result(rows: list[dict]) -> dict:
+    chosen, rejected = rows
+    return {
+        "n_prompt_tokens": chosen["n_prompt_tokens"],
+        "n_chosen_tokens": chosen["n_response_tokens"], "n_rejected_tokens": rejected["n_response_tokens"],
+        "chosen_logp": -chosen["loss_sum"], "rejected_logp": -rejected["loss_sum"],
+        "chosen_token_ids": chosen["token_ids"], "rejected_token_ids": rejected["token_ids"],
+        "chosen_token_losses": chosen["token_losses"], "rejected_token_losses": rejected["token_losses"],
+        "flag": schema.join_flags(chosen["flag"], rejected["flag"]),
+    }  # fmt: skip
+
+
+INSTRUCTIONS = RowKind("sft", schema.LOSSES, ("idx", "id", "messages"), SCORE_CODE_VERSION, _encode_instruction,
+                       lambda rows: rows[0])  # fmt: skip
+PAIRS = RowKind("pair", schema.PAIR_LOSSES, ("idx", "id", "flag", "messages", "response", "rejected"),
+                PAIR_CODE_VERSION, _encode_pair, _pair_result, fixed=(("alone", False), ("embed", False)))
+ROW_KINDS = {kind.name: kind for kind in (INSTRUCTIONS, PAIRS)}
+
+
+def pass_key(kind: RowKind, dataset_fp: str, model: ModelRef, template_fp: str, config: PassConfig) -> str:
+    """The fingerprint a pass is stored under: same inputs, same key (reuse); anything different, a new pass."""
+    blob = {"dataset": dataset_fp, "model": model.fingerprint, "template": template_fp,
+            "config": fingerprint_fields(config), "code_version": kind.code_version}  # fmt: skip
+    if kind is not INSTRUCTIONS:  # (instruction keys predate the kinds: unchanged, so old caches stay valid)
+        blob["kind"] = kind.name
+    return key_of(blob)
+
+
+def scoring_order(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n)
+
+
+def chunk_ranges(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
+
+
+@dataclass
+class PassProgress:
+    done: int  # examples written (all parts on disk, this run's and earlier ones)
+    total: int
+    tokens_per_s: float  # tokens processed per second in this process
+    eta_s: float | None
+
+
+def _score_chunk(kind: RowKind, model, tokenizer, examples: list[dict], config: PassConfig) -> tuple[pa.Table, int]:
+    """(the chunk's part table, tokens scored): every example's sequences scored in one engine call."""
+    encoded = [kind.encode(tokenizer, ex, config) for ex in examples]
+    flat = [seq for seqs in encoded for seq in seqs]
+    rows = score_encoded(model, flat, config, tokenizer.pad_token_id)
+    out, at = [], 0
+    for ex, seqs in zip(examples, encoded):
+        out.append({"idx": int(ex["idx"]), "id": str(ex["id"]), **kind.result(rows[at : at + len(seqs)])})
+        at += len(seqs)
+    tokens = sum(len(e.ids) + len(e.alone_ids) * config.alone for e in flat)
+    return pa.Table.from_pylist(out, schema=kind.schema), tokens
+
+
+def run_pass(cache: Cache, key: str, kind: RowKind, model, tokenizer, examples, config: PassConfig,
+             on_progress: Callable[[PassProgress], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> bool:
+    """Fill ``passes/<key>/parts`` until every chunk is on disk. Returns False when stopped early.
+
+    ``examples``: a DataFrame with the kind's columns. Chunks another live worker has claimed are left to it; once
+    ours are done we wait for theirs to land (or for their claim to die with its worker, and then score them).
+    """
+    config = replace(config, **dict(kind.fixed))
+    parts = cache.parts_dir(key)
+    parts.mkdir(parents=True, exist_ok=True)
+    n = len(examples)
+    order = scoring_order(n, config.seed)
+    ranges = chunk_ranges(n, config.chunk_size)
+    records = examples[list(kind.columns)].to_dict("records")
+    tokens, scored_here, started = 0, 0, time.perf_counter()
+    while True:
+        todo = [r for r in ranges if r not in done_ranges(parts)]
+        if not todo:
+            return True
+        for start, end in todo:
+            if should_stop and should_stop():
+                return False
+            claim = try_claim(claim_path(parts, start, end))
+            if claim is None:  # another worker holds this chunk
+                continue
+            try:
+                path = part_path(parts, start, end)
+                if path.exists():  # finished by another worker since we looked
+                    continue
+                for stale in parts.glob(f".{path.name}.*.tmp"):
+                    stale.unlink(missing_ok=True)  # half-written by a worker that died holding this claim
+                table, n_tokens = _score_chunk(kind, model, tokenizer, [records[r] for r in order[start:end]], config)
+                atomic_write_parquet(path, table)
+            finally:
+                claim.release()
+            scored_here += end - start
+            tokens += n_tokens
+            if on_progress:
+                n_done = sum(e - s for s, e in done_ranges(parts))
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                eta = (n - n_done) * elapsed / scored_here
+                on_progress(PassProgress(done=n_done, total=n, tokens_per_s=tokens / elapsed, eta_s=eta))
+        if not done_ranges(parts) >= set(ranges):
+            time.sleep(0.5)  # the rest is claimed by other workers
+
+
+def pass_manifest(cache: Cache, key: str) -> dict | None:
+    return read_json(cache.pass_dir(key) / "manifest.json")
+
+
+def fill_pass(cache: Cache, key: str, kind: RowKind, ref: ModelRef, tokenizer, examples, config: PassConfig,
+              about: dict, trust_remote_code: bool = False,
+              on_progress: Callable[[PassProgress], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> bool:
+    """Run, resume or reuse the pass ``key`` of model ``ref`` over ``examples``, keeping its manifest.
+
+    ``about``: what the manifest records besides the model, config and counts (role, dataset, its fingerprint,
+    template). Returns False when stopped early (the manifest then still says incomplete)."""
+    manifest_path = cache.pass_dir(key) / "manifest.json"
+    manifest = read_json(manifest_path)
+    if manifest and manifest.get("complete"):
+        return True
+    device = pick_device()
+    dtype = pick_dtype(device, config.dtype)
+    manifest = {"key": key, "kind": kind.name, **about, "model": model_card(ref), "config": fingerprint_fields(config),
+                "code_version": kind.code_version, "dtype": dtype_name(dtype), "n_examples": len(examples),
+                "complete": False, "created": now()}  # fmt: skip
+    atomic_write_json(manifest_path, manifest)
+    model = load_model(ref, device, dtype, trust_remote_code)
+    if not run_pass(cache, key, kind, model, tokenizer, examples, config, on_progress, should_stop):
+        return False
+    manifest.update(complete=True, finished=now())
+    atomic_write_json(manifest_path, manifest)
+    return True

@@ -1,0 +1,8 @@
+"""Stage 6, selection: from a score table to the kept ids and a reason for every dropped one.
+
+- :mod:`~scoring.selection.rules`: budgets, rules and the result type
+- :mod:`~scoring.selection.engine`: the selection itself (percentiles, combining scores, the budget)
+- :mod:`~scoring.selection.groups`: quotas and the near-duplicate walk
+- :mod:`~scoring.selection.saved`: the rule spec the CLI and the app share, saved selections, comparisons
+- :mod:`~scoring.selection.pairs`: the LossDiff-IRM band rule for preference pairs
+"""
