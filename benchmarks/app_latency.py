@@ -35,7 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scoring import selections, views  # noqa: E402
+from scoring.scores import view_reads, views  # noqa: E402
+from scoring.selection import saved as selections  # noqa: E402
 from tests import synthetic  # noqa: E402
 
 PAGES = ["overview", "inspect", "map", "select", "export", "jobs"]
@@ -160,14 +161,14 @@ def main() -> None:
         start = time.perf_counter()
         synthetic.build(root, n=args.rows, dataset="bench", dim=args.dim, part_rows=10_000, seed=0)
         info["build_s"] = round(time.perf_counter() - start, 1)
-    from scoring.store import Cache
+    from scoring.store.cache import Cache
 
     cache = Cache(root)
     start = time.perf_counter()
     view = views.score_view(cache, "bench")
     info["materialise_s"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
-    views.embedding_matrix(cache, view)
+    view_reads.embedding_matrix(cache, view)
     info["embeddings_s"] = round(time.perf_counter() - start, 2)
 
     times, warm = Times(), Times()

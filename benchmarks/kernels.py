@@ -1,4 +1,4 @@
-"""The fused CPU kernels (scoring/cpu_kernels.py) against the eager operations they replace, one thread.
+"""The fused CPU kernels (scoring/passes/cpu_kernels.py) against the eager operations they replace, one thread.
 
 Shapes are SmolLM2-135M's (hidden 576, MLP 1,536, 9 query / 3 key-value heads of 64, vocabulary 49,152) over a
 7,200-token packed row; the log-softmax over 2,048 scored positions. Each figure is the best of ``--repeats``
@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
     import torch.nn.functional as F
     from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
 
-    from scoring import cpu_kernels as k
+    from scoring.passes import cpu_kernels as k
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -1,9 +1,9 @@
-"""Scoring throughput: the engine (scoring.losses.score_encoded) against a plain per-example transformers loop.
+"""Scoring throughput: the engine (scoring.passes.engine.score_encoded) against a plain per-example transformers loop.
 
 Both ways score the same examples with the same weights in one run:
 
 - engine:   ``score_encoded(model, encoded, PassConfig(alone=False, embed=False, ...), pad_id)`` with the model in
-            the engine's dtype (``scoring.models.pick_dtype``: bf16 on CUDA and on CPUs with native bf16).
+            the engine's dtype (``scoring.models.loading.pick_dtype``: bf16 on CUDA and on CPUs with native bf16).
 - baseline: the model as ``AutoModelForCausalLM.from_pretrained(path)`` loads it (its default dtype), and for each
             example ``model(input_ids=..., labels=...)`` (prompt labels -100) under ``torch.inference_mode()``.
 
@@ -151,7 +151,7 @@ def sync(device: str) -> None:
 
 
 def run_engine(model, encoded, config, pad_id: int, device: str, warm: bool = True) -> tuple[list[float], float]:
-    from scoring.losses import score_encoded
+    from scoring.passes.engine import score_encoded
 
     if warm:
         log(f"engine: warm-up ({min(4, len(encoded))} examples)")
@@ -197,7 +197,8 @@ def run_baseline(model, encoded, device: str, warm: bool = True) -> tuple[list[f
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="model name for scoring.models.resolve (default smollm2-135m)")
+    parser.add_argument("--model", default=None,
+                        help="model name for scoring.models.loading.resolve (default smollm2-135m)")
     parser.add_argument("--n", type=int, default=64, help="examples (default 64)")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--data", default=None, help="JSONL (default: GSM8K train from ../shared/data)")
@@ -205,7 +206,7 @@ def parse_args(argv=None):
                         help=f"random-weight model: one of {sorted(RANDOM_CONFIGS)} or a config path / hub id")
     parser.add_argument("--batch-tokens", type=int, default=None, help="default 8192 on CPU, 65536 on CUDA")
     parser.add_argument("--head-rows", type=int, default=2048)
-    parser.add_argument("--device", default=None, help="default: scoring.models.pick_device()")
+    parser.add_argument("--device", default=None, help="default: scoring.models.loading.pick_device()")
     parser.add_argument("--dtype", default="auto", help="engine dtype: auto, bf16, fp16, fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cache", default=None, help="cache folder (default $DAVIR_CACHE or <repo>/cache)")
@@ -224,10 +225,10 @@ def main(argv=None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from scoring.formatting import encode
-    from scoring.losses import PassConfig, default_batch_tokens, uses_kernels, uses_packing
-    from scoring.models import dtype_name, load_model, load_tokenizer, pick_device, pick_dtype, resolve
-    from scoring.store import Cache
+    from scoring.models.formatting import encode
+    from scoring.models.loading import dtype_name, load_model, load_tokenizer, pick_device, pick_dtype, resolve
+    from scoring.passes.engine import PassConfig, default_batch_tokens, uses_kernels, uses_packing
+    from scoring.store.cache import Cache
 
     if args.threads:
         torch.set_num_threads(args.threads)

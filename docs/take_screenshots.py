@@ -3,7 +3,7 @@
     python -m scoring demo                         # once: the demo dataset, scored (or --background and wait)
     python docs/take_screenshots.py --cache cache  # starts streamlit on 127.0.0.1, drives headless Chromium
 
-Uses Debian's /usr/bin/chromium and /usr/bin/chromedriver through Selenium, like tests/test_browser.py.
+Uses Debian's /usr/bin/chromium and /usr/bin/chromedriver through Selenium, like tests/pages/test_browser.py.
 """
 from __future__ import annotations
 

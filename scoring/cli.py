@@ -19,7 +19,7 @@ from scoring.ingest.sources import resolve_source
 from scoring.jobs.requests import map_request, pass_config_for, score_request
 from scoring.jobs.runner import cancel, enqueue, run
 from scoring.jobs.worker import ensure_worker, live_workers, worker
-from scoring.scores.registry import parse_scores
+from scoring.scores.registry import FIRST_SCORE, parse_scores
 from scoring.scores.reports import auroc_report, flag_counts, format_auroc_table, rank_agreement
 from scoring.scores.tables import dataset_kind, pick_job, score_table
 from scoring.selection.pairs import PAIR_RULE, lossdiff_irm_spec, parse_band
@@ -196,7 +196,7 @@ def _dataset_status(cache: Cache, name: str) -> None:
     except UserError:
         _print_counts("flags", meta.get("flag_counts") or {})
         return
-    first = "margin_base" if meta.get("kind") == "pair" else "loss_base"  # the first score a run fills
+    first = FIRST_SCORE[dataset_kind(cache, name)]
     scored = int(table[first].notna().sum()) if first in table else 0
     print(f"  scores from job {job.id} ({job.state}): {scored} of {len(table)} rows scored")
     _print_counts("flags", flag_counts(table))

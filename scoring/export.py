@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scoring.errors import UserError
-from scoring.selection.rules import kept_sha256
+from scoring.selection.rules import SelectionResult, kept_sha256
 from scoring.selection.saved import load_selection, reproduce_command
 from scoring.store.cache import Cache, atomic_write_json, read_json
 
@@ -220,19 +220,9 @@ def _export_command(dataset: str, selection: str, fmt: str, path: Path, with_sco
 # Export
 
 
-def export_selection(
-    cache: Cache,
-    dataset: str,
-    selection: str,
-    fmt: str,
-    out: str | Path | None = None,
-    scores: pd.DataFrame | None = None,
-    command: str | None = None,
-) -> ExportResult:
-    """Write the kept examples of saved selection ``selection`` as ``fmt``, with a manifest beside them."""
-    fmt = str(fmt).strip().lower()
-    if fmt not in FORMATS:
-        raise UserError(f"Unknown export format {fmt!r}. Choose one of: {', '.join(FORMATS)}.")
+def _checked_selection(cache: Cache, dataset: str, selection: str) -> tuple[dict, dict, SelectionResult]:
+    """(the dataset's meta, the saved selection's record, its result), after checking the selection was made on
+    this version of the dataset."""
     meta = read_json(cache.dataset_meta_path(dataset))
     if not isinstance(meta, dict):
         raise UserError(f"No dataset {dataset!r} in the cache {cache.root}; ingest it first.")
@@ -241,7 +231,13 @@ def export_selection(
     if record.get("dataset_fingerprint") and fingerprint and record["dataset_fingerprint"] != fingerprint:
         raise UserError(f"Selection {selection!r} was made on an earlier version of dataset {dataset!r} (fingerprint "
                         f"{record['dataset_fingerprint']} != {fingerprint}). Run the selection again.")
+    return meta, record, result
 
+
+def _export_rows(cache: Cache, dataset: str, selection: str, fmt: str, meta: dict, record: dict,
+                 result: SelectionResult, scores: pd.DataFrame | None) -> tuple[list[dict], list[str], list[str], str]:
+    """(the kept records in dataset order, their columns with the score columns last, the score columns' names, the
+    sha256 of the kept ids), after checking the rows found are exactly the selection's kept ids."""
     ids, rows = _kept_rows(cache, dataset, result.kept_ids)
     sha = kept_sha256(ids)
     expected = record.get("kept_sha256") or result.kept_sha256
@@ -256,14 +252,13 @@ def export_selection(
         columns = [str(c) for c in meta.get("columns") or []]  # an empty file still has the dataset's header
     score_columns = _add_scores(ids, rows, columns, scores) if scores is not None else []
     columns += score_columns
+    return rows, columns, score_columns, sha
 
-    path = _resolve_out(cache, dataset, selection, fmt, out)
-    if fmt != "hf" and path.is_dir():
-        raise UserError(f"--out {path} is a folder; give a file path for {fmt}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    manifest_path = path / "manifest.json" if fmt == "hf" else path.parent / "manifest.json"
-    spec = dict(record, dataset=dataset, name=selection)
-    manifest = {
+
+def _selection_manifest(dataset: str, selection: str, fingerprint: str | None, record: dict,
+                        result: SelectionResult, sha: str) -> dict:  # fmt: skip
+    """The manifest's account of the selection: what it was made from, how, and what it kept."""
+    return {
         "dataset": dataset,
         "dataset_fingerprint": fingerprint or record.get("dataset_fingerprint"),
         "selection": selection,
@@ -280,16 +275,13 @@ def export_selection(
         },
         "tokens_kept": int(result.tokens_kept),
         "kept_ids_sha256": sha,
-        "format": fmt,
-        "file": str(path),
-        "score_columns": score_columns,
-        "n_rows_written": len(rows),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "reproduce": reproduce_command(spec) + " && "
-        + _export_command(dataset, selection, fmt, path, scores is not None),
     }
 
+
+def _write_export(fmt: str, path: Path, manifest_path: Path, rows: list[dict], columns: list[str],
+                  manifest: dict) -> None:  # fmt: skip
+    """Write the rows under a temporary name and rename it into place, then the manifest; an hf folder holds its
+    manifest and replaces an earlier export folder whole."""
     suffix = "tmp" if fmt != "hf" else "tmpdir"
     tmp = _tmp_name(path, suffix)
     try:
@@ -310,4 +302,40 @@ def export_selection(
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def export_selection(
+    cache: Cache,
+    dataset: str,
+    selection: str,
+    fmt: str,
+    out: str | Path | None = None,
+    scores: pd.DataFrame | None = None,
+    command: str | None = None,
+) -> ExportResult:
+    """Write the kept examples of saved selection ``selection`` as ``fmt``, with a manifest beside them."""
+    fmt = str(fmt).strip().lower()
+    if fmt not in FORMATS:
+        raise UserError(f"Unknown export format {fmt!r}. Choose one of: {', '.join(FORMATS)}.")
+    meta, record, result = _checked_selection(cache, dataset, selection)
+    rows, columns, score_columns, sha = _export_rows(cache, dataset, selection, fmt, meta, record, result, scores)
+
+    path = _resolve_out(cache, dataset, selection, fmt, out)
+    if fmt != "hf" and path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file path for {fmt}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest_path = path / "manifest.json" if fmt == "hf" else path.parent / "manifest.json"
+    spec = dict(record, dataset=dataset, name=selection)
+    manifest = {
+        **_selection_manifest(dataset, selection, meta.get("fingerprint"), record, result, sha),
+        "format": fmt,
+        "file": str(path),
+        "score_columns": score_columns,
+        "n_rows_written": len(rows),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "reproduce": reproduce_command(spec) + " && "
+        + _export_command(dataset, selection, fmt, path, scores is not None),
+    }
+    _write_export(fmt, path, manifest_path, rows, columns, manifest)
     return ExportResult(path=path, manifest_path=manifest_path, n_rows=len(rows), manifest=manifest)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scoring import data
-from scoring.dpo import DPOTrainConfig
-from scoring.losses import PassConfig
-from scoring.pair_passes import pair_request
-from scoring.store import Cache
+from scoring.ingest.catalog import ingest
+from scoring.jobs.requests import score_request
+from scoring.passes.engine import PassConfig
+from scoring.store.cache import Cache
+from scoring.train.dpo import DPOTrainConfig
 from tests.golden_pipeline import regenerate, run_job
 
 HERE = Path(__file__).parent
@@ -25,9 +25,9 @@ SCORES = ("n_prompt_tokens", "n_response_tokens", "n_chosen_tokens", "n_rejected
 
 
 def run(cache: Cache, model_path: Path, val_fraction: float = 0.25):
-    data.ingest(str(FIXTURE), cache, name="golden-pairs", progress=False)
-    request = pair_request(cache, "golden-pairs", str(model_path), pass_config=PASS, dpo=DPO,
-                           val_fraction=val_fraction)
+    ingest(str(FIXTURE), cache, name="golden-pairs", progress=False)
+    request = score_request(cache, "golden-pairs", str(model_path), pass_config=PASS, dpo=DPO,
+                            val_fraction=val_fraction)
     return run_job(cache, "golden-pairs", request)
 
 

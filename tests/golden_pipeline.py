@@ -9,10 +9,14 @@ import json
 import tempfile
 from pathlib import Path
 
-from scoring import data, jobs, results
-from scoring.finetune import TrainConfig
-from scoring.losses import PassConfig
-from scoring.store import Cache
+from scoring.ingest.catalog import ingest
+from scoring.jobs.requests import score_request
+from scoring.jobs.runner import enqueue, run as run_queued
+from scoring.passes.engine import PassConfig
+from scoring.scores.tables import score_table
+from scoring.store.cache import Cache
+from scoring.store.jobs import Job
+from scoring.train.sft import TrainConfig
 
 HERE = Path(__file__).parent
 FIXTURE = HERE / "fixtures" / "golden20.json"
@@ -22,16 +26,16 @@ TRAIN = TrainConfig(precision="fp32", learning_rate=1e-3, batch_size=4, micro_ba
 
 
 def run(cache: Cache, model_path: Path):
-    data.ingest(str(FIXTURE), cache, name="golden", progress=False)
-    return run_job(cache, "golden", jobs.score_request(cache, "golden", str(model_path), pass_config=PASS, train=TRAIN))
+    ingest(str(FIXTURE), cache, name="golden", progress=False)
+    return run_job(cache, "golden", score_request(cache, "golden", str(model_path), pass_config=PASS, train=TRAIN))
 
 
-def run_job(cache: Cache, name: str, request: dict):
+def run_job(cache: Cache, name: str, request: Job):
     """Queue ``request``, run it here, and return the dataset's score table."""
-    jobs.enqueue(cache, request)
-    job = jobs.run(cache, request["id"])
-    assert job["state"] == "done", job.get("error")
-    table, _ = results.score_table(cache, name)
+    enqueue(cache, request)
+    job = run_queued(cache, request.id)
+    assert job.state == "done", job.error
+    table, _ = score_table(cache, name)
     return table
 
 

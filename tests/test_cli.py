@@ -17,9 +17,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from scoring import cli, jobs, results
-from scoring import select as sel
-from scoring.store import Cache
+from scoring import cli
+from scoring.jobs.worker import live_workers
+from scoring.scores.tables import pick_job, score_table
+from scoring.selection.rules import SelectionResult, kept_sha256
+from scoring.selection.saved import load_selection
+from scoring.store.cache import Cache
+from scoring.store.jobs import list_jobs
 from tests.helpers import ok, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,15 +116,15 @@ def test_score_again_is_already_done(scored, tiny_model):
     assert "already done" in out
     out = ok(*c(scored), "score", NAME, "--model", str(tiny_model), "--max-length", "128")  # no --wait either
     assert "already done" in out and "started worker" not in out
-    assert jobs.live_workers(scored) == []
+    assert live_workers(scored) == []
 
 
 def test_status_shows_jobs_counts_and_auroc_per_defect_kind(scored):
     out = ok(*c(scored), "status")
     assert f"cache: {scored.root}" in out
     assert "workers alive: 0" in out
-    score_job = [j for j in jobs.list_jobs(scored) if j["kind"] == "score"][0]
-    assert any(line.startswith(score_job["id"]) and " done" in line for line in out.splitlines())
+    score_job = [j for j in list_jobs(scored) if j.kind == "score"][0]
+    assert any(line.startswith(score_job.id) and " done" in line for line in out.splitlines())
     assert f"dataset {NAME}: {N} rows, layout alpaca" in out
     assert f"{N} of {N} rows scored" in out
     assert "flags: empty_response 1, too_long 1" in out
@@ -188,12 +192,12 @@ def test_scores_file_has_every_id_and_every_score(scored, tmp_path, suffix):
     else:
         assert pd.api.types.is_integer_dtype(table["n_prompt_tokens"])
     # the file agrees with the library's table
-    lib, _ = results.score_table(scored, NAME)
+    lib, _ = score_table(scored, NAME)
     np.testing.assert_allclose(table["davir"], lib["davir"], rtol=1e-12)
 
 
-def saved(cache: Cache, name: str) -> tuple[dict, sel.SelectionResult]:
-    return sel.load_selection(cache, NAME, name)
+def saved(cache: Cache, name: str) -> tuple[dict, SelectionResult]:
+    return load_selection(cache, NAME, name)
 
 
 def kept_line(out: str, name: str) -> tuple[int, int, int]:
@@ -204,7 +208,7 @@ def kept_line(out: str, name: str) -> tuple[int, int, int]:
 
 
 def table_job_id(cache: Cache) -> str:
-    return results.pick_job(cache, NAME)["id"]
+    return pick_job(cache, NAME).id
 
 
 def test_select_top_fraction(scored):
@@ -214,7 +218,7 @@ def test_select_top_fraction(scored):
     assert (kept, total, tokens) == (len(result.kept_ids), N, record["tokens_kept"])
     assert kept == 6  # round(0.25 * 24): every row counts, flagged ones too
     assert "dropped:" in out and "flagged:empty_response 1" in out and "flagged:too_long 1" in out
-    table, _ = results.score_table(scored, NAME)
+    table, _ = score_table(scored, NAME)
     eligible = table[table["flag"] == ""].sort_values(["davir", "idx"], ascending=[False, True])
     assert sorted(result.kept_ids) == sorted(eligible["id"].head(6))
     assert not {"r22", "r23"} & set(result.kept_ids)
@@ -243,7 +247,7 @@ def test_select_band_and_token_budget(scored):
              "--save", "band")  # fmt: skip
     record, band = saved(scored, "band")
     assert kept_line(out, "band")[0] == len(band.kept_ids)
-    table, _ = results.score_table(scored, NAME)
+    table, _ = score_table(scored, NAME)
     eligible = table[table["flag"] == ""]
     pct = (eligible["ppl"].rank() - 1) * 100 / (len(eligible) - 1)
     inside = set(eligible.loc[(pct >= 25 - 1e-9) & (pct <= 75 + 1e-9), "id"])
@@ -293,13 +297,13 @@ def test_export_writes_the_selection(scored, tmp_path, fmt, with_scores):
         for column in ("instruction", "output"):
             assert row[column] == originals[row["id"]][column]
     if with_scores:
-        lib, _ = results.score_table(scored, NAME)
+        lib, _ = score_table(scored, NAME)
         lib = lib.set_index("id").loc[order]
         np.testing.assert_allclose(table["davir"].astype(float), lib["davir"], rtol=1e-6)
 
     manifest_path = out_path / "manifest.json" if fmt == "hf" else out_path.parent / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    assert manifest["kept_ids_sha256"] == record["kept_sha256"] == sel.kept_sha256(order)
+    assert manifest["kept_ids_sha256"] == record["kept_sha256"] == kept_sha256(order)
     assert manifest["counts"]["kept"] == manifest["n_rows_written"] == len(order)
     assert manifest["format"] == fmt and manifest["selection"] == "exp"
     assert manifest["score_runs"] == record["runs"]
@@ -341,8 +345,10 @@ def test_export_default_location(scored):
 def test_layout_is_computed_by_score_wait(scored):
     out = ok(*c(scored), "layout", NAME)
     assert "already done" in out
-    layout = results.layout_table(scored, results.pick_job(scored, NAME))
-    assert layout is not None and len(layout) == N
+    path = scored.map_path(pick_job(scored, NAME).base_pass)
+    assert path.exists()
+    layout = pq.read_table(path).to_pandas().sort_values("idx")
+    assert len(layout) == N
     assert np.isfinite(layout[["x", "y"]].to_numpy()).all()
     assert ok(*c(scored), "layout", NAME, "--wait").startswith("layout job")
 

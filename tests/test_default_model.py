@@ -4,10 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scoring import data, jobs, models, results
-from scoring.demo_data import write_demo
-from scoring.losses import PassConfig
-from scoring.store import Cache
+from scoring.ingest.catalog import ingest
+from scoring.ingest.demo import write_demo
+from scoring.jobs import runner
+from scoring.jobs.requests import score_request
+from scoring.models import loading as models
+from scoring.passes.engine import PassConfig
+from scoring.scores.tables import score_table
+from scoring.store.cache import Cache
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +39,12 @@ def test_default_model_converts_once_and_answers(default_cache):
 @pytest.mark.slow
 def test_default_model_scores_demo_examples(default_cache, tmp_path):
     path = write_demo(tmp_path / "demo.jsonl")
-    data.ingest(str(path), default_cache, name="mini-demo", limit=16, progress=False)
-    request = jobs.score_request(default_cache, "mini-demo", pass_config=PassConfig(max_length=256))
-    jobs.enqueue(default_cache, request)
-    job = jobs.run(default_cache, request["id"])
-    assert job["state"] == "done", job.get("error")
-    table, _ = results.score_table(default_cache, "mini-demo")
+    ingest(str(path), default_cache, name="mini-demo", limit=16, progress=False)
+    request = score_request(default_cache, "mini-demo", pass_config=PassConfig(max_length=256))
+    runner.enqueue(default_cache, request)
+    job = runner.run(default_cache, request.id)
+    assert job.state == "done", job.error
+    table, _ = score_table(default_cache, "mini-demo")
     assert len(table) == 16 and table["davir"].notna().all()
     assert (table["loss_base"] > 0).all()
     assert table["loss_base"].median() < 4  # a real model: random weights give ~ln(49152) = 10.8 nats
@@ -53,9 +57,9 @@ def test_packing_matches_padding_on_the_real_model(default_cache, tmp_path):
     padded batch's numbers (fp32, so only float rounding may differ)."""
     import json
 
-    from scoring import packing
-    from scoring.formatting import encode
-    from scoring.losses import score_encoded
+    from scoring.models.formatting import encode
+    from scoring.passes import packing
+    from scoring.passes.engine import score_encoded
 
     ref = models.resolve(None, default_cache)
     tokenizer = models.load_tokenizer(ref)
@@ -80,8 +84,8 @@ def test_fused_kernels_are_as_close_to_fp32_as_the_models_bf16_layers(default_ca
 
     import numpy as np
 
-    from scoring.formatting import encode
-    from scoring.losses import score_encoded, uses_kernels
+    from scoring.models.formatting import encode
+    from scoring.passes.engine import score_encoded, uses_kernels
 
     ref = models.resolve(None, default_cache)
     tokenizer = models.load_tokenizer(ref)

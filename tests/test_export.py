@@ -13,8 +13,10 @@ import pytest
 from scoring.errors import UserError
 from scoring.export import FORMATS, ExportResult, export_selection
 from scoring.schema import EXAMPLES
-from scoring.select import parse_budget, parse_rule, save_selection, select
-from scoring.store import Cache, atomic_write_json, atomic_write_parquet
+from scoring.selection.engine import select
+from scoring.selection.rules import parse_budget, parse_rule
+from scoring.selection.saved import save_selection
+from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet
 
 DATASET = "mini"
 N = 6
@@ -202,7 +204,7 @@ def test_changed_dataset_is_refused(cache, saved):
 
 
 def test_empty_selection_and_mixed_columns(cache):
-    from scoring.select import SelectionResult
+    from scoring.selection.rules import SelectionResult
 
     spec = {"dataset": DATASET, "dataset_fingerprint": "fp-mini", "scores": ["davir"], "rule": "top",
             "budget": "1", "include_flagged": False, "runs": [], "name": "none"}

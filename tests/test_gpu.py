@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from scoring.dpo import DPOTrainConfig, train_dpo
-from scoring.finetune import TrainConfig, _use_bf16, train_reference
-from scoring.formatting import encode, template_fingerprint
-from scoring.losses import PassConfig, score_encoded
-from scoring.models import ModelRef, load_model, load_tokenizer, pick_dtype, resolve
+from scoring.models.formatting import encode, template_fingerprint
+from scoring.models.loading import ModelRef, load_model, load_tokenizer, pick_dtype, resolve
+from scoring.passes.engine import PassConfig, score_encoded
+from scoring.train.dpo import train_dpo
+from scoring.train.dpo_config import DPOTrainConfig
+from scoring.train.sft import train_reference
+from scoring.train.sft_config import TrainConfig
+from scoring.train.trainer import use_bf16
+from tests.helpers import ok
+from tests.test_cli import records  # the CLI tests' data
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -51,7 +57,7 @@ def test_compiled_layers_give_the_eager_numbers_on_cuda(tiny_model):
 def test_reference_trains_in_bf16_on_cuda_and_learns_its_data(cache, tiny_model, method):
     cfg = TrainConfig(method=method, epochs=3, learning_rate=3e-3, lora_learning_rate=1e-2, batch_size=4,
                       micro_batch_size=4)
-    assert _use_bf16(cfg, "cuda")  # precision "auto" means bf16 on a GPU that has it
+    assert use_bf16(cfg, "cuda")  # precision "auto" means bf16 on a GPU that has it
     base = resolve(str(tiny_model), cache)
     tokenizer = load_tokenizer(base)
     ref = train_reference(cache, base, tokenizer, CONVS, "gpu-fp", template_fingerprint(tokenizer), 64, cfg,
@@ -73,7 +79,7 @@ def test_dpo_warm_up_trains_in_bf16_on_cuda(cache, tiny_model):
     pairs = [([{"role": "user", "content": f"What is {i} + {i}?"}], f"{i} + {i} = {2 * i}.", f"Maybe {2 * i + 3}.")
              for i in range(16)]  # fmt: skip
     cfg = DPOTrainConfig(learning_rate=1e-3)
-    assert _use_bf16(cfg, "cuda")
+    assert use_bf16(cfg, "cuda")
     trained = train_dpo(cache, base, tokenizer, pairs, template_fingerprint(tokenizer), 64, cfg, device="cuda")
     before, after = load_file(base.path + "/model.safetensors"), load_file(trained.path + "/model.safetensors")
     assert [k for k in before if not torch.equal(before[k], after[k])], "no weight moved"
@@ -81,9 +87,6 @@ def test_dpo_warm_up_trains_in_bf16_on_cuda(cache, tiny_model):
 
 
 def test_a_score_job_runs_on_cuda(tmp_path, tiny_model, monkeypatch):
-    from tests.helpers import ok
-    from tests.test_cli import records  # the CLI tests' data
-
     monkeypatch.setenv("DAVIR_DEVICE", "cuda")
     src = tmp_path / "alp.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in records()))
@@ -91,8 +94,6 @@ def test_a_score_job_runs_on_cuda(tmp_path, tiny_model, monkeypatch):
     ok("ingest", str(src), "--name", "alp", *c)
     ok("score", "alp", "--model", str(tiny_model), "--max-length", "128", "--wait", *c)
     ok("scores", "alp", "--out", str(tmp_path / "s.csv"), *c)
-    import pandas as pd
-
     frame = pd.read_csv(tmp_path / "s.csv")
     assert len(frame) == len(records())
     done = frame.dropna(subset=["davir"])

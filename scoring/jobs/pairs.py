@@ -15,13 +15,12 @@ import numpy as np
 
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_meta, load_examples
-from scoring.jobs.score import check_dataset
-from scoring.jobs.steps import Steps
-from scoring.models.loading import ModelRef, load_tokenizer, pick_device, resolve
+from scoring.jobs.steps import Steps, start
+from scoring.models.loading import ModelRef, pick_device
 from scoring.passes.engine import PassConfig
 from scoring.passes.runner import PAIRS
 from scoring.store.cache import Cache
-from scoring.store.jobs import Job, save_job
+from scoring.store.jobs import Job
 from scoring.store.parts import read_pass
 from scoring.train.dpo import DPOTrainConfig, train_dpo
 
@@ -64,14 +63,7 @@ def validation_pairs(cache: Cache, job: Job, examples):
 
 def run_pair_job(cache: Cache, job: Job, should_stop, progress: bool) -> None:
     """Fill every pass the job needs (see the module docstring)."""
-    check_dataset(cache, job)
-    job.progress(stage="loading model")
-    save_job(cache, job)
-    base = resolve(job.model, cache)
-    tokenizer = load_tokenizer(base, job.trust_remote_code)
-    steps = Steps(cache, job, tokenizer, should_stop, progress)
-    examples = load_examples(cache, job.dataset, columns=list(PAIRS.columns))
-    config = PassConfig(**job.pass_config)
+    steps, base, examples, config = start(cache, job, PAIRS, should_stop, progress)
     ref_key = steps.fill("ref", PAIRS, base, examples, config)
     ref = read_pass(cache, ref_key, ["idx", "chosen_logp", "rejected_logp"]).set_index("idx")
     examples = examples.join(ref, on="idx")  # log π_ref per pair: DPO's reference term, no second forward pass

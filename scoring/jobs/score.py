@@ -10,40 +10,24 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from scoring.errors import UserError
-from scoring.ingest.catalog import dataset_meta, load_examples
-from scoring.jobs.steps import Steps
-from scoring.models.loading import load_tokenizer, model_card, pick_device, resolve
-from scoring.passes.engine import PassConfig
+from scoring.jobs.steps import start
+from scoring.models.loading import model_card, pick_device, resolve
 from scoring.passes.runner import INSTRUCTIONS
 from scoring.store.cache import Cache
-from scoring.store.jobs import Job, save_job
+from scoring.store.jobs import Job
 from scoring.train.sft import TrainConfig, train_reference
-
-
-def check_dataset(cache: Cache, job: Job) -> None:
-    """The dataset still holds what the job was asked for."""
-    if dataset_meta(cache, job.dataset)["fingerprint"] != job.dataset_fingerprint:
-        raise UserError(f"dataset {job.dataset!r} was replaced since this job was queued; score it again")
 
 
 def run_score_job(cache: Cache, job: Job, should_stop, progress: bool) -> None:
     """Fill every pass the job needs, training the reference on the way when asked to."""
-    check_dataset(cache, job)
-    job.progress(stage="loading model")
-    save_job(cache, job)
-    base = resolve(job.model, cache)
-    tokenizer = load_tokenizer(base, job.trust_remote_code)
-    steps = Steps(cache, job, tokenizer, should_stop, progress)
-    examples = load_examples(cache, job.dataset, columns=list(INSTRUCTIONS.columns))
-    config = PassConfig(**job.pass_config)
+    steps, base, examples, config = start(cache, job, INSTRUCTIONS, should_stop, progress)
     steps.fill("base", INSTRUCTIONS, base, examples, config)
     if "ref" not in job.passes:
         return
     if job.reference == "train":
         messages = [json.loads(m) for m in examples["messages"]]
         ref = steps.train("ref", "training reference", lambda on_step: train_reference(
-            cache, base, tokenizer, messages, job.dataset_fingerprint, steps.template, config.max_length,
+            cache, base, steps.tokenizer, messages, job.dataset_fingerprint, steps.template, config.max_length,
             TrainConfig(**job.train), pick_device(), on_step, should_stop))  # fmt: skip
     else:
         ref = resolve(job.reference, cache)

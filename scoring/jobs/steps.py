@@ -12,8 +12,10 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from scoring.errors import UserError
+from scoring.ingest.catalog import dataset_meta, load_examples
 from scoring.models.formatting import template_fingerprint
-from scoring.models.loading import ModelRef, model_card
+from scoring.models.loading import ModelRef, load_tokenizer, model_card, resolve
 from scoring.passes.engine import PassConfig
 from scoring.passes.runner import PassProgress, RowKind, fill_pass, pass_key, pass_manifest
 from scoring.store.cache import Cache
@@ -84,3 +86,16 @@ class Steps:
             raise Stopped()
         setattr(job, "reference_model" if role == "ref" else f"{role}_model", model_card(trained))
         return trained
+
+
+def start(cache: Cache, job: Job, kind: RowKind, should_stop, progress: bool):
+    """What every score job does first: check the dataset is still what was asked for, resolve and load the base
+    model's tokenizer, and read the examples. Returns (steps, base model, examples, pass config)."""
+    if dataset_meta(cache, job.dataset)["fingerprint"] != job.dataset_fingerprint:
+        raise UserError(f"dataset {job.dataset!r} was replaced since this job was queued; score it again")
+    job.progress(stage="loading model")
+    save_job(cache, job)
+    base = resolve(job.model, cache)
+    steps = Steps(cache, job, load_tokenizer(base, job.trust_remote_code), should_stop, progress)
+    examples = load_examples(cache, job.dataset, columns=list(kind.columns))
+    return steps, base, examples, PassConfig(**job.pass_config)

@@ -48,6 +48,7 @@ ALWAYS = {
              "logp_rejected"),
 }  # fmt: skip
 FIRST_PASS = {"sft": "base", "pair": "ref"}
+FIRST_SCORE = {"sft": "loss_base", "pair": "margin_base"}  # the first model score a run fills (its progress)
 DEFAULT_SCORES = DEFAULTS["sft"]
 PAIR_DEFAULT_SCORES = DEFAULTS["pair"]
 
@@ -73,10 +74,12 @@ def passes_needed(names: list[str], kind: str = "sft") -> set[str]:
 
 def compute(table: pd.DataFrame, names: list[str], kind: str = "sft", passes=None) -> pd.DataFrame:
     """The requested scores plus the kind's ALWAYS ones, as columns; rows match ``table`` (NaN where a pass has not
-    reached a row yet). A score reading a pass outside ``passes`` (the job's; default: all) is left out."""
+    reached a row yet). A score reading a pass outside ``passes`` (the job's; default: the passes whose
+    ``<role>_…`` columns the table holds) is left out."""
     out = pd.DataFrame(index=table.index)
+    have = set(passes) if passes is not None else {str(c).split("_", 1)[0] for c in table.columns}
     for name in dict.fromkeys([*ALWAYS[kind], *names]):
-        if passes is not None and not SCORES[name].needs <= set(passes):
+        if not SCORES[name].needs <= have:
             continue
         out[name] = SCORES[name].fn(table).astype(float)
     return out

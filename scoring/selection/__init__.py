@@ -2,6 +2,8 @@
 
 - :mod:`~scoring.selection.rules`: budgets, rules and the result type
 - :mod:`~scoring.selection.engine`: the selection itself (percentiles, combining scores, the budget)
+- :mod:`~scoring.selection.table`: a score table prepared for repeated selections (SelectTable)
+- :mod:`~scoring.selection.ranking`: ranks and partial sorts (numpy)
 - :mod:`~scoring.selection.groups`: quotas and the near-duplicate walk
 - :mod:`~scoring.selection.saved`: the rule spec the CLI and the app share, saved selections, comparisons
 - :mod:`~scoring.selection.pairs`: the LossDiff-IRM band rule for preference pairs

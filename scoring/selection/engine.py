@@ -47,21 +47,22 @@ Semantics, in the order they apply:
 Without quotas or the filter everything is vectorised (numpy sort, rank, cumsum): a million rows with two scores
 select in a fraction of a second. The only per-row Python work is the filter's accept / skip loop.
 
-Budgets, rules and the result type are in :mod:`scoring.selection.rules`; quotas and the near-duplicate walk in
-:mod:`scoring.selection.groups`; saved selections, the rule spec shared by the CLI and the app, and comparisons in
-:mod:`scoring.selection.saved`.
+Budgets, rules and the result type are in :mod:`scoring.selection.rules`; the prepared score table
+(:class:`~scoring.selection.table.SelectTable`) in :mod:`scoring.selection.table`; the rank and partial-sort helpers
+in :mod:`scoring.selection.ranking`; quotas and the near-duplicate walk in :mod:`scoring.selection.groups`; saved
+selections, the rule spec shared by the CLI and the app, and comparisons in :mod:`scoring.selection.saved`.
 """
 from __future__ import annotations
 
-import hashlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from scoring.errors import UserError
 from scoring.selection.groups import group_codes, quotas_for, walk_dedup
+from scoring.selection.ranking import ordered_prefix, prefix_within_tokens
 from scoring.selection.rules import (
     BASE_COLUMNS,
     BUDGET_EXAMPLES,
@@ -75,162 +76,9 @@ from scoring.selection.rules import (
     Taken,
     parse_rule,
 )
+from scoring.selection.table import SelectTable
 
 _EPS = 1e-9  # tolerance on band edges, so 30.000000000000004 is inside [30, 70]
-
-
-def _float_column(table: pd.DataFrame, name: str) -> np.ndarray:
-    col = table[name]
-    try:
-        return pd.to_numeric(col).to_numpy(dtype="float64", na_value=np.nan)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"Column {name!r} of the score table is not numeric ({col.dtype}).") from exc
-
-
-def _twice_avg_ranks(v: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
-    """2 x the 1-based average rank of each value (an integer, so ties compare exactly). v: (m,) without NaN.
-
-    ``order`` (an argsort of v) may be given when the caller derived it from a sort it keeps (SelectTable)."""
-    m = len(v)
-    order = np.argsort(v) if order is None else order  # (m,)
-    sv = v[order]
-    new = np.empty(m, dtype=bool)
-    new[:1] = True
-    np.not_equal(sv[1:], sv[:-1], out=new[1:])
-    starts = np.flatnonzero(new)  # first sorted position of each tie group
-    out = np.empty(m, dtype=np.int64)
-    if len(starts) == m:  # no ties (the usual case for float scores)
-        out[order] = np.arange(2, 2 * m + 1, 2)
-    else:  # ranks start+1..end of a tie group -> average (start+1+end)/2
-        ends = np.append(starts[1:], m)  # one past the last sorted position of each group
-        out[order] = (starts + ends + 1)[np.cumsum(new) - 1]
-    return out
-
-
-def _ordered_prefix(key: np.ndarray, tie: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the first ``k`` rows when sorted by (key, tie) ascending, without sorting all of them."""
-    n = len(key)
-    k = max(0, min(int(k), n))
-    if k == 0:
-        return np.empty(0, dtype=np.int64)
-    if k < n:
-        kth = np.partition(key, k - 1)[k - 1]
-        cand = np.flatnonzero(key <= kth)  # every row that can be in the first k (ties at the edge included)
-    else:
-        cand = np.arange(n)
-    sub_key, sub_tie, span = key[cand], tie[cand], len(cand)
-    if key.dtype.kind == "i" and (span < 2 or bool(np.all(sub_tie[1:] > sub_tie[:-1]))):
-        # Integer key and ties already in position order: one plain sort of key * span + position (unique
-        # values) is several times faster than lexsort, and the position comes back as the remainder.
-        shifted = sub_key - sub_key.min()
-        if int(shifted.max()) < (1 << 62) // max(span, 1):
-            return cand[(np.sort(shifted * span + np.arange(span)) % span)[:k]]
-    return cand[np.lexsort((sub_tie, sub_key))[:k]]
-
-
-def _prefix_within_tokens(key, tie, tokens, budget: float) -> tuple[np.ndarray, int]:
-    """Ordered positions covering the token budget, and how many of them fit (skip-and-stop)."""
-    n = len(key)
-    mean = float(tokens.mean()) if n else 1.0
-    k = int(budget / max(mean, 1.0) * 1.5) + 64
-    while True:  # few rounds: k grows 4x until the prefix overflows the budget or covers every row
-        order = _ordered_prefix(key, tie, k)
-        running = np.cumsum(tokens[order])
-        if len(order) >= n or (len(running) and running[-1] > budget):
-            return order, int(np.searchsorted(running, budget, side="right"))
-        k *= 4
-
-
-class SelectTable:
-    """A score table prepared for repeated selections: the arrays :func:`select` needs, computed once.
-
-    Why: at a million rows, converting the id and flag columns and sorting each score cost more than the selection
-    itself. The app and :func:`scoring.selections.run_selection` keep one SelectTable per (immutable) score view, so
-    moving a slider only re-runs the cheap part. Each score's full sort order is kept like a database index: the
-    ranks among the eligible rows of any selection are read off it in linear time. Passing a plain DataFrame to
-    :func:`select` wraps it in a fresh SelectTable, so results are identical either way.
-    """
-
-    def __init__(self, table: pd.DataFrame):
-        self.table = table
-        self.n = len(table)
-        self._memo: dict = {}
-
-    def _get(self, key, make):
-        if key not in self._memo:
-            self._memo[key] = make()
-        return self._memo[key]
-
-    @property
-    def columns(self) -> list[str]:
-        return [str(c) for c in self.table.columns]
-
-    def ids(self) -> np.ndarray:
-        return self._get("ids", lambda: self.table["id"].astype(str).to_numpy(dtype=object))
-
-    def arrow_ids(self) -> pa.Array:
-        """The ids as an Arrow string array (saving a selection takes from it without Python strings)."""
-        return self._get("arrow_ids", lambda: pa.array(self.ids(), type=pa.string()))
-
-    def idx(self) -> np.ndarray:
-        return self._get("idx", lambda: self.table["idx"].to_numpy(dtype="int64") if "idx" in self.table.columns
-                         else np.arange(self.n, dtype="int64"))  # fmt: skip
-
-    def token_columns(self) -> list[str]:
-        return [c for c in ("n_prompt_tokens", "n_response_tokens") if c in self.table.columns]
-
-    def tokens(self) -> np.ndarray:
-        def make():
-            tokens = np.zeros(self.n)  # (n,) missing counts as 0
-            for col in self.token_columns():
-                tokens += np.nan_to_num(_float_column(self.table, col), nan=0.0)
-            return tokens
-
-        return self._get("tokens", make)
-
-    def values(self, score: str) -> np.ndarray:
-        return self._get(("values", score), lambda: _float_column(self.table, score))
-
-    def sort_order(self, score: str) -> np.ndarray:
-        """argsort of the score over all rows (NaN last), stable: the index ranks are read from."""
-        return self._get(("order", score), lambda: np.argsort(self.values(score), kind="stable"))
-
-    def flags(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(flagged (n,) bool, first reason code per row (-1 when clean), the reason names)."""
-
-        def make():
-            if "flag" not in self.table.columns:
-                return np.zeros(self.n, dtype=bool), np.full(self.n, -1, dtype=np.int64), []
-            flag = self.table["flag"].fillna("").astype(str)
-            flagged = (flag != "").to_numpy(dtype=bool)
-            codes = np.full(self.n, -1, dtype=np.int64)
-            where = np.flatnonzero(flagged)
-            if not len(where):
-                return flagged, codes, []
-            first = flag.iloc[where].str.strip(", ").str.split(",", n=1).str[0].str.strip().to_numpy(dtype=object)
-            uniq, inverse = np.unique(first.astype(str), return_inverse=True)
-            codes[where] = inverse
-            return flagged, codes, uniq.tolist()
-
-        return self._get("flags", make)
-
-    def ranks(self, score: str, eligible: np.ndarray) -> np.ndarray:
-        """2 x average ranks of the score among the eligible rows, in table order of those rows.
-
-        The last few results are kept per (score, set of eligible rows): moving the budget or a band reuses them."""
-        digest = hashlib.blake2b(np.packbits(eligible).tobytes(), digest_size=16).digest()
-        cache = self._memo.setdefault("ranks", {})
-        hit = cache.get((score, digest))
-        if hit is not None:
-            return hit
-        order = self.sort_order(score)
-        ordered = order[eligible[order]]  # eligible table positions, by value
-        position = np.cumsum(eligible) - 1  # table position -> index among eligible rows
-        ranks = _twice_avg_ranks(self.values(score)[eligible], position[ordered])
-        if len(cache) >= 8:
-            cache.pop(next(iter(cache)))
-        cache[(score, digest)] = ranks
-        return ranks
 
 
 def _rules_for(rule, scores: list[str]) -> list[Rule]:
@@ -314,6 +162,229 @@ def _rows_best(values: np.ndarray, better) -> tuple[np.ndarray, np.ndarray | Non
     return best, which
 
 
+# --------------------------------------------------------------------------------------------------------------
+# The steps of select
+
+
+class _Reasons:
+    """The drop reasons found so far: a code per table row (-1: not dropped) indexing ``labels``.
+
+    Each step adds its labels when it runs, so the labels come in the order of the steps."""
+
+    def __init__(self, n: int):
+        self.labels: list[str] = []
+        self.codes = np.full(n, -1, dtype=np.int32)  # (n,)
+
+    def label(self, text: str) -> int:
+        self.labels.append(text)
+        return len(self.labels) - 1
+
+    def labels_for(self, texts) -> np.ndarray:
+        """One new label per text, as an int32 code array (indexed by the caller, e.g. by score)."""
+        return np.asarray([self.label(t) for t in texts], dtype=np.int32)
+
+    def extend(self, texts) -> int:
+        """Add the labels; returns the code of the first (codes of the rest follow on)."""
+        base = len(self.labels)
+        self.labels.extend(texts)
+        return base
+
+    def set_candidates(self, pool: _Pool, cut_codes: np.ndarray) -> None:
+        """Write each candidate's code (-1: kept) into the table's codes."""
+        if pool.rel is None and pool.all_eligible:  # the candidates are the table's rows: take their codes as is
+            self.codes = cut_codes
+        else:
+            self.codes[pool.positions()] = cut_codes
+
+
+@dataclass
+class _Pool:
+    """The candidates, eligible rows no rule excludes, in table order: the rows the budget cuts from.
+
+    A candidate position indexes the candidates; an eligible position indexes the eligible rows."""
+
+    elig: np.ndarray  # (m,) table positions of the eligible rows
+    rel: np.ndarray | None  # eligible positions of the candidates; None: every eligible row is a candidate
+    all_eligible: bool  # m == n: elig is 0..n-1 and gathers through it are skipped
+
+    def take(self, per_eligible: np.ndarray) -> np.ndarray:
+        """Values per eligible row -> values per candidate."""
+        return per_eligible if self.rel is None else per_eligible[self.rel]
+
+    def take_rows(self, per_row: np.ndarray) -> np.ndarray:
+        """Values per table row -> values per candidate."""
+        return self.take(per_row if self.all_eligible else per_row[self.elig])
+
+    def table_pos(self, rel: np.ndarray) -> np.ndarray:
+        """Candidate positions -> table positions."""
+        rel = rel if self.rel is None else self.rel[rel]
+        return rel if self.all_eligible else self.elig[rel]
+
+    def positions(self) -> np.ndarray:
+        """The table position of every candidate."""
+        if self.rel is None:
+            return self.elig
+        return self.rel if self.all_eligible else self.elig[self.rel]
+
+
+def _checked_request(prepared: SelectTable, scores, rule, budget: Budget, combine: str, embeddings, dedup
+                     ) -> tuple[list[str], list[Rule], str]:  # fmt: skip
+    """(the scores without repeats, one Rule per score, the combine word), or a UserError saying what is wrong."""
+    scores = list(dict.fromkeys([scores] if isinstance(scores, str) else scores))  # dedupe, keep order
+    if not scores:
+        raise UserError("Select at least one score.")
+    available = [c for c in prepared.columns if c not in BASE_COLUMNS]
+    missing = [s for s in scores if s not in prepared.columns or s in BASE_COLUMNS]
+    if missing:
+        raise UserError(f"missing_score:{missing[0]} -- the score table has no column {missing[0]!r}. "
+                        f"Available scores: {', '.join(available) or 'none'}.")
+    rules = _rules_for(rule, scores)
+    combine = str(combine).strip().lower()
+    if combine not in COMBINES:
+        raise UserError(f"Combine must be 'and' (intersection) or 'or' (union), not {combine!r}.")
+    if budget.kind not in ("count", "fraction", "tokens"):
+        raise UserError(f"Unknown budget kind {budget.kind!r}. Valid forms: {BUDGET_EXAMPLES}.")
+    if dedup is not None and not 0.0 < float(dedup) <= 1.0:
+        raise UserError(f"The near-duplicate threshold must be a cosine in (0, 1], not {dedup!r}.")
+    if dedup is not None and embeddings is None:
+        raise UserError("The near-duplicate filter needs embeddings (score with a base pass that keeps them).")
+    return scores, rules, combine
+
+
+def _eligible(prepared: SelectTable, scores: list[str], include_flagged: bool, reasons: _Reasons) -> np.ndarray:
+    """(n,) bool: not flagged (unless ``include_flagged``) and every score a number. The other rows are dropped with
+    ``flagged:<first reason>`` or ``unscored``."""
+    flagged, flag_codes, flag_names = prepared.flags()
+    unscored = np.zeros(prepared.n, dtype=bool)
+    for name in scores:
+        unscored |= np.isnan(prepared.values(name))
+    eligible = ~unscored
+    if not include_flagged and flagged.any():
+        eligible &= ~flagged
+        where = np.flatnonzero(flagged)
+        reasons.codes[where] = reasons.extend(f"flagged:{u}" for u in flag_names) + flag_codes[where]
+    reasons.codes[unscored & (reasons.codes < 0)] = reasons.label("unscored")
+    return eligible
+
+
+def _candidates(prepared: SelectTable, scores: list[str], rules: list[Rule], combine: str, eligible: np.ndarray,
+                reasons: _Reasons) -> tuple[_Pool, np.ndarray, np.ndarray | None]:  # fmt: skip
+    """Percentiles among the eligible rows, each score's goodness, and the combine step (points 2 to 4).
+
+    Returns (the candidates, the combined goodness of each eligible row, the score that set it: an index into
+    ``scores`` per eligible row, or None for one score). Eligible rows that are not candidates get ``outside_band``.
+    """
+    elig = np.flatnonzero(eligible)  # (m,) table positions
+    m, k = len(elig), len(scores)
+    r2 = np.column_stack([prepared.ranks(s, eligible) for s in scores]) if m else np.empty((0, k), np.int64)
+    good, allowed = _goodness(r2, rules, m)  # (m, k) each; allowed is None when no rule is a band
+    if combine == "and":
+        ok, best, limiting = _combine_and(good, allowed, scores, elig, reasons)
+    else:
+        ok, best, limiting = _combine_or(good, allowed, elig, reasons)
+    pool = None if ok is None or ok.all() else np.flatnonzero(ok)  # None: every eligible row is a candidate
+    return _Pool(elig, pool, m == prepared.n), best, limiting
+
+
+def _combine_and(good, allowed, scores, elig, reasons: _Reasons):
+    """Intersection: (candidate mask or None when all are, MIN goodness, its score). A row some rule excludes is
+    dropped with ``outside_band:<first score outside>``."""
+    ok = None if allowed is None else _rows_all(allowed)
+    best, limiting = _rows_best(good, np.less)
+    if ok is not None:
+        out = np.flatnonzero(~ok)
+        out_labels = reasons.labels_for(f"outside_band:{s}" for s in scores)
+        reasons.codes[elig[out]] = out_labels[(~allowed[out]).argmax(axis=1)]
+    return ok, best, limiting
+
+
+def _combine_or(good, allowed, elig, reasons: _Reasons):
+    """Union: (candidate mask or None when all are, MAX goodness over the admitting scores, its score). A row every
+    rule excludes is dropped with ``outside_band:all``."""
+    if allowed is None:
+        ok, masked = None, good
+    else:
+        floor = -np.inf if good.dtype.kind == "f" else np.iinfo(np.int64).min
+        masked = np.where(allowed, good, floor)
+        ok = _rows_any(allowed)
+        reasons.codes[elig[np.flatnonzero(~ok)]] = reasons.label("outside_band:all")
+    best, limiting = _rows_best(masked, np.greater)
+    return ok, best, limiting
+
+
+def _cut_reasons(rules: list[Rule], scores: list[str], limiting, p: int, reasons: _Reasons) -> np.ndarray:
+    """(p,) the reason of each candidate should the budget stop it: ``over_budget`` when every rule is a band, else
+    ``below_cut:<score>`` (``limiting``: the index of the limiting score per candidate, None for one score)."""
+    if all(r.kind == "band" for r in rules):
+        return np.full(p, reasons.label("over_budget"), dtype=np.int32)
+    cut_labels = reasons.labels_for(f"below_cut:{s}" for s in scores)
+    return np.full(p, cut_labels[0], dtype=np.int32) if limiting is None else cut_labels[limiting]
+
+
+def _budget_cut(key, tie, pool_tokens, cut_codes, pool: _Pool, reasons: _Reasons, budget: Budget, n: int, groups,
+                embeddings, dedup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The budget (point 5), with the quotas and the near-duplicate filter when asked for (points 6 and 7).
+
+    ``key`` then ``tie`` ascending ranks the candidates best first. Returns (the kept candidate positions best first,
+    the reason code of every candidate with -1 for a kept one, the best few candidates just below the cut)."""
+    limit = int(budget.value) if budget.kind == "count" else math.floor(budget.value * n + 0.5)
+    next_rel = ranked = None
+    if groups is None and dedup is None:
+        kept_rel, next_rel = _plain_cut(key, tie, pool_tokens, budget, limit)
+    else:
+        kept_rel, cut_codes, ranked = _select_constrained(
+            key, tie, pool_tokens, budget, limit, cut_codes, reasons.label,
+            None if groups is None else group_codes(groups, n), pool.positions(),
+            None if dedup is None else (embeddings, float(dedup)),
+        )  # fmt: skip
+    cut_codes = np.array(cut_codes, dtype=np.int32)  # (p,) own copy: the reason of each pool row, -1 when kept
+    cut_codes[kept_rel] = -1
+    if next_rel is None:
+        next_rel = _next_after_cut(key, tie, cut_codes, ranked)
+    return kept_rel, cut_codes, next_rel
+
+
+def _plain_cut(key, tie, pool_tokens, budget: Budget, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The budget alone: (the kept candidate positions best first, always a prefix of the ranking; the next few
+    below the cut when the partial sort already ranked them, else None)."""
+    p = len(key)
+    if budget.kind == "tokens":
+        order, n_keep = prefix_within_tokens(key, tie, pool_tokens, budget.value)
+    else:
+        n_keep = min(limit, p)
+        order = ordered_prefix(key, tie, n_keep + NEXT_AFTER_CUT)
+    known = len(order) >= min(p, n_keep + NEXT_AFTER_CUT)  # the ranking just below the cut is already known
+    return order[:n_keep], order[n_keep:n_keep + NEXT_AFTER_CUT] if known else None
+
+
+def _next_after_cut(key, tie, cut_codes: np.ndarray, ranked: np.ndarray | None) -> np.ndarray:
+    """The best few dropped candidates in ranking order. ``ranked``: the prefix of the ranking the near-duplicate
+    filter walked (None without the filter), read first."""
+    if ranked is not None:  # the filter walked a prefix of the ranking: look there first
+        below = ranked[cut_codes[ranked] >= 0]
+        if len(below) >= NEXT_AFTER_CUT or len(ranked) >= len(key):
+            return below[:NEXT_AFTER_CUT]
+    below = np.flatnonzero(cut_codes >= 0)
+    return below[ordered_prefix(key[below], tie[below], NEXT_AFTER_CUT)]
+
+
+def _result(prepared: SelectTable, ids: np.ndarray, tokens: np.ndarray, kept_pos: np.ndarray, next_pos: np.ndarray,
+            reasons: _Reasons, by_row: bool) -> SelectionResult:  # fmt: skip
+    """The SelectionResult; ``by_row``: the caller keeps the SelectTable, so the Arrow ids are worth building once
+    and the result carries the reason code of every row for saving."""
+    codes, labels = reasons.codes, reasons.labels
+    drop = np.flatnonzero(codes >= 0)
+    arrow_ids = prepared.arrow_ids() if by_row else None
+    dropped = DroppedReasons(Taken(ids, drop, arrow_ids), None, codes=(codes[drop], labels))
+    kept_ids = ids[kept_pos].tolist()
+    return SelectionResult(kept_ids, dropped, prepared.n, int(tokens[kept_pos].sum()), kept_pos=kept_pos,
+                           next_pos=next_pos, by_row=None if arrow_ids is None else (arrow_ids, codes, labels))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Selection
+
+
 def select(
     table: pd.DataFrame | SelectTable,
     scores: list[str],
@@ -333,133 +404,22 @@ def select(
     the near-duplicate filter. See the module docstring for the exact semantics.
     """
     prepared = table if isinstance(table, SelectTable) else SelectTable(table)
-    scores = list(dict.fromkeys([scores] if isinstance(scores, str) else scores))  # dedupe, keep order
-    if not scores:
-        raise UserError("Select at least one score.")
-    available = [c for c in prepared.columns if c not in BASE_COLUMNS]
-    missing = [s for s in scores if s not in prepared.columns or s in BASE_COLUMNS]
-    if missing:
-        raise UserError(f"missing_score:{missing[0]} -- the score table has no column {missing[0]!r}. "
-                        f"Available scores: {', '.join(available) or 'none'}.")
-    rules = _rules_for(rule, scores)
-    combine = str(combine).strip().lower()
-    if combine not in COMBINES:
-        raise UserError(f"Combine must be 'and' (intersection) or 'or' (union), not {combine!r}.")
-    if budget.kind not in ("count", "fraction", "tokens"):
-        raise UserError(f"Unknown budget kind {budget.kind!r}. Valid forms: {BUDGET_EXAMPLES}.")
-    if dedup is not None and not 0.0 < float(dedup) <= 1.0:
-        raise UserError(f"The near-duplicate threshold must be a cosine in (0, 1], not {dedup!r}.")
-    if dedup is not None and embeddings is None:
-        raise UserError("The near-duplicate filter needs embeddings (score with a base pass that keeps them).")
-
-    n = prepared.n
-    ids = prepared.ids()  # (n,)
-    idx = prepared.idx()
+    scores, rules, combine = _checked_request(prepared, scores, rule, budget, combine, embeddings, dedup)
+    ids, idx = prepared.ids(), prepared.idx()  # (n,) each
     if budget.kind == "tokens" and not prepared.token_columns():
         raise UserError("A token budget needs n_prompt_tokens / n_response_tokens in the score table.")
-    tokens = prepared.tokens()
+    tokens = prepared.tokens()  # (n,) missing counts as 0
 
-    # Reason codes: -1 kept, else an index into labels.
-    labels: list[str] = []
-    codes = np.full(n, -1, dtype=np.int32)
-
-    def label(text: str) -> int:
-        labels.append(text)
-        return len(labels) - 1
-
-    flagged, flag_codes, flag_names = prepared.flags()
-    unscored = np.zeros(n, dtype=bool)
-    for name in scores:
-        unscored |= np.isnan(prepared.values(name))
-    eligible = ~unscored
-    if not include_flagged and flagged.any():
-        eligible &= ~flagged
-        where = np.flatnonzero(flagged)
-        base = len(labels)
-        labels.extend(f"flagged:{u}" for u in flag_names)
-        codes[where] = base + flag_codes[where]
-    codes[unscored & (codes < 0)] = label("unscored")
-
-    elig = np.flatnonzero(eligible)  # (m,) table positions
-    m, k = len(elig), len(scores)
-    all_eligible = m == n  # then elig is 0..n-1 and gathers through it are skipped
-    r2 = np.column_stack([prepared.ranks(s, eligible) for s in scores]) if m else np.empty((0, k), np.int64)
-    good, allowed = _goodness(r2, rules, m)  # (m, k) each; allowed is None when no rule is a band
-
-    if combine == "and":
-        ok = None if allowed is None else _rows_all(allowed)
-        best, limiting = _rows_best(good, np.less)
-        if ok is not None:
-            out = np.flatnonzero(~ok)
-            out_labels = np.asarray([label(f"outside_band:{s}") for s in scores], dtype=np.int32)
-            codes[elig[out]] = out_labels[(~allowed[out]).argmax(axis=1)]
-    else:
-        if allowed is None:
-            ok, masked = None, good
-        else:
-            floor = -np.inf if good.dtype.kind == "f" else np.iinfo(np.int64).min
-            masked = np.where(allowed, good, floor)
-            ok = _rows_any(allowed)
-            codes[elig[np.flatnonzero(~ok)]] = label("outside_band:all")
-        best, limiting = _rows_best(masked, np.greater)
-    pool = None if ok is None or ok.all() else np.flatnonzero(ok)  # None: every eligible row is a candidate
-
-    def in_pool(values: np.ndarray) -> np.ndarray:  # values per eligible row -> per pool row
-        return values if pool is None else values[pool]
-
-    def table_pos(rel: np.ndarray) -> np.ndarray:  # pool positions -> table positions
-        rel = rel if pool is None else pool[rel]
-        return rel if all_eligible else elig[rel]
-
-    key = -in_pool(best)  # smaller is better
-    tie = in_pool(idx if all_eligible else idx[elig])
-    p = len(key)
-    if all(r.kind == "band" for r in rules):
-        cut_codes = np.full(p, label("over_budget"), dtype=np.int32)
-    else:
-        cut_labels = np.asarray([label(f"below_cut:{s}") for s in scores], dtype=np.int32)
-        cut_codes = np.full(p, cut_labels[0], dtype=np.int32) if limiting is None else cut_labels[in_pool(limiting)]
-    pool_tokens = in_pool(tokens if all_eligible else tokens[elig])
-    limit = int(budget.value) if budget.kind == "count" else math.floor(budget.value * n + 0.5)
-
-    next_rel = ranked = None
-    if groups is None and dedup is None:
-        if budget.kind == "tokens":
-            order, n_keep = _prefix_within_tokens(key, tie, pool_tokens, budget.value)
-        else:
-            n_keep = min(limit, p)
-            order = _ordered_prefix(key, tie, n_keep + NEXT_AFTER_CUT)
-        kept_rel = order[:n_keep]
-        if len(order) >= min(p, n_keep + NEXT_AFTER_CUT):  # the ranking just below the cut is already known
-            next_rel = order[n_keep:n_keep + NEXT_AFTER_CUT]
-    else:
-        kept_rel, cut_codes, ranked = _select_constrained(
-            key, tie, pool_tokens, budget, limit, cut_codes, label,
-            None if groups is None else group_codes(groups, n), table_pos(np.arange(p)),
-            None if dedup is None else (embeddings, float(dedup)),
-        )  # fmt: skip
-    kept_pos = table_pos(kept_rel)  # table positions, best first
-    cut_codes = np.array(cut_codes, dtype=np.int32)  # (p,) own copy: the reason of each pool row, -1 when kept
-    cut_codes[kept_rel] = -1
-    if next_rel is None and ranked is not None:  # the filter walked a prefix of the ranking: look there first
-        below = ranked[cut_codes[ranked] >= 0]
-        if len(below) >= NEXT_AFTER_CUT or len(ranked) >= p:
-            next_rel = below[:NEXT_AFTER_CUT]
-    if next_rel is None:
-        below = np.flatnonzero(cut_codes >= 0)
-        next_rel = below[_ordered_prefix(key[below], tie[below], NEXT_AFTER_CUT)]
-    next_pos = table_pos(next_rel)
-    if pool is None and all_eligible:  # one scatter of the pool's codes (kept rows: -1) into the table's
-        codes = cut_codes
-    else:
-        codes[elig if pool is None else (pool if all_eligible else elig[pool])] = cut_codes
-
-    drop = np.flatnonzero(codes >= 0)
-    arrow_ids = prepared.arrow_ids() if isinstance(table, SelectTable) else None  # reused: worth building once
-    dropped = DroppedReasons(Taken(ids, drop, arrow_ids), None, codes=(codes[drop], labels))
-    kept_ids = ids[kept_pos].tolist()
-    return SelectionResult(kept_ids, dropped, n, int(tokens[kept_pos].sum()), kept_pos=kept_pos, next_pos=next_pos,
-                           by_row=None if arrow_ids is None else (arrow_ids, codes, labels))  # fmt: skip
+    reasons = _Reasons(prepared.n)
+    eligible = _eligible(prepared, scores, include_flagged, reasons)
+    pool, best, limiting = _candidates(prepared, scores, rules, combine, eligible, reasons)
+    key, tie, pool_tokens = -pool.take(best), pool.take_rows(idx), pool.take_rows(tokens)  # key: smaller is better
+    cut_codes = _cut_reasons(rules, scores, None if limiting is None else pool.take(limiting), len(key), reasons)
+    kept_rel, cut_codes, next_rel = _budget_cut(key, tie, pool_tokens, cut_codes, pool, reasons, budget, prepared.n,
+                                                groups, embeddings, dedup)  # fmt: skip
+    reasons.set_candidates(pool, cut_codes)
+    return _result(prepared, ids, tokens, pool.table_pos(kept_rel), pool.table_pos(next_rel), reasons,
+                   by_row=isinstance(table, SelectTable))
 
 
 def _select_constrained(key, tie, pool_tokens, budget, limit, cut_codes, label, grouping, pool_pos, dedup):
@@ -485,10 +445,10 @@ def _select_constrained(key, tie, pool_tokens, budget, limit, cut_codes, label, 
         for g in range(n_groups):
             members = np.flatnonzero(gcodes == g)
             if budget.kind == "tokens":
-                order, n_keep = _prefix_within_tokens(key[members], tie[members], pool_tokens[members], quotas[g])
+                order, n_keep = prefix_within_tokens(key[members], tie[members], pool_tokens[members], quotas[g])
             else:
                 n_keep = int(quotas[g])
-                order = _ordered_prefix(key[members], tie[members], n_keep)
+                order = ordered_prefix(key[members], tie[members], n_keep)
             parts.append(members[order[:n_keep]])
         kept = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         return kept[np.lexsort((tie[kept], key[kept]))], cut_codes, None
@@ -501,7 +461,7 @@ def _select_constrained(key, tie, pool_tokens, budget, limit, cut_codes, label, 
     per_row = max(float(pool_tokens.mean()), 1.0) if budget.kind == "tokens" and p else 1.0
     k = int(quotas.sum() / per_row * 2) + 1024
     while True:
-        order = _ordered_prefix(key, tie, k) if k < p else np.lexsort((tie, key))
+        order = ordered_prefix(key, tie, k) if k < p else np.lexsort((tie, key))
         kept, dups, done = walk_dedup(order, gcodes, quotas, pool_tokens, budget.kind, emb, pool_pos, tau)
         if done or len(order) >= p:
             break

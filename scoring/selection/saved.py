@@ -28,7 +28,7 @@ from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_meta
 from scoring.scores.view_reads import embedding_matrix, frame, group_values, memo
 from scoring.scores.views import View, score_view
-from scoring.selection.engine import SelectTable, select
+from scoring.selection.engine import select
 from scoring.selection.rules import (
     COMBINES,
     SELECTION_NAME_RE,
@@ -37,6 +37,7 @@ from scoring.selection.rules import (
     parse_budget,
     parse_rule,
 )
+from scoring.selection.table import SelectTable
 from scoring.store.cache import Cache, atomic_write_json, read_json, tmp_path
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,1 +1,6 @@
-"""Stage 4, train: the models the scores compare against -- the SFT reference and the DPO warm-ups."""
+"""Stage 4, train: the models the scores compare against -- the SFT reference and the DPO warm-ups.
+
+Laid out as TRL lays out its trainers, a config and a trainer module per method over a shared base:
+config.py (the fields every run has) -> sft_config.py / dpo_config.py (each method's defaults);
+trainer.py (the Trainer plumbing both share) -> sft.py (the DavIR reference) / dpo.py (the DPO warm-ups).
+"""

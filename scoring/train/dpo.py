@@ -2,11 +2,13 @@
 split), both started from π_ref, the base model.
 
 Trained with TRL's DPOTrainer (sigmoid loss, β default 0.1; full fine-tuning, or LoRA merged back so the checkpoint
-loads like any model). The sequences are tokenised here, by :func:`encode_side`, with exactly the formatting the
-pair passes score, so training and scoring see the same tokens; the trainer's own tokenisation is bypassed.
+loads like any model), through the plumbing shared with the SFT reference (scoring/train/trainer.py); what is
+particular to DPO lives here. The sequences are tokenised here, by :func:`encode_side`, with exactly the formatting
+the pair passes score, so training and scoring see the same tokens; the trainer's own tokenisation is bypassed.
 The reference log-probabilities log π_ref(y|x) are precomputed (``precompute_ref_log_probs``), so no second model
 sits in memory: taken from the fp32 ref pass the scores use when the caller has it (the same tokens, so they are
 exactly the numbers irm / lossdiff subtract, and a whole forward pass cheaper), else computed by TRL once.
+Settings: scoring/train/dpo_config.py.
 
 Checkpoints land under ``<cache>/models/dpo-<key>/`` where the key is a fingerprint of (base model, the training
 pairs' content, template, max length, training config): the same inputs reuse it, different ones train anew. A
@@ -17,42 +19,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 from scoring.errors import UserError
 from scoring.models.formatting import encode_side
-from scoring.models.loading import ModelRef, folder_fingerprint
+from scoring.models.loading import ModelRef
 from scoring.store.cache import Cache
-from scoring.train.sft import KeyedConfig, progress_hooks, save_final, use_bf16
+from scoring.train.dpo_config import DPOTrainConfig
+from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, checkpoint_key, load_base
+from scoring.train.trainer import lora_config, optimizer_steps, progress_hooks, train_and_save, trainer_arguments
+
+Pair = tuple[list[dict], str, str]  # (prompt turns, chosen reply, rejected reply)
 
 
-@dataclass(frozen=True)
-class DPOTrainConfig(KeyedConfig):
-    """DPO warm-up of π_θ and θ_val. β is also the β of the irm / lossdiff / davir_dpo scores."""
-
-    beta: float = 0.1  # DPO temperature (TRL's default); the scores use the same value
-    method: str = "full"  # "full" or "lora"
-    epochs: float = 1.0  # the paper's warm-up: one pass over the pairs
-    learning_rate: float = 5e-6  # full fine-tuning; LoRA uses lora_learning_rate
-    lora_learning_rate: float = 5e-5
-    batch_size: int = 8  # pairs per optimizer step (per_device x accumulation)
-    micro_batch_size: int = 4  # pairs per forward pass (each is two sequences)
-    scheduler: str = "linear"
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    precision: str = "auto"  # "auto" (bf16 where supported), "bf16", "fp32"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    seed: int = 0
-    checkpoint_minutes: float = 10.0  # save a resumable Trainer checkpoint this often (and when cancelled)
-
-
-
-def pair_token_rows(tokenizer, pairs: list[tuple[list[dict], str, str]], max_length: int,
-                    ref_logps: list[tuple[float, float]] | None = None) -> list[dict]:
+def pair_token_rows(tokenizer, pairs: list[Pair], max_length: int,
+                    ref_logps: list[tuple[float, float]] | None = None) -> list[dict]:  # fmt: skip
     """TRL's pre-tokenised form {prompt_ids, chosen_ids, rejected_ids} (+ ref_chosen_logps, ref_rejected_logps when
     given, one (chosen, rejected) per pair); pairs with an empty side after truncation are left out (they carry no
     training signal)."""
@@ -69,7 +50,7 @@ def pair_token_rows(tokenizer, pairs: list[tuple[list[dict], str, str]], max_len
     return rows
 
 
-def pairs_fingerprint(pairs: list[tuple[list[dict], str, str]]) -> str:
+def pairs_fingerprint(pairs: list[Pair]) -> str:
     """sha256 over the training pairs' content, in order: what a DPO checkpoint was trained on."""
     h = hashlib.sha256(b"davir-dpo-pairs-v1\n")
     for pair in pairs:
@@ -79,13 +60,72 @@ def pairs_fingerprint(pairs: list[tuple[list[dict], str, str]]) -> str:
 
 
 def dpo_key(base: ModelRef, pairs_fp: str, template_fp: str, max_length: int, cfg: DPOTrainConfig,
-            ref_source: str = "trl") -> str:
-    blob = json.dumps(
+            ref_source: str = "trl") -> str:  # fmt: skip
+    return checkpoint_key(
         {"base": base.fingerprint, "pairs": pairs_fp, "template": template_fp, "max_length": max_length,
          "train": cfg.key_fields(), "trainer": "trl-dpo-sigmoid", "ref_logps": ref_source},
-        sort_keys=True,
     )  # fmt: skip
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_dpo(
+    cache: Cache,
+    base: ModelRef,
+    tokenizer,
+    pairs: list[Pair],
+    template_fp: str,
+    max_length: int,
+    cfg: DPOTrainConfig,
+    device: str = "cpu",
+    on_progress: OnProgress | None = None,
+    should_stop: ShouldStop | None = None,
+    trust_remote_code: bool = False,
+    ref_logps: list[tuple[float, float]] | None = None,
+    ref_source: str = "trl",
+) -> ModelRef | None:
+    """π_ref = ``base`` after ``cfg.epochs`` of DPO on ``pairs`` (prompt turns, chosen, rejected); reuses the
+    checkpoint with the same key. None when stopped early.
+
+    ``ref_logps``: (log π_ref(y_w|x), log π_ref(y_l|x)) per pair, already computed on these tokens (``ref_source``
+    names where from, for the key); None lets TRL compute them."""
+    from datasets import Dataset
+
+    key = dpo_key(base, pairs_fingerprint(pairs), template_fp, max_length, cfg, ref_source if ref_logps else "trl")
+    checkpoint = Checkpoint(cache, f"dpo-{key}")
+    if (done := checkpoint.finished()) is not None:
+        return done
+    rows = pair_token_rows(tokenizer, pairs, max_length, ref_logps)
+    if not rows:
+        raise UserError("no pair to train DPO on: every pair is flagged or has an empty side after truncation")
+    partial = checkpoint.start()
+    trainer = _trainer_class()(
+        model=load_base(base, trust_remote_code),
+        args=_arguments(cfg, partial, len(rows), device, max_length, trust_remote_code, on_progress is not None),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg) if cfg.method == "lora" else None,  # TRL wraps the model itself
+        callbacks=[progress_hooks(cfg, on_progress, should_stop)],
+    )
+    record = {"base": base.fingerprint, "n_pairs": len(rows), "train": cfg.key_fields(),
+              "steps": optimizer_steps(cfg, len(rows))}  # fmt: skip
+    return train_and_save(trainer, checkpoint, tokenizer, cfg, should_stop, "davir_dpo.json", record)
+
+
+def _arguments(cfg: DPOTrainConfig, partial: Path, n_pairs: int, device: str, max_length: int,
+               trust_remote_code: bool, quiet: bool):  # fmt: skip
+    """TRL's DPOConfig: the shared TrainingArguments plus the DPO loss's own; ``quiet`` hides TRL's progress bar
+    (when the caller reports progress itself)."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        **trainer_arguments(cfg, partial, n_pairs, device),
+        beta=cfg.beta,
+        loss_type=["sigmoid"],
+        max_length=max_length,
+        precompute_ref_log_probs=True,  # from the untrained model, once; no second copy in memory
+        gradient_checkpointing=False,  # TRL turns it on by default; our models fit without it and run faster
+        trust_remote_code=trust_remote_code,
+        disable_tqdm=quiet,
+    )
 
 
 def _trainer_class():
@@ -103,91 +143,3 @@ def _trainer_class():
             return super()._precompute_ref_logps(dataset, name, batch_size)
 
     return PretokenizedDPOTrainer
-
-
-def train_dpo(
-    cache: Cache,
-    base: ModelRef,
-    tokenizer,
-    pairs: list[tuple[list[dict], str, str]],
-    template_fp: str,
-    max_length: int,
-    cfg: DPOTrainConfig,
-    device: str = "cpu",
-    on_progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    trust_remote_code: bool = False,
-    ref_logps: list[tuple[float, float]] | None = None,
-    ref_source: str = "trl",
-) -> ModelRef | None:
-    """π_ref = ``base`` after ``cfg.epochs`` of DPO on ``pairs`` (prompt turns, chosen, rejected); reuses the
-    checkpoint with the same key. None when stopped early.
-
-    ``ref_logps``: (log π_ref(y_w|x), log π_ref(y_l|x)) per pair, already computed on these tokens (``ref_source``
-    names where from, for the key); None lets TRL compute them."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-    from trl import DPOConfig
-
-
-    key = dpo_key(base, pairs_fingerprint(pairs), template_fp, max_length, cfg, ref_source if ref_logps else "trl")
-    final = cache.models_dir() / f"dpo-{key}"
-    if (final / "config.json").exists():
-        return ModelRef(name=f"dpo-{key}", path=str(final), fingerprint=folder_fingerprint(final, cache))
-    rows = pair_token_rows(tokenizer, pairs, max_length, ref_logps)
-    if not rows:
-        raise UserError("no pair to train DPO on: every pair is flagged or has an empty side after truncation")
-    partial = cache.models_dir() / f".dpo-{key}.partial"
-    partial.mkdir(parents=True, exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    peft_config = None
-    if cfg.method == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules="all-linear", task_type="CAUSAL_LM")  # fmt: skip
-    accumulation = max(1, cfg.batch_size // cfg.micro_batch_size)
-    steps = max(1, int(len(rows) * cfg.epochs) // (cfg.micro_batch_size * accumulation))
-    args = DPOConfig(
-        output_dir=str(partial),
-        beta=cfg.beta,
-        loss_type=["sigmoid"],
-        max_length=max_length,
-        precompute_ref_log_probs=True,  # from the untrained model, once; no second copy in memory
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=accumulation,
-        learning_rate=cfg.lora_learning_rate if cfg.method == "lora" else cfg.learning_rate,
-        lr_scheduler_type=cfg.scheduler,
-        warmup_steps=int(cfg.warmup_ratio * steps),
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=use_bf16(cfg, device),
-        use_cpu=not device.startswith("cuda"),
-        gradient_checkpointing=False,  # TRL turns it on by default; our models fit without it and run faster
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        save_strategy="no",  # saved by time instead, in Hooks
-        logging_steps=max(1, steps // 20),
-        report_to=[],
-        dataloader_num_workers=0,
-        trust_remote_code=trust_remote_code,
-        disable_tqdm=on_progress is not None,
-    )
-
-    trainer = _trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[progress_hooks(cfg, on_progress, should_stop)],
-    )
-    resume = any(partial.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
-    if should_stop and should_stop():
-        return None
-    save_final(trainer.model, tokenizer, cfg, partial, final, "davir_dpo.json",
-               {"base": base.fingerprint, "n_pairs": len(rows), "train": cfg.key_fields(), "steps": steps})
-    return ModelRef(name=f"dpo-{key}", path=str(final), fingerprint=folder_fingerprint(final, cache))

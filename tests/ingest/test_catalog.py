@@ -1,4 +1,4 @@
-"""Ingest: layouts, ids, flags, errors, sources and storage (scoring/data.py)."""
+"""Ingest: layouts, ids, flags, errors, sources and storage (scoring/ingest/)."""
 from __future__ import annotations
 
 import csv
@@ -11,20 +11,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from scoring.data import (
-    FLAGS,
-    dataset_meta,
-    fingerprint_rows,
-    ingest,
-    list_datasets,
-    load_examples,
-    parse_field_map,
-)
+from scoring.ingest.catalog import dataset_meta, ingest, list_datasets, load_examples
+from scoring.ingest.layouts import FLAGS, parse_field_map
+from scoring.ingest.tables import fingerprint_rows
 from scoring.errors import UserError
 from scoring.schema import EXAMPLES
-from scoring.store import Cache
+from scoring.store.cache import Cache
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 if not DATA.exists():
     DATA = Path("/work/shared/data")
 needs_data = pytest.mark.skipif(not DATA.exists(), reason="shared data folder not present")

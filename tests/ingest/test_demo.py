@@ -11,16 +11,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from scoring.demo_data import (
-    DEFECT_KINDS,
-    FAMILIES,
-    auroc_by_defect,
-    format_auroc_table,
-    generate_demo,
-    generate_demo_with_sources,
-    mann_whitney_auroc,
-    write_demo,
-)
+from scoring.ingest.demo import DEFECT_KINDS, FAMILIES, generate_demo, generate_demo_with_sources, write_demo
+from scoring.scores.reports import auroc_by_defect, format_auroc_table, mann_whitney_auroc
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from scoring import data
 from scoring.errors import UserError
-from scoring.pairs_data import PAIR_FLAGS, parse_transcript, write_planted_pairs
+from scoring.ingest import catalog
+from scoring.ingest.demo import write_planted_pairs
+from scoring.ingest.layouts import FLAGS, parse_field_map
+from scoring.ingest.pairs import PAIR_FLAGS, parse_transcript
 from scoring.schema import PAIR_EXAMPLES
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 HH = "\n\nHuman: {q}\n\nAssistant: {a}"
 
 
@@ -23,8 +25,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def ingest_rows(tmp_path, cache, rows, name="pairs", **kw):
-    result = data.ingest(str(write_jsonl(tmp_path / f"{name}.jsonl", rows)), cache, name=name, progress=False, **kw)
-    return result, data.load_examples(cache, name)
+    result = catalog.ingest(str(write_jsonl(tmp_path / f"{name}.jsonl", rows)), cache, name=name, progress=False, **kw)
+    return result, catalog.load_examples(cache, name)
 
 
 def turns(df, i):
@@ -34,7 +36,7 @@ def turns(df, i):
 def test_prompt_chosen_rejected_strings(tmp_path, cache):
     rows = [{"prompt": "Add 2 and 2.", "chosen": "4", "rejected": "5"}, {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go."}]
     result, df = ingest_rows(tmp_path, cache, rows)
-    assert result.layout == "pair_prompt" and data.dataset_meta(cache, "pairs")["kind"] == "pair"
+    assert result.layout == "pair_prompt" and catalog.dataset_meta(cache, "pairs")["kind"] == "pair"
     assert set(df["kind"]) == {"pair"} and set(df["flag"]) == {""}
     assert turns(df, 0) == [{"role": "user", "content": "Add 2 and 2."}]
     assert (df["prompt"][0], df["response"][0], df["rejected"][0]) == ("Add 2 and 2.", "4", "5")
@@ -72,8 +74,8 @@ def test_sharegpt_conversations_with_chosen_and_rejected_turns(tmp_path, cache):
              "chosen": {"from": "gpt", "value": "4"}, "rejected": {"from": "gpt", "value": "22"}}]
     path = tmp_path / "dpo.json"
     path.write_text(json.dumps(rows))
-    result = data.ingest(str(path), cache, name="sg", progress=False)
-    df = data.load_examples(cache, "sg")
+    result = catalog.ingest(str(path), cache, name="sg", progress=False)
+    df = catalog.load_examples(cache, "sg")
     assert result.layout == "pair_chat" and result.flag_counts == {}
     assert turns(df, 0) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
     assert (df["response"][0], df["rejected"][0]) == ("4", "22")
@@ -100,30 +102,30 @@ def test_degenerate_pairs_are_kept_and_flagged(tmp_path, cache, row, reason):
     assert len(df) == 2 and df["flag"][0] == ""
     assert reason in df["flag"][1].split(","), df["flag"][1]
     assert result.flag_counts.get(reason) == 1
-    assert reason in PAIR_FLAGS or reason in data.FLAGS
+    assert reason in PAIR_FLAGS or reason in FLAGS
 
 
 def test_duplicates_invalid_lines_and_limit(tmp_path, cache):
     rows = [{"prompt": f"Q{i}", "chosen": "A", "rejected": "B"} for i in range(5)] + [{"prompt": "Q0", "chosen": "A", "rejected": "B"}]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     path.write_text(path.read_text() + "{not json\n")
-    result = data.ingest(str(path), cache, name="d", progress=False)
+    result = catalog.ingest(str(path), cache, name="d", progress=False)
     assert result.n_rows == 7 and result.flag_counts == {"duplicate": 1, "invalid_json": 1}
-    limited = data.ingest(str(path), cache, name="d3", limit=3, progress=False)
+    limited = catalog.ingest(str(path), cache, name="d3", limit=3, progress=False)
     assert limited.n_rows == 3 and limited.layout == "pair_prompt"
     assert limited.fingerprint != result.fingerprint
-    assert data.ingest(str(path), cache, name="d3", limit=3, progress=False).already_present
+    assert catalog.ingest(str(path), cache, name="d3", limit=3, progress=False).already_present
 
 
 def test_map_names_other_pair_columns(tmp_path, cache):
     rows = [{"q": "Q", "better": "A", "worse": "B", "uid": "u1"}]
     path = write_jsonl(tmp_path / "m.jsonl", rows)
-    fm = data.parse_field_map(["prompt=q", "chosen=better", "rejected=worse", "id=uid"])
-    data.ingest(str(path), cache, name="m", field_map=fm, progress=False)
-    df = data.load_examples(cache, "m")
+    fm = parse_field_map(["prompt=q", "chosen=better", "rejected=worse", "id=uid"])
+    catalog.ingest(str(path), cache, name="m", field_map=fm, progress=False)
+    df = catalog.load_examples(cache, "m")
     assert (df["id"][0], df["prompt"][0], df["response"][0], df["rejected"][0]) == ("u1", "Q", "A", "B")
     with pytest.raises(UserError, match="both chosen"):
-        data.ingest(str(path), cache, name="m2", field_map={"chosen": "better"}, progress=False)
+        catalog.ingest(str(path), cache, name="m2", field_map={"chosen": "better"}, progress=False)
 
 
 def test_transcript_parser():
@@ -145,8 +147,8 @@ def test_planted_swaps_are_labelled_and_swapped(tmp_path, cache):
     assert write_planted_pairs(str(src), tmp_path / "again.jsonl", 10, 0.3, 1)[0].read_text() == out.read_text()
     with pytest.raises(UserError, match="between 0 and 1"):
         write_planted_pairs(str(src), tmp_path / "x.jsonl", fraction=1.5)
-    result = data.ingest(str(out), cache, name="planted", progress=False)
-    assert "defect" in data.dataset_meta(cache, "planted")["columns"] and result.layout == "pair_prompt"
+    result = catalog.ingest(str(out), cache, name="planted", progress=False)
+    assert "defect" in catalog.dataset_meta(cache, "planted")["columns"] and result.layout == "pair_prompt"
 
 
 @pytest.mark.parametrize(
@@ -163,9 +165,9 @@ def test_the_real_shared_files_ingest_without_flags(cache, rel, layout, n_rows, 
     path = SHARED / rel
     if not path.exists():
         pytest.skip(f"{path} not present")
-    result = data.ingest(str(path), cache, progress=False)
+    result = catalog.ingest(str(path), cache, progress=False)
     assert (result.layout, result.n_rows, result.flag_counts) == (layout, n_rows, flags)
-    df = data.load_examples(cache, result.name)
+    df = catalog.load_examples(cache, result.name)
     clean = df[df["flag"] == ""]
     assert (clean["response"].str.strip() != "").all() and (clean["response"] != clean["rejected"]).all()
     assert clean["messages"].map(lambda m: json.loads(m)[-1]["role"] == "user").all()

@@ -12,14 +12,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scoring import data, jobs, results
-from scoring.dpo import DPOTrainConfig, encode_side, train_dpo
-from scoring.formatting import template_fingerprint
-from scoring.models import load_tokenizer, resolve
-from scoring.pair_passes import PAIR_PASS_CONFIG, pair_request, run_pair_pass, validation_split
-from scoring.pair_results import DEFAULT_BAND, parse_band, select_lossdiff_irm
 from scoring.errors import UserError
-from scoring.store import Cache
+from scoring.ingest import catalog
+from scoring.jobs import runner
+from scoring.jobs.pairs import validation_split
+from scoring.jobs.requests import score_request
+from scoring.models.formatting import encode_side, template_fingerprint
+from scoring.models.loading import load_tokenizer, resolve
+from scoring.passes.engine import PassConfig
+from scoring.passes.runner import PAIRS, pass_manifest, run_pass
+from scoring.scores.reports import auroc_report
+from scoring.scores.tables import loss_table, score_table
+from scoring.selection.pairs import DEFAULT_BAND, parse_band, select_lossdiff_irm
+from scoring.store.cache import Cache
+from scoring.store.jobs import list_jobs
+from scoring.store.parts import read_pass
+from scoring.train.dpo import DPOTrainConfig, train_dpo
 from tests.helpers import ok, run
 from tests import golden_pairs
 from tests.golden_pipeline import as_records
@@ -50,36 +58,36 @@ def scored(tmp_path_factory, tiny_model):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAVIR_DEVICE", "cpu")
         torch.set_num_threads(1)
-        from scoring.pairs_data import write_planted_pairs
+        from scoring.ingest.demo import write_planted_pairs
 
         planted, n = write_planted_pairs(str(src), tmp / "sw.jsonl", fraction=0.25, seed=0)
         assert n == 10
         ok(*c, "ingest", str(planted), "--name", "sw")
         # lr high enough that one tiny epoch learns something: via the library (the CLI keeps the defaults)
-        request = pair_request(cache, "sw", str(tiny_model), pass_config=PAIR_PASS_CONFIG.__class__(
+        request = score_request(cache, "sw", str(tiny_model), pass_config=PassConfig(
             max_length=64, chunk_size=16, dtype="fp32", embed=False, alone=False),
             dpo=DPOTrainConfig(precision="fp32", learning_rate=2e-3, epochs=2), val_fraction=0.25)  # fmt: skip
-        jobs.enqueue(cache, request)
-        job = jobs.run(cache, request["id"])
-        assert job["state"] == "done", job.get("error")
+        runner.enqueue(cache, request)
+        job = runner.run(cache, request.id)
+        assert job.state == "done", job.error
     return cache
 
 
 def test_the_job_runs_every_pass_and_records_its_models(scored):
-    (job,) = [j for j in jobs.list_jobs(scored, "sw") if j["kind"] == "pair_score"]
-    assert job["passes"] == ["ref", "theta", "val"]
-    assert len({job["ref_pass"], job["theta_pass"], job["val_pass"]}) == 3
-    assert job["theta_model"]["fingerprint"] != job["val_model"]["fingerprint"]
-    assert job["n_val_pairs"] == 10  # 25 % of the 40 unflagged pairs
+    (job,) = [j for j in list_jobs(scored, "sw") if j.kind == "pair_score"]
+    assert job.passes == ["ref", "theta", "val"]
+    assert len({job.ref_pass, job.theta_pass, job.val_pass}) == 3
+    assert job.theta_model["fingerprint"] != job.val_model["fingerprint"]
+    assert job.n_val_pairs == 10  # 25 % of the 40 unflagged pairs
     for role in ("ref", "theta", "val"):
-        manifest = results.pass_manifest(scored, job[f"{role}_pass"])
+        manifest = pass_manifest(scored, job.pass_key(role))
         assert manifest["complete"] and manifest["kind"] == "pair" and manifest["dtype"] == "float32"
 
 
 def test_scores_follow_their_formulas(scored):
-    table, job = results.score_table(scored, "sw")
+    table, job = score_table(scored, "sw")
     assert list(table.columns) == ["idx", "id", "flag", *PAIR_SCORES]
-    losses = __import__("scoring.pair_results", fromlist=["x"]).pair_loss_table(scored, "sw", job)
+    losses = loss_table(scored, "sw", job)
     b = 0.1
     rw, rl = losses["ref_chosen_logp"], losses["ref_rejected_logp"]
     tw, tl = losses["theta_chosen_logp"], losses["theta_rejected_logp"]
@@ -96,8 +104,8 @@ def test_scores_follow_their_formulas(scored):
 
 
 def test_irm_ranks_planted_swaps_low_and_status_reports_it(scored):
-    table, _ = results.score_table(scored, "sw")
-    report = results.auroc_report(scored, "sw", table)
+    table, _ = score_table(scored, "sw")
+    report = auroc_report(scored, "sw", table)
     assert set(report["irm"]) == {"swapped_pair", "any"}  # no empty columns for the demo's SFT defect kinds
     assert report["irm"]["swapped_pair"] > 0.9, report["irm"]
     out = ok("--cache", str(scored.root), "status", "sw")
@@ -119,9 +127,9 @@ def test_scores_file_has_one_row_per_pair(scored, tmp_path):
 def test_lossdiff_irm_band_selection_and_export(scored, tmp_path):
     c = ("--cache", str(scored.root))
     out = ok(*c, "select", "sw", "--rule", "lossdiff-irm", "--budget", "100%", "--save", "band")
-    table, _ = results.score_table(scored, "sw")
+    table, _ = score_table(scored, "sw")
     want = select_lossdiff_irm(table, DEFAULT_BAND)
-    from scoring.selections import load_selection
+    from scoring.selection.saved import load_selection
 
     record, saved = load_selection(scored, "sw", "band")
     assert saved.kept_ids == want.kept_ids and dict(saved.dropped) == dict(want.dropped)
@@ -207,21 +215,22 @@ def test_encode_side_scores_only_the_final_reply(tiny_model):
 def test_pair_pass_resumes_and_gives_identical_numbers(cache, tiny_model, tmp_path):
     src = tmp_path / "p.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_pairs(20)))
-    data.ingest(str(src), cache, name="p", progress=False)
-    examples = data.load_examples(cache, "p", columns=["idx", "id", "flag", "messages", "response", "rejected"])
+    catalog.ingest(str(src), cache, name="p", progress=False)
+    examples = catalog.load_examples(cache, "p", columns=["idx", "id", "flag", "messages", "response", "rejected"])
     ref = resolve(str(tiny_model), cache)
     tok = load_tokenizer(ref)
-    from scoring.models import load_model
+    from scoring.models.loading import load_model
 
     model = load_model(ref)
-    config = PAIR_PASS_CONFIG.__class__(max_length=64, chunk_size=6, dtype="fp32", embed=False, alone=False)
+    config = PassConfig(max_length=64, chunk_size=6, dtype="fp32", embed=False, alone=False)
     calls = []
-    stopped = run_pair_pass(cache, "k1", model, tok, examples, config, should_stop=lambda: calls.append(1) or len(calls) > 2)
+    stopped = run_pass(cache, "k1", PAIRS, model, tok, examples, config,
+                       should_stop=lambda: calls.append(1) or len(calls) > 2)
     assert not stopped and len(list(cache.parts_dir("k1").glob("part-*.parquet"))) == 2
-    assert run_pair_pass(cache, "k1", model, tok, examples, config)
-    assert run_pair_pass(cache, "k2", model, tok, examples, config)
-    a = results.read_pass(cache, "k1", ["idx", "chosen_logp", "rejected_logp", "n_chosen_tokens"])
-    b = results.read_pass(cache, "k2", ["idx", "chosen_logp", "rejected_logp", "n_chosen_tokens"])
+    assert run_pass(cache, "k1", PAIRS, model, tok, examples, config)
+    assert run_pass(cache, "k2", PAIRS, model, tok, examples, config)
+    a = read_pass(cache, "k1", ["idx", "chosen_logp", "rejected_logp", "n_chosen_tokens"])
+    b = read_pass(cache, "k2", ["idx", "chosen_logp", "rejected_logp", "n_chosen_tokens"])
     assert len(a) == 20 and a.equals(b)
 
 
@@ -242,15 +251,15 @@ def test_user_given_validation_file(cache, tiny_model, tmp_path):
     src, val = tmp_path / "t.jsonl", tmp_path / "v.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_pairs(12)))
     val.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_pairs(16)[12:]))
-    data.ingest(str(src), cache, name="t", progress=False)
-    request = pair_request(cache, "t", str(tiny_model), pass_config=PAIR_PASS_CONFIG.__class__(
+    catalog.ingest(str(src), cache, name="t", progress=False)
+    request = score_request(cache, "t", str(tiny_model), pass_config=PassConfig(
         max_length=64, dtype="fp32", embed=False, alone=False), dpo=DPOTrainConfig(precision="fp32"), val=str(val))
-    assert request["val"]["dataset"] == "t-val" and data.dataset_meta(cache, "t-val")["n_rows"] == 4
-    jobs.enqueue(cache, request)
-    job = jobs.run(cache, request["id"])
-    assert job["state"] == "done" and job["n_val_pairs"] == 4, job.get("error")
-    only_ref = pair_request(cache, "t", str(tiny_model), scores=["margin_base"])
-    assert only_ref["passes"] == ["ref"] and only_ref["dpo"] is None and only_ref["val"] is None
+    assert request.val["dataset"] == "t-val" and catalog.dataset_meta(cache, "t-val")["n_rows"] == 4
+    runner.enqueue(cache, request)
+    job = runner.run(cache, request.id)
+    assert job.state == "done" and job.n_val_pairs == 4, job.error
+    only_ref = score_request(cache, "t", str(tiny_model), scores=["margin_base"])
+    assert only_ref.passes == ["ref"] and only_ref.dpo is None and only_ref.val is None
 
 
 def test_score_command_on_a_pair_dataset(cache, tiny_model, tmp_path):
@@ -261,18 +270,18 @@ def test_score_command_on_a_pair_dataset(cache, tiny_model, tmp_path):
     ok(*c, "ingest", str(src), "--name", "c")
     out = ok(*c, "score", "c", "--model", str(tiny_model), "--max-length", "64", "--val-fraction", "0.25", "--wait")
     assert "done" in out
-    (job,) = [j for j in jobs.list_jobs(cache, "c") if j["kind"] == "pair_score"]
-    assert job["dpo"]["beta"] == 0.1 and job["dpo"]["learning_rate"] == 5e-6 and job["val"]["fraction"] == 0.25
+    (job,) = [j for j in list_jobs(cache, "c") if j.kind == "pair_score"]
+    assert job.dpo["beta"] == 0.1 and job.dpo["learning_rate"] == 5e-6 and job.val["fraction"] == 0.25
     assert "already done" in ok(*c, "score", "c", "--model", str(tiny_model), "--max-length", "64",
                                 "--val-fraction", "0.25")  # fmt: skip
-    table, _ = results.score_table(cache, "c")
+    table, _ = score_table(cache, "c")
     assert table["lossdiff"].notna().all() and len(table) == 16
 
 
 def test_pair_example_gives_texts_and_per_token_losses(scored):
-    from scoring.pair_results import pair_example
+    from scoring.queries.tokens import pair_example
 
-    table, job = results.score_table(scored, "sw")
+    table, job = score_table(scored, "sw")
     ex = pair_example(scored, "sw", 3)
     assert ex["id"] == "q03" and ex["prompt"] == "What is 3 + 3?" and set(ex["tokens"]) == {"ref", "theta", "val"}
     ref = ex["tokens"]["ref"]

@@ -20,13 +20,21 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from scoring import cli, data, jobs, results
-from scoring.finetune import TrainConfig
-from scoring.losses import PassConfig, chunk_ranges, part_path
-from scoring.store import Cache, read_json
+from scoring import cli
+from scoring.ingest import catalog
+from scoring.jobs import runner
+from scoring.jobs.requests import score_request
+from scoring.jobs.worker import live_workers, runnable, worker
+from scoring.passes.engine import PassConfig
+from scoring.passes.runner import chunk_ranges
+from scoring.scores.tables import score_table
+from scoring.store.cache import Cache, read_json
+from scoring.store.jobs import job_path, list_jobs, load_job, read_job
+from scoring.store.parts import part_path
+from scoring.train.sft import TrainConfig
 from tests.tiny import build_model
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 N = 200
 CHUNK = 4
 N_CHUNKS = len(chunk_ranges(N, CHUNK))
@@ -70,7 +78,7 @@ def dataset_file(tmp_path_factory) -> Path:
 
 
 def ingest(cache: Cache, path: Path, name: str = "alp") -> str:
-    data.ingest(str(path), cache, name=name, progress=False)
+    catalog.ingest(str(path), cache, name=name, progress=False)
     return name
 
 
@@ -142,8 +150,8 @@ def base_parts_when(cache: Cache, job_id: str, at_least: int):
     """A predicate: (key, parts) once the job's base pass has ``at_least`` parts on disk."""
 
     def check():
-        job = read_json(jobs.job_path(cache, job_id)) or {}
-        key = job.get("base_pass")
+        job = read_job(cache, job_id)
+        key = job and job.base_pass
         if not key:
             return None
         found = parts(cache, key)
@@ -186,12 +194,12 @@ def check_parts(cache: Cache, key: str, n: int = N, chunk: int = CHUNK) -> None:
 def test_kill_9_mid_pass_then_resume_gives_identical_scores(tmp_path, big_model, dataset_file, workers):
     killed = Cache(tmp_path / "killed")
     name = ingest(killed, dataset_file)
-    request = jobs.score_request(killed, name, model=str(big_model), pass_config=PASS, train=TRAIN)
-    job, queued = jobs.enqueue(killed, request)
-    assert queued and job["state"] == "queued"
+    request = score_request(killed, name, model=str(big_model), pass_config=PASS, train=TRAIN)
+    job, queued = runner.enqueue(killed, request)
+    assert queued and job.state == "queued"
 
     proc = workers.start(killed)
-    key, _ = wait_for(base_parts_when(killed, request["id"], 3), proc, "3 parts of the base pass")
+    key, _ = wait_for(base_parts_when(killed, request.id, 3), proc, "3 parts of the base pass")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -200,11 +208,11 @@ def test_kill_9_mid_pass_then_resume_gives_identical_scores(tmp_path, big_model,
     assert 3 <= len(done_before) < N_CHUNKS, "the kill must land mid-pass"
 
     # What a kill -9 leaves: a job still marked running by a dead owner, shown as interrupted.
-    record = read_json(jobs.job_path(killed, request["id"]))
-    assert record["state"] == "running" and record["owner_pid"] == proc.pid
-    (shown,) = [j for j in jobs.list_jobs(killed) if j["id"] == request["id"]]
-    assert shown["state"] == "interrupted"
-    assert [j["id"] for j in jobs.runnable(killed)] == [request["id"]]
+    record = read_job(killed, request.id)
+    assert record.state == "running" and record.owner_pid == proc.pid
+    (shown,) = [j for j in list_jobs(killed) if j.id == request.id]
+    assert shown.state == "interrupted"
+    assert [j.id for j in runnable(killed)] == [request.id]
     mtimes = {p.name: p.stat().st_mtime_ns for p in done_before}
 
     # Resume in a new worker while this process reads results as fast as it sensibly can: the reads see the
@@ -213,7 +221,7 @@ def test_kill_9_mid_pass_then_resume_gives_identical_scores(tmp_path, big_model,
     resumed = workers.start(killed)
     reads, partial_reads, counts = 0, 0, []
     while resumed.poll() is None:
-        table, _ = results.score_table(killed, name)
+        table, _ = score_table(killed, name)
         reads += 1
         assert table["id"].tolist() == ids  # every id, once, whatever has been scored
         scored = table["loss_base"].notna()
@@ -228,28 +236,28 @@ def test_kill_9_mid_pass_then_resume_gives_identical_scores(tmp_path, big_model,
     workers.wait(resumed)
     assert partial_reads >= 1, f"no read caught the pass midway ({reads} reads: {counts})"
     assert counts == sorted(counts)  # results only ever grow
-    job = jobs.load_job(killed, request["id"])
-    assert job["state"] == "done", job.get("error")
-    assert job["base_pass"] == key
+    job = load_job(killed, request.id)
+    assert job.state == "done", job.error
+    assert job.base_pass == key
     # Parts written before the kill were kept, not recomputed.
     assert {p.name: p.stat().st_mtime_ns for p in done_before} == mtimes
     check_parts(killed, key)
-    check_parts(killed, job["ref_pass"])
-    assert not (killed.jobs_dir() / f"{request['id']}.lock").exists()
-    assert jobs.live_workers(killed) == []
+    check_parts(killed, job.ref_pass)
+    assert not (killed.jobs_dir() / f"{request.id}.lock").exists()
+    assert live_workers(killed) == []
 
     # The same request, never interrupted, in a second cache (in this process, with the same thread count).
     clean = Cache(tmp_path / "clean")
     ingest(clean, dataset_file)
-    again = jobs.score_request(clean, name, model=str(big_model), pass_config=PASS, train=TRAIN)
-    assert again["id"] == request["id"]  # content-keyed: the cache folder plays no part
-    jobs.enqueue(clean, again)
-    reference = jobs.run(clean, again["id"])
-    assert reference["state"] == "done", reference.get("error")
-    assert (reference["base_pass"], reference["ref_pass"]) == (job["base_pass"], job["ref_pass"])
+    again = score_request(clean, name, model=str(big_model), pass_config=PASS, train=TRAIN)
+    assert again.id == request.id  # content-keyed: the cache folder plays no part
+    runner.enqueue(clean, again)
+    reference = runner.run(clean, again.id)
+    assert reference.state == "done", reference.error
+    assert (reference.base_pass, reference.ref_pass) == (job.base_pass, job.ref_pass)
 
-    got, _ = results.score_table(killed, name)
-    want, _ = results.score_table(clean, name)
+    got, _ = score_table(killed, name)
+    want, _ = score_table(clean, name)
     assert got["id"].tolist() == want["id"].tolist() == ids  # none missing, no duplicates, same order
     assert got["id"].is_unique
     assert list(got.columns) == list(want.columns)
@@ -270,9 +278,9 @@ def test_identical_score_after_completion_returns_at_once(tmp_path, tiny_model, 
     assert cli.main(["--cache", str(cache.root), "ingest", str(path), "--name", "five"]) == 0
     assert cli.main(["--cache", str(cache.root), *args, "--wait"]) == 0
     assert ": done" in capsys.readouterr().out
-    (job,) = [j for j in jobs.list_jobs(cache, "five") if j["kind"] == "score"]
-    watched = [*parts(cache, job["base_pass"]), cache.pass_dir(job["base_pass"]) / "manifest.json",
-               jobs.job_path(cache, job["id"])]  # fmt: skip
+    (job,) = [j for j in list_jobs(cache, "five") if j.kind == "score"]
+    watched = [*parts(cache, job.base_pass), cache.pass_dir(job.base_pass) / "manifest.json",
+               job_path(cache, job.id)]  # fmt: skip
     before = {p: p.stat().st_mtime_ns for p in watched}
 
     started = time.monotonic()
@@ -282,10 +290,10 @@ def test_identical_score_after_completion_returns_at_once(tmp_path, tiny_model, 
     )  # fmt: skip
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
-    assert f"job {job['id']} already done" in proc.stdout
+    assert f"job {job.id} already done" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in watched} == before  # nothing was rewritten
     assert elapsed < 30  # loose: interpreter start-up only, no model work
-    assert jobs.live_workers(cache) == []  # and no worker was started for it
+    assert live_workers(cache) == []  # and no worker was started for it
 
 
 # ---------------------------------------------------------------- 3. score without --wait
@@ -324,22 +332,22 @@ def test_score_without_wait_starts_a_worker_that_finishes_and_exits(tmp_path, ti
 
         deadline = time.monotonic() + 90
         while True:
-            score_jobs = [j for j in jobs.list_jobs(cache, "five") if j["kind"] == "score"]
+            score_jobs = [j for j in list_jobs(cache, "five") if j.kind == "score"]
             assert len(score_jobs) == 1
-            if score_jobs[0]["state"] == "done":
+            if score_jobs[0].state == "done":
                 break
-            assert score_jobs[0]["state"] in ("queued", "running"), score_jobs[0]
+            assert score_jobs[0].state in ("queued", "running"), score_jobs[0]
             assert time.monotonic() < deadline, f"job not done in 90 s: {score_jobs[0]}"
             time.sleep(0.2)
-        table, _ = results.score_table(cache, "five")
+        table, _ = score_table(cache, "five")
         assert table["loss_base"].notna().all()
         # The worker then runs the layout job it queued, idles for DAVIR_WORKER_IDLE_EXIT s and exits by itself.
         assert _reap(pid, 60), "the background worker did not exit after going idle"
-        assert all(j["state"] == "done" for j in jobs.list_jobs(cache)), jobs.list_jobs(cache)
-        assert jobs.live_workers(cache) == []
+        assert all(j.state == "done" for j in list_jobs(cache)), list_jobs(cache)
+        assert live_workers(cache) == []
         assert list((cache.root / "workers").glob("*.json")) == []
     finally:
-        for pid in pids + jobs.live_workers(cache):
+        for pid in pids + live_workers(cache):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -374,55 +382,55 @@ def test_two_quick_score_calls_start_one_worker(tmp_path, tiny_model, monkeypatc
 
 def test_cancel_a_queued_job_then_queue_it_again(tmp_path, tiny_model):
     cache = five_rows(tmp_path)
-    request = jobs.score_request(cache, "five", model=str(tiny_model), scores=BASE_ONLY, pass_config=PASS)
-    jobs.enqueue(cache, request)
+    request = score_request(cache, "five", model=str(tiny_model), scores=BASE_ONLY, pass_config=PASS)
+    runner.enqueue(cache, request)
 
-    job = jobs.cancel(cache, request["id"][:8])  # a unique prefix is enough
-    assert job["state"] == "cancelled"
-    assert jobs.load_job(cache, request["id"])["state"] == "cancelled"
-    assert not (cache.jobs_dir() / f"{request['id']}.lock").exists()
-    assert jobs.runnable(cache) == []
-    assert jobs.cancel(cache, request["id"])["state"] == "cancelled"  # idempotent
+    job = runner.cancel(cache, request.id[:8])  # a unique prefix is enough
+    assert job.state == "cancelled"
+    assert load_job(cache, request.id).state == "cancelled"
+    assert not (cache.jobs_dir() / f"{request.id}.lock").exists()
+    assert runnable(cache) == []
+    assert runner.cancel(cache, request.id).state == "cancelled"  # idempotent
 
-    job, queued = jobs.enqueue(cache, request)
-    assert queued and job["state"] == "queued"
-    assert jobs.load_job(cache, request["id"])["state"] == "queued"
-    assert not (cache.jobs_dir() / f"{request['id']}.cancel").exists()  # the old cancel does not stop it
-    assert jobs.run(cache, request["id"])["state"] == "done"
-    assert jobs.cancel(cache, request["id"])["state"] == "done"  # a finished job stays done
+    job, queued = runner.enqueue(cache, request)
+    assert queued and job.state == "queued"
+    assert load_job(cache, request.id).state == "queued"
+    assert not (cache.jobs_dir() / f"{request.id}.cancel").exists()  # the old cancel does not stop it
+    assert runner.run(cache, request.id).state == "done"
+    assert runner.cancel(cache, request.id).state == "done"  # a finished job stays done
 
 
 def test_cancel_a_running_job_keeps_its_parts_and_resumes(tmp_path, big_model, dataset_file, workers):
     cache = Cache(tmp_path / "cache")
     name = ingest(cache, dataset_file)
-    request = jobs.score_request(cache, name, model=str(big_model), scores=BASE_ONLY, pass_config=PASS)
-    jobs.enqueue(cache, request)
+    request = score_request(cache, name, model=str(big_model), scores=BASE_ONLY, pass_config=PASS)
+    runner.enqueue(cache, request)
     proc = workers.start(cache)
-    key, _ = wait_for(base_parts_when(cache, request["id"], 2), proc, "2 parts of the base pass")
+    key, _ = wait_for(base_parts_when(cache, request.id, 2), proc, "2 parts of the base pass")
 
-    job = jobs.cancel(cache, request["id"])
-    assert job["state"] == "running"  # the worker owns it: it stops after the chunk in flight
+    job = runner.cancel(cache, request.id)
+    assert job.state == "running"  # the worker owns it: it stops after the chunk in flight
     workers.wait(proc)  # --once: nothing left to run after the cancel
-    job = jobs.load_job(cache, request["id"])
-    assert job["state"] == "cancelled", (job, workers.log(proc))
+    job = load_job(cache, request.id)
+    assert job.state == "cancelled", (job, workers.log(proc))
     kept = parts(cache, key)
     assert 2 <= len(kept) < N_CHUNKS, "the cancel must land mid-pass"
     assert not complete(cache, key)
     assert [p for p in cache.parts_dir(key).iterdir() if p.name.startswith(".claim-")] == []
-    assert not (cache.jobs_dir() / f"{request['id']}.lock").exists()
-    assert jobs.runnable(cache) == []
+    assert not (cache.jobs_dir() / f"{request.id}.lock").exists()
+    assert runnable(cache) == []
     mtimes = {p: p.stat().st_mtime_ns for p in kept}
-    table, _ = results.score_table(cache, name)  # what was scored before the cancel is readable
+    table, _ = score_table(cache, name)  # what was scored before the cancel is readable
     assert table["loss_base"].notna().sum() == sum(len(pq.read_table(p, columns=["idx"])) for p in kept)
 
-    job, queued = jobs.enqueue(cache, request)
-    assert queued and job["state"] == "queued"
-    assert not (cache.jobs_dir() / f"{request['id']}.cancel").exists()
-    job = jobs.run(cache, request["id"])
-    assert job["state"] == "done", job.get("error")
+    job, queued = runner.enqueue(cache, request)
+    assert queued and job.state == "queued"
+    assert not (cache.jobs_dir() / f"{request.id}.cancel").exists()
+    job = runner.run(cache, request.id)
+    assert job.state == "done", job.error
     assert {p: p.stat().st_mtime_ns for p in kept} == mtimes  # resumed, not redone
     check_parts(cache, key)
-    table, _ = results.score_table(cache, name)
+    table, _ = score_table(cache, name)
     assert table["loss_base"].notna().all() and table["ifd"].notna().all()
 
 
@@ -439,18 +447,18 @@ def test_requeued_job_keeps_showing_the_parts_it_already_has(tmp_path, tiny_mode
     cache = five_rows(tmp_path)
     reference = tmp_path / "reference-model"
     shutil.copytree(tiny_model, reference)
-    request = jobs.score_request(cache, "five", model=str(tiny_model), reference=str(reference),
-                                 scores=["loss_base", "davir"], pass_config=PASS)  # fmt: skip
-    jobs.enqueue(cache, request)
+    request = score_request(cache, "five", model=str(tiny_model), reference=str(reference),
+                            scores=["loss_base", "davir"], pass_config=PASS)  # fmt: skip
+    runner.enqueue(cache, request)
     shutil.rmtree(reference)  # the base pass completes, then the reference cannot be found
-    job = jobs.run(cache, request["id"])
-    assert job["state"] == "failed" and job["base_pass"] and complete(cache, job["base_pass"])
-    table, _ = results.score_table(cache, "five")
+    job = runner.run(cache, request.id)
+    assert job.state == "failed" and job.base_pass and complete(cache, job.base_pass)
+    table, _ = score_table(cache, "five")
     assert table["loss_base"].notna().all() and table["davir"].isna().all()
 
-    job, queued = jobs.enqueue(cache, request)  # asked again: queued anew
+    job, queued = runner.enqueue(cache, request)  # asked again: queued anew
     assert queued
-    table, _ = results.score_table(cache, "five")  # raises UserError "no scores yet" today
+    table, _ = score_table(cache, "five")  # raises UserError "no scores yet" today
     assert table["loss_base"].notna().all()
 
 
@@ -461,22 +469,22 @@ def test_a_changed_key_is_a_new_run_and_the_same_request_the_same_job(tmp_path, 
     cache = five_rows(tmp_path)
 
     def request(**config):
-        return jobs.score_request(cache, "five", model=str(tiny_model), scores=BASE_ONLY,
-                                  pass_config=PassConfig(dtype="fp32", embed=False, **config))  # fmt: skip
+        return score_request(cache, "five", model=str(tiny_model), scores=BASE_ONLY,
+                             pass_config=PassConfig(dtype="fp32", embed=False, **config))  # fmt: skip
 
     a, same, b = request(max_length=128), request(max_length=128), request(max_length=256)
-    assert a["id"] == same["id"]
-    assert a["id"] != b["id"]
+    assert a.id == same.id
+    assert a.id != b.id
     for r in (a, b):
-        jobs.enqueue(cache, r)
-        assert jobs.run(cache, r["id"])["state"] == "done"
-    job_a, job_b = jobs.load_job(cache, a["id"]), jobs.load_job(cache, b["id"])
-    assert job_a["base_pass"] != job_b["base_pass"]
-    assert parts(cache, job_a["base_pass"]) and parts(cache, job_b["base_pass"])
+        runner.enqueue(cache, r)
+        assert runner.run(cache, r.id).state == "done"
+    job_a, job_b = load_job(cache, a.id), load_job(cache, b.id)
+    assert job_a.base_pass != job_b.base_pass
+    assert parts(cache, job_a.base_pass) and parts(cache, job_b.base_pass)
 
-    job, queued = jobs.enqueue(cache, same)  # done: found, not queued again
-    assert not queued and job["id"] == a["id"] and job["state"] == "done"
-    assert len([j for j in jobs.list_jobs(cache) if j["kind"] == "score"]) == 2
+    job, queued = runner.enqueue(cache, same)  # done: found, not queued again
+    assert not queued and job.id == a.id and job.state == "done"
+    assert len([j for j in list_jobs(cache) if j.kind == "score"]) == 2
 
 
 # ---------------------------------------------------------------- 8. a failing job
@@ -486,23 +494,23 @@ def test_a_failing_job_records_its_error_and_the_worker_goes_on(tmp_path, tiny_m
     cache = five_rows(tmp_path)
     doomed_model = tmp_path / "doomed-model"
     shutil.copytree(tiny_model, doomed_model)
-    doomed = jobs.score_request(cache, "five", model=str(doomed_model), scores=BASE_ONLY, pass_config=PASS)
-    fine = jobs.score_request(cache, "five", model=str(tiny_model), scores=BASE_ONLY, pass_config=PASS)
-    jobs.enqueue(cache, doomed)
-    jobs.enqueue(cache, fine)
+    doomed = score_request(cache, "five", model=str(doomed_model), scores=BASE_ONLY, pass_config=PASS)
+    fine = score_request(cache, "five", model=str(tiny_model), scores=BASE_ONLY, pass_config=PASS)
+    runner.enqueue(cache, doomed)
+    runner.enqueue(cache, fine)
     shutil.rmtree(doomed_model)  # gone between enqueue and run
 
-    jobs.worker(cache, once=True)
-    failed, done = jobs.load_job(cache, doomed["id"]), jobs.load_job(cache, fine["id"])
-    assert failed["state"] == "failed"
-    assert str(doomed_model) in failed["error"]
-    assert failed["finished"]
-    assert done["state"] == "done", done.get("error")
-    assert jobs.runnable(cache) == []
+    worker(cache, once=True)
+    failed, done = load_job(cache, doomed.id), load_job(cache, fine.id)
+    assert failed.state == "failed"
+    assert str(doomed_model) in failed.error
+    assert failed.finished
+    assert done.state == "done", done.error
+    assert runnable(cache) == []
     out = capsys.readouterr().out
-    assert f"job {doomed['id']} failed" in out and f"job {fine['id']} done" in out
+    assert f"job {doomed.id} failed" in out and f"job {fine.id} done" in out
     # status shows the error; enqueueing the same request again queues it anew.
     assert cli.main(["--cache", str(cache.root), "status"]) == 0
     assert "error: " in capsys.readouterr().out
-    again, queued = jobs.enqueue(cache, doomed)
-    assert queued and again["state"] == "queued" and again["error"] is None
+    again, queued = runner.enqueue(cache, doomed)
+    assert queued and again.state == "queued" and again.error is None

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from scoring.formatting import PLAIN_TEMPLATE, encode, template_fingerprint, template_text
-from scoring.models import ModelRef, load_tokenizer
+from scoring.models.formatting import PLAIN_TEMPLATE, encode, template_fingerprint, template_text
+from scoring.models.loading import ModelRef, load_tokenizer
 
 SINGLE = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."}]
 MULTI = [

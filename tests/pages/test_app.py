@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from scoring import jobs
-from scoring.store import Cache, atomic_write_json
+from scoring.jobs.runner import cancel
+from scoring.jobs.worker import live_workers
+from scoring.store.cache import Cache, atomic_write_json
+from scoring.store.jobs import list_jobs
 from tests import synthetic
 from tests.helpers import ok, open_app
 
@@ -220,10 +222,10 @@ def test_jobs_page_lists_the_job_and_queues_one(app, cache_root, tiny_model):
     at.run()
     assert not at.exception
     assert any("queued" in s.value for s in at.success), [e.value for e in at.error]
-    queued = [j for j in jobs.list_jobs(Cache(cache_root)) if j["state"] in ("queued", "running")]
+    queued = [j for j in list_jobs(Cache(cache_root)) if j.state in ("queued", "running")]
     for job in queued:  # leave nothing running behind the test
-        jobs.cancel(Cache(cache_root), job["id"])
-    for pid in jobs.live_workers(Cache(cache_root)):
+        cancel(Cache(cache_root), job.id)
+    for pid in live_workers(Cache(cache_root)):
         os.kill(pid, 15)
 
 

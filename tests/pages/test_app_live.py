@@ -14,13 +14,16 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from scoring import data, jobs
-from scoring.demo_data import write_demo
-from scoring.finetune import TrainConfig
-from scoring.losses import PassConfig
-from scoring.store import Cache
+from scoring.ingest.catalog import ingest
+from scoring.ingest.demo import write_demo
+from scoring.jobs.requests import map_request, score_request
+from scoring.jobs.runner import enqueue, run
+from scoring.passes.engine import PassConfig
+from scoring.store.cache import Cache
+from scoring.store.jobs import load_job
+from scoring.train.sft import TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 PAGES = ["overview", "inspect", "map", "select", "export", "jobs"]
 
 pytestmark = pytest.mark.slow
@@ -54,15 +57,15 @@ def test_pages_work_while_the_demo_is_scored_and_after(tmp_path, tiny_model, mon
     monkeypatch.setenv("DAVIR_DEVICE", "cpu")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     path = write_demo(tmp_path / "demo.jsonl", n_clean=90)
-    data.ingest(str(path), cache, name="demo", progress=False)
-    request = jobs.score_request(cache, "demo", str(tiny_model), pass_config=PassConfig(chunk_size=4, dtype="fp32"),
-                                 train=TrainConfig(precision="fp32", batch_size=16, micro_batch_size=16, epochs=0.25))
-    job, _ = jobs.enqueue(cache, request)
+    ingest(str(path), cache, name="demo", progress=False)
+    request = score_request(cache, "demo", str(tiny_model), pass_config=PassConfig(chunk_size=4, dtype="fp32"),
+                            train=TrainConfig(precision="fp32", batch_size=16, micro_batch_size=16, epochs=0.25))
+    job, _ = enqueue(cache, request)
     log = open(tmp_path / "worker.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "scoring", "--cache", str(cache.root), "worker", "--once"],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        parts = lambda: list(cache.parts_dir(jobs.load_job(cache, job["id"]).get("base_pass") or "x").glob("part-*"))  # noqa: E731
+        parts = lambda: list(cache.parts_dir(load_job(cache, job.id).base_pass or "x").glob("part-*"))  # noqa: E731
         _wait(lambda: len(parts()) >= 2, "the first parts of the base pass")
         os.kill(worker.pid, signal.SIGSTOP)
         try:
@@ -75,9 +78,9 @@ def test_pages_work_while_the_demo_is_scored_and_after(tmp_path, tiny_model, mon
         finally:
             os.kill(worker.pid, signal.SIGCONT)
         assert worker.wait(600) == 0, (tmp_path / "worker.log").read_text()[-3000:]
-        _wait(lambda: jobs.load_job(cache, job["id"])["state"] == "done", "the job to finish", 60)
-        jobs.run(cache, jobs.layout_request(cache, jobs.load_job(cache, job["id"]))["id"]) if jobs.enqueue(
-            cache, jobs.layout_request(cache, jobs.load_job(cache, job["id"])))[0]["state"] != "done" else None
+        _wait(lambda: load_job(cache, job.id).state == "done", "the job to finish", 60)
+        run(cache, map_request(load_job(cache, job.id)).id) if enqueue(
+            cache, map_request(load_job(cache, job.id)))[0].state != "done" else None
         after = _render_all(cache)
         assert int(after[0].metric[1].value.replace(",", "")) == total
         assert after[2].get("plotly_chart"), "the map is drawn once the layout exists"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from scoring import views
-from scoring.selections import load_selection
-from scoring.store import Cache
+from scoring.scores import views
+from scoring.selection.saved import load_selection
+from scoring.store.cache import Cache
 from tests import synthetic
 from tests.helpers import ok, open_app
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests import synthetic
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PAGES = [("", "Overview"), ("inspect", "Inspect"), ("map", "Map"), ("select", "Select"), ("export", "Export"),
          ("jobs", "Jobs"), ("pairs", "Pairs")]  # fmt: skip

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from scoring import schema
-from scoring.formatting import encode
-from scoring.losses import (PassConfig, default_batch_tokens, done_ranges, fingerprint_fields, micro_batches, run_pass,
-                            score_encoded)
-from scoring.models import ModelRef, load_model, load_tokenizer
-from scoring.results import read_pass
+from scoring.models.formatting import encode
+from scoring.models.loading import ModelRef, load_model, load_tokenizer
+from scoring.passes.engine import PassConfig, default_batch_tokens, fingerprint_fields, micro_batches, score_encoded
+from scoring.passes.runner import INSTRUCTIONS, run_pass
+from scoring.store.parts import done_ranges, read_pass
 
 CONVS = [
     [{"role": "user", "content": f"What is {i} + {i * 7}?"}, {"role": "assistant", "content": f"{i} + {i * 7} = {i * 8}." * (1 + i % 4)}]
@@ -98,10 +98,11 @@ def test_a_stopped_pass_resumes_to_identical_numbers(tiny_model, cache):
         calls["n"] += 1
         return calls["n"] > 3
 
-    assert run_pass(cache, "interrupted", model, tokenizer, frame, config, should_stop=stop_after_three) is False
+    stopped = run_pass(cache, "interrupted", INSTRUCTIONS, model, tokenizer, frame, config, should_stop=stop_after_three)
+    assert stopped is False
     assert len(done_ranges(cache.parts_dir("interrupted"))) == 3
-    assert run_pass(cache, "interrupted", model, tokenizer, frame, config) is True
-    assert run_pass(cache, "straight", model, tokenizer, frame, config) is True
+    assert run_pass(cache, "interrupted", INSTRUCTIONS, model, tokenizer, frame, config) is True
+    assert run_pass(cache, "straight", INSTRUCTIONS, model, tokenizer, frame, config) is True
     a = read_pass(cache, "interrupted", ["idx", "id", "loss_sum", "alone_loss_sum", "token_losses"])
     b = read_pass(cache, "straight", ["idx", "id", "loss_sum", "alone_loss_sum", "token_losses"])
     assert a["idx"].tolist() == list(range(40))  # no duplicate, none missing
@@ -111,7 +112,8 @@ def test_a_stopped_pass_resumes_to_identical_numbers(tiny_model, cache):
 def test_scoring_order_is_shuffled_so_partial_results_are_a_sample(tiny_model, cache):
     model, tokenizer = load(tiny_model)
     frame = examples_frame(40)
-    run_pass(cache, "k", model, tokenizer, frame, PassConfig(chunk_size=10), should_stop=iter([False, True]).__next__)
+    run_pass(cache, "k", INSTRUCTIONS, model, tokenizer, frame, PassConfig(chunk_size=10),
+             should_stop=iter([False, True]).__next__)
     first = sorted(read_pass(cache, "k", ["idx"])["idx"])
     assert len(first) == 10 and first != list(range(10))
 
@@ -123,7 +125,7 @@ def test_a_half_written_part_left_by_a_dead_worker_is_cleaned_up(tiny_model, cac
     parts.mkdir(parents=True)
     stale = parts / ".part-000000000-000000006.parquet.deadbeef.tmp"  # what a kill -9 mid-write leaves
     stale.write_bytes(b"PAR1 half a file")
-    assert run_pass(cache, "k", model, tokenizer, frame, PassConfig(chunk_size=6, max_length=128)) is True
+    assert run_pass(cache, "k", INSTRUCTIONS, model, tokenizer, frame, PassConfig(chunk_size=6, max_length=128)) is True
     assert not stale.exists() and not list(parts.glob(".*.tmp"))
     assert read_pass(cache, "k", ["idx"])["idx"].tolist() == list(range(12))
 

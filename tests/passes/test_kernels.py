@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scoring import cpu_kernels as kernels
-from scoring import packing
-from scoring.formatting import encode
-from scoring.losses import PassConfig, trunk_and_head, fingerprint_fields, score_encoded, uses_kernels
-from scoring.models import ModelRef, load_model, load_tokenizer
-from tests.test_losses import CONVS
-from tests.test_packing import with_system
+from scoring.models.formatting import encode
+from scoring.models.loading import ModelRef, load_model, load_tokenizer
+from scoring.passes import attention, packing
+from scoring.passes import cpu_kernels as kernels
+from scoring.passes.engine import PassConfig, trunk_and_head, fingerprint_fields, score_encoded, uses_kernels
+from tests.passes.test_engine import CONVS
+from tests.passes.test_packing import with_system
 
 pytestmark = pytest.mark.usefixtures("cpu_one_thread")
 u16 = kernels.as_u16
@@ -132,7 +132,7 @@ def test_fused_trunk_is_the_models_forward(tiny_model, family, shared):
     prefix = packing.shared_prefix(seqs, [e.scored.index(True) for e in encoded]) if shared else 0
     assert (prefix > 0) == shared
     trunk, _ = trunk_and_head(model)
-    packing.install(model)
+    attention.install(model)
     with torch.inference_mode():
         fused, _ = packing.packed_hidden(trunk, seqs, prefix, "cpu", fused=True)
         eager, _ = packing.packed_hidden(trunk, seqs, prefix, "cpu", fused=False)
@@ -186,7 +186,7 @@ def test_the_kernel_benchmark_reports_every_kernel(capsys):
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels.py"
     spec = importlib.util.spec_from_file_location("kernels_benchmark", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scoring import packing
-from scoring.formatting import encode
-from scoring.losses import PassConfig, score_encoded, score_sequences, uses_packing
-from tests.test_losses import CONVS, hf_mean_loss, load
+from scoring.models.formatting import encode
+from scoring.passes import attention, packing
+from scoring.passes.engine import PassConfig, score_encoded, score_sequences, uses_packing
+from tests.passes.test_engine import CONVS, hf_mean_loss, load
 
 SYSTEM = {"role": "system", "content": "You are a careful assistant who checks every sum twice before answering."}
 
@@ -64,7 +64,7 @@ def test_models_packing_cannot_serve_fall_back_to_padding(tiny_model):
     assert uses_packing(model, PassConfig(), 64)
     assert not uses_packing(model, PassConfig(pack="off"), 64)
     model.config.sliding_window = 32  # a window shorter than the sequence changes attention: no packing
-    assert not packing.can_pack(model, 64) and packing.can_pack(model, 32)
+    assert not attention.can_pack(model, 64) and attention.can_pack(model, 32)
 
 
 def test_packed_batches_hold_real_tokens_within_the_budget():

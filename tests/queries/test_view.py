@@ -1,11 +1,17 @@
-"""scoring.views and scoring.queries against a synthetic scored cache, each checked against a plain recomputation."""
+"""scoring.scores.views and scoring.queries against a synthetic scored cache, each checked against a plain
+recomputation."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from scoring import queries, results, views
+from scoring.queries import view as queries
+from scoring.queries.jobs import log_tail, progress
+from scoring.queries.tokens import token_view
+from scoring.scores import view_reads, views
+from scoring.scores.tables import score_table
+from scoring.store.parts import read_pass
 from scoring.schema import decode_f16
 from tests import synthetic
 
@@ -25,11 +31,11 @@ def view(cache):
 
 @pytest.fixture(scope="module")
 def table(cache):
-    return results.score_table(cache, "synth")[0]
+    return score_table(cache, "synth")[0]
 
 
 def test_view_holds_exactly_the_score_table(view, table):
-    frame = views.frame(view, list(table.columns))
+    frame = view_reads.frame(view, list(table.columns))
     pd.testing.assert_frame_equal(frame.reset_index(drop=True), table.reset_index(drop=True), check_dtype=False)
     assert view.n_rows == N + 1 and view.n_scored == N + 1
     assert view.group_columns == ["cluster", "category"]
@@ -38,13 +44,13 @@ def test_view_holds_exactly_the_score_table(view, table):
 def test_view_is_reused_and_rebuilt_when_parts_change(cache, view):
     again = views.score_view(cache, "synth")
     assert again.key == view.key
-    parts = sorted(cache.parts_dir(view.job["ref_pass"]).glob("part-*.parquet"))
+    parts = sorted(cache.parts_dir(view.job.ref_pass).glob("part-*.parquet"))
     moved = parts[0].with_name(".hidden")
     parts[0].rename(moved)
     try:
         partial = views.score_view(cache, "synth")
         assert partial.key != view.key
-        assert np.isnan(views.column(partial, "davir")).sum() == 64  # one part of 64 rows not there yet
+        assert np.isnan(view_reads.column(partial, "davir")).sum() == 64  # one part of 64 rows not there yet
         assert views.score_view(cache, "synth", max_age_s=60).key == partial.key
     finally:
         moved.rename(parts[0])
@@ -116,18 +122,18 @@ def test_example_and_percentiles(cache, view, table):
 
 
 def test_token_view_is_base_minus_reference(cache, view):
-    tokens = queries.token_view(cache, view, 7)
-    base = results.read_pass(cache, view.job["base_pass"], ["idx", "token_losses"]).set_index("idx")
-    ref = results.read_pass(cache, view.job["ref_pass"], ["idx", "token_losses"]).set_index("idx")
+    tokens = token_view(cache, view, 7)
+    base = read_pass(cache, view.job.base_pass, ["idx", "token_losses"]).set_index("idx")
+    ref = read_pass(cache, view.job.ref_pass, ["idx", "token_losses"]).set_index("idx")
     want = decode_f16(base.loc[7, "token_losses"]).astype(np.float32) - decode_f16(ref.loc[7, "token_losses"]).astype(np.float32)
     np.testing.assert_allclose(tokens["reduction"].to_numpy(), want, rtol=1e-6)
-    assert len(tokens) == int(views.column(view, "n_response_tokens")[7])
+    assert len(tokens) == int(view_reads.column(view, "n_response_tokens")[7])
 
 
 def test_neighbours_match_brute_force(cache, view):
     near = queries.neighbours(cache, view, 11, k=5)
     vectors = np.stack([decode_f16(b).astype(np.float64) for b in
-                        results.read_pass(cache, view.job["base_pass"], ["idx", "embedding"])["embedding"]])
+                        read_pass(cache, view.job.base_pass, ["idx", "embedding"])["embedding"]])
     vectors -= vectors.mean(axis=0)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     sims = vectors @ vectors[11]
@@ -146,16 +152,16 @@ def test_kept_histograms_and_map_points(view):
 
 
 def test_progress_and_log_tail(cache):
-    assert not queries.progress(cache, "synth").active
+    assert not progress(cache, "synth").active
     (cache.logs_dir()).mkdir(parents=True, exist_ok=True)
     (cache.logs_dir() / "worker.log").write_text("a\nb\r\nstep 3\n")
-    assert queries.log_tail(cache, None, lines=2) == "step 3" or queries.log_tail(cache, None, lines=2).endswith("step 3")
+    assert log_tail(cache, None, lines=2) == "step 3" or log_tail(cache, None, lines=2).endswith("step 3")
 
 
 def test_group_values_clusters_and_columns(cache, view):
-    clusters = views.group_values(cache, view, "cluster")
+    clusters = view_reads.group_values(cache, view, "cluster")
     assert len(clusters) == N + 1 and len(clusters.categories) == views.N_CLUSTERS
-    cats = views.group_values(cache, view, "category")
+    cats = view_reads.group_values(cache, view, "category")
     assert set(cats.categories) == set(synthetic.CATEGORIES)
     with pytest.raises(Exception, match="no column 'nope'"):
-        views.group_values(cache, view, "nope")
+        view_reads.group_values(cache, view, "nope")

@@ -9,20 +9,16 @@ import pandas as pd
 import pytest
 
 from scoring.errors import UserError
-from scoring.select import (
-    DroppedReasons,
-    Rule,
-    SelectionResult,
+from scoring.selection.engine import select
+from scoring.selection.rules import DroppedReasons, Rule, SelectionResult, parse_budget, parse_rule
+from scoring.selection.saved import (
     delete_selection,
     list_selections,
     load_selection,
-    parse_budget,
-    parse_rule,
     reproduce_command,
     save_selection,
-    select,
 )
-from scoring.store import Cache
+from scoring.store.cache import Cache
 
 
 def table(n: int, flags=None, tokens=None, **scores) -> pd.DataFrame:
@@ -437,7 +433,7 @@ def test_dedup_matches_a_plain_loop_with_quotas_and_tokens():
 
 
 def test_select_table_gives_the_same_result_as_a_dataframe():
-    from scoring.select import SelectTable
+    from scoring.selection.engine import SelectTable
 
     rng = np.random.default_rng(5)
     n = 2000

@@ -5,9 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scoring.finetune import TrainConfig, _collate, _Examples, packed_sft_loss, reference_key, train_reference
-from scoring.formatting import template_fingerprint
-from scoring.models import ModelRef, load_model, load_tokenizer, resolve
+from scoring.models.formatting import template_fingerprint
+from scoring.models.loading import ModelRef, load_model, load_tokenizer, resolve
+from scoring.train.sft import Examples, collator, packed_sft_loss, reference_key, train_reference
+from scoring.train.sft_config import TrainConfig
 
 CONVS = [
     [{"role": "user", "content": f"What is {i} + {i}?"}, {"role": "assistant", "content": f"{i} + {i} = {2 * i}."}]
@@ -53,7 +54,7 @@ def test_the_same_inputs_reuse_the_checkpoint_and_new_ones_train_again(cache, ti
 
 def test_labels_cover_only_the_response(tiny_model):
     tokenizer = load_tokenizer(ModelRef("tiny", str(tiny_model), "x"))
-    item = _Examples(tokenizer, CONVS[:1], 64)[0]
+    item = Examples(tokenizer, CONVS[:1], 64)[0]
     scored = [t for t, label in zip(item["input_ids"], item["labels"]) if label != -100]
     assert tokenizer.decode(scored) == "0 + 0 = 0.<|im_end|>"
 
@@ -90,8 +91,8 @@ def test_a_cancelled_training_keeps_a_checkpoint_and_resumes(cache, tiny_model):
 
 
 def batch_of(tokenizer, convs):
-    items = _Examples(tokenizer, convs, 64)
-    return _collate(tokenizer.pad_token_id)([items[i] for i in range(len(items))])
+    items = Examples(tokenizer, convs, 64)
+    return collator(tokenizer.pad_token_id)([items[i] for i in range(len(items))])
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

@@ -1,0 +1,40 @@
+"""The knobs every DavIR training run shares, documented once: the base of the SFT reference's config
+(sft_config.TrainConfig) and the DPO warm-ups' (dpo_config.DPOTrainConfig).
+
+Both runs go through the same Trainer plumbing (scoring/train/trainer.py), which reads only these fields; a subclass
+sets its own defaults for the fields that have none here and adds what only its method needs (DPO's β). Every field
+except ``checkpoint_minutes`` is part of the checkpoint key (:meth:`BaseTrainConfig.key_fields`): a changed value
+trains a new checkpoint, so changing a subclass's default retrains every cached model and moves the golden outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class BaseTrainConfig:
+    """One training run's settings. The fields without a default here are the ones the two methods set differently
+    (a subclass must give them); keyword-only, so that a subclass may add fields and move defaults freely."""
+
+    method: str = "full"  # "full" fine-tuning, or "lora" (peft adapters on every linear layer, merged back after)
+    epochs: float = 1.0  # passes over the data; fractions train on part of it
+    learning_rate: float  # peak rate of full fine-tuning
+    lora_learning_rate: float  # peak rate when method == "lora" (adapters want a higher one)
+    batch_size: int = 8  # examples per optimizer step (micro_batch_size x gradient accumulation)
+    micro_batch_size: int  # examples per forward pass
+    scheduler: str  # transformers' lr_scheduler_type
+    warmup_ratio: float  # share of the optimizer steps spent warming the rate up
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # gradient clipping
+    precision: str = "auto"  # "auto" (bf16 where supported), "bf16", "fp32"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float
+    seed: int = 0  # the Trainer's seed and data seed
+    checkpoint_minutes: float = 10.0  # save a resumable Trainer checkpoint this often (and when cancelled)
+
+    def key_fields(self) -> dict:
+        """The fields a trained checkpoint depends on: all but how often we save, which changes no weight."""
+        fields = asdict(self)
+        fields.pop("checkpoint_minutes")
+        return fields

@@ -1,0 +1,52 @@
+"""The training configs' defaults and checkpoint keys are pinned: a changed default (or key field) would retrain
+every cached reference / DPO checkpoint and move the golden outputs, so it must be a deliberate change here."""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+import pytest
+
+from scoring.models.loading import ModelRef
+from scoring.train.config import BaseTrainConfig
+from scoring.train.dpo import dpo_key
+from scoring.train.dpo_config import DPOTrainConfig
+from scoring.train.sft import reference_key
+from scoring.train.sft_config import TrainConfig
+
+SFT_KEY_FIELDS = {
+    "method": "full", "epochs": 1.0, "learning_rate": 2e-05, "lora_learning_rate": 0.0002, "batch_size": 8,
+    "micro_batch_size": 8, "scheduler": "cosine", "warmup_ratio": 0.03, "weight_decay": 0.0, "max_grad_norm": 1.0,
+    "precision": "auto", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "seed": 0,
+}  # fmt: skip
+DPO_KEY_FIELDS = {
+    "beta": 0.1, "method": "full", "epochs": 1.0, "learning_rate": 5e-06, "lora_learning_rate": 5e-05,
+    "batch_size": 8, "micro_batch_size": 4, "scheduler": "linear", "warmup_ratio": 0.1, "weight_decay": 0.0,
+    "max_grad_norm": 1.0, "precision": "auto", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "seed": 0,
+}  # fmt: skip
+
+
+def test_the_default_key_fields_are_pinned():
+    assert TrainConfig().key_fields() == SFT_KEY_FIELDS
+    assert DPOTrainConfig().key_fields() == DPO_KEY_FIELDS
+    assert asdict(TrainConfig()) == {**SFT_KEY_FIELDS, "checkpoint_minutes": 10.0}  # what a job record stores
+    assert asdict(DPOTrainConfig()) == {**DPO_KEY_FIELDS, "checkpoint_minutes": 10.0}
+
+
+def test_the_checkpoint_keys_are_pinned():
+    base = ModelRef("m", "/x", "fp")
+    assert reference_key(base, "d", "t", 64, TrainConfig()) == "058e031a1109c8bf"
+    assert dpo_key(base, "p", "t", 64, DPOTrainConfig()) == "ed2756fa2e34645f"
+    assert dpo_key(base, "p", "t", 64, DPOTrainConfig(method="lora"), "ref-pass") == "b3960b58637034a5"
+
+
+def test_how_often_we_save_is_not_part_of_the_key():
+    cfg = TrainConfig()
+    assert replace(cfg, checkpoint_minutes=1.0).key_fields() == cfg.key_fields()
+    assert replace(cfg, seed=1).key_fields() != cfg.key_fields()
+
+
+def test_a_job_record_round_trips_and_the_base_needs_a_method():
+    assert TrainConfig(**asdict(TrainConfig(epochs=2))) == TrainConfig(epochs=2)
+    assert DPOTrainConfig(**asdict(DPOTrainConfig(beta=0.2))).beta == 0.2
+    with pytest.raises(TypeError):  # the method-specific defaults live in the subclasses only
+        BaseTrainConfig()

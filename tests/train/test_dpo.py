@@ -1,0 +1,47 @@
+"""The DPO warm-up really trains on the pre-tokenised pairs, its checkpoint is reused by key, and the pairs it
+cannot learn from are left out."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scoring.errors import UserError
+from scoring.models.formatting import template_fingerprint
+from scoring.models.loading import load_tokenizer, resolve
+from scoring.train.dpo import pair_token_rows, train_dpo
+from scoring.train.dpo_config import DPOTrainConfig
+
+PAIRS = [([{"role": "user", "content": f"What is {i} + {i}?"}], f"{i} + {i} = {2 * i}.", f"Maybe {2 * i + 3}.")
+         for i in range(8)]  # fmt: skip
+CFG = DPOTrainConfig(precision="fp32", learning_rate=1e-3, batch_size=4, micro_batch_size=4)
+
+
+def test_training_changes_the_weights_and_the_same_inputs_reuse_the_checkpoint(cache, tiny_model):
+    base = resolve(str(tiny_model), cache)
+    tok = load_tokenizer(base)
+    steps = []
+    trained = train_dpo(cache, base, tok, PAIRS, template_fingerprint(tok), 64, CFG,
+                        on_progress=lambda step, total: steps.append((step, total)))  # fmt: skip
+    before, after = load_file(str(tiny_model / "model.safetensors")), load_file(trained.path + "/model.safetensors")
+    assert before.keys() == after.keys()
+    assert [k for k in before if not torch.equal(before[k], after[k])], "no weight moved"
+    assert steps[-1] == (2, 2)  # 8 pairs, 4 per step
+    assert (Path(trained.path) / "davir_dpo.json").exists()
+    assert not list(cache.models_dir().glob(".dpo-*.partial"))  # the staging folder is cleaned up
+    mtime = (Path(trained.path) / "model.safetensors").stat().st_mtime_ns
+    again = train_dpo(cache, base, tok, PAIRS, template_fingerprint(tok), 64, CFG)
+    assert again.path == trained.path and (Path(again.path) / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_pairs_cut_to_an_empty_side_are_left_out(tiny_model, cache):
+    tok = load_tokenizer(resolve(str(tiny_model), cache))
+    too_long = [{"role": "user", "content": "Add these: " + " + ".join(map(str, range(100)))}]
+    pairs = [PAIRS[0], (too_long, "4950.", "Maybe 12.")]  # the prompt fills max_length: no reply is left
+    rows = pair_token_rows(tok, pairs, 64, ref_logps=[(-1.0, -2.0), (-3.0, -4.0)])
+    assert len(rows) == 1 and rows[0]["ref_chosen_logps"] == -1.0 and rows[0]["ref_rejected_logps"] == -2.0
+    assert rows[0]["chosen_ids"] != rows[0]["rejected_ids"] and rows[0]["prompt_ids"]
+    with pytest.raises(UserError):
+        train_dpo(cache, resolve(str(tiny_model), cache), tok, pairs[1:], template_fingerprint(tok), 64, CFG)
