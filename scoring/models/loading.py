@@ -103,7 +103,7 @@ def _convert_gguf(gguf: Path, target: Path, cache: Cache) -> None:
     plain.load_state_dict(loaded.state_dict())
     tmp = scratch_dir(cache)
     plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    save_tokenizer(tokenizer, tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(tmp, target)
@@ -196,6 +196,20 @@ def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# Tokenizer settings that say how it was loaded, not what it is; transformers writes them into tokenizer_config.json.
+LOAD_TIME_TOKENIZER_KWARGS = ("local_files_only",)
+
+
+def save_tokenizer(tokenizer, folder) -> None:
+    """``tokenizer.save_pretrained(folder)`` without the load-time settings transformers records (``local_files_only``
+    is True whenever the saving process runs in hub-offline mode, which it enters for good if HF_HUB_OFFLINE was set
+    when huggingface_hub was first imported). The tokenizer files are part of a model's fingerprint, so a saved
+    model must not depend on how the process that saved it was started: the same training gives the same key."""
+    for name in LOAD_TIME_TOKENIZER_KWARGS:
+        tokenizer.init_kwargs.pop(name, None)
+    tokenizer.save_pretrained(folder)
 
 
 def load_model(ref: ModelRef, device: str = "cpu", dtype=None, trust_remote_code: bool = False):

@@ -114,7 +114,7 @@ def score_table(cache: Cache, dataset: str, job_id: str | None = None) -> tuple[
     """(one row per example: idx, id, flag, then every score column of the job's kind; the job it came from)."""
     job = pick_job(cache, dataset, job_id)
     losses = loss_table(cache, dataset, job)
-    scores = compute(losses, job.scores, job_kind(job), job.passes)
+    scores = compute(losses, job.scores, job_kind(job), job.passes or None)  # (records before `passes`: by columns)
     return pd.concat([losses[["idx", "id", "flag"]], scores], axis=1), job
 
 

@@ -114,7 +114,7 @@ def _file_sig(path: Path) -> list:
         return []
 
 
-def view_key(cache: Cache, dataset: str, job: dict) -> str:
+def view_key(cache: Cache, dataset: str, job: Job) -> str:
     """The key of the view that the cache's current files would give (cheap: lists the part folders)."""
     meta = dataset_meta(cache, dataset)
     layout = cache.map_path(job.base_pass) if job.base_pass else None
@@ -317,7 +317,7 @@ def _ecdf(table: pd.DataFrame, names: list[str]) -> dict:
     return out
 
 
-def build_view(cache: Cache, dataset: str, job: dict, key: str) -> View:
+def build_view(cache: Cache, dataset: str, job: Job, key: str) -> View:
     """Compute and write the view (Parquet, then its JSON) for ``key``."""
     table, _ = score_table(cache, dataset, job.id)
     names = score_columns(table)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from scoring.models.loading import ModelRef, cpu_has_bf16, folder_fingerprint
+from scoring.models.loading import ModelRef, cpu_has_bf16, folder_fingerprint, save_tokenizer
 from scoring.store.cache import Cache, atomic_write_json
 from scoring.train.config import BaseTrainConfig
 
@@ -162,7 +162,7 @@ def save_final(trained, tokenizer, cfg: BaseTrainConfig, partial: Path, final: P
     staging = partial / "final"
     shutil.rmtree(staging, ignore_errors=True)
     trained.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    save_tokenizer(tokenizer, staging)
     atomic_write_json(staging / record_name, record)
     os.replace(staging, final)
     shutil.rmtree(partial, ignore_errors=True)
