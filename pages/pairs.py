@@ -3,7 +3,7 @@ percentile band (what it keeps and drops; save it as a selection), the AUROC of 
 has planted swap labels, and the pair view: prompt, chosen and rejected side by side, each reply's tokens coloured
 by log π_θ − log π_ref, every pair score with its percentile. ``?example=ID`` opens a pair directly.
 
-Every number comes from ``scoring.pair_queries`` (the same selection call as ``select --rule lossdiff-irm``).
+Every number comes from ``scoring.queries.pairs`` (the same selection call as ``select --rule lossdiff-irm``).
 """
 from __future__ import annotations
 

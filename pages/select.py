@@ -1,7 +1,7 @@
 """Select: build a rule (scores, each top / bottom / band; AND or OR; a budget; optional quotas and near-duplicate
 filter) and watch what it keeps as the controls move. Save it by name; list, compare and delete saved selections.
 
-The rule is a :class:`scoring.selections.SelectionSpec` run by :func:`scoring.selections.run_selection`, the same
+The rule is a :class:`scoring.selection.saved.SelectionSpec` run by :func:`scoring.selection.saved.run_selection`, the same
 call ``python -m scoring select`` makes, so the app and the CLI keep the same ids. The CLI line is shown.
 """
 from __future__ import annotations

@@ -103,7 +103,7 @@ def _detect(columns: set[str]) -> LayoutSpec | None:
 
 
 def _unknown_layout(columns: list[str], where: str) -> UserError:
-    return UserError(  # (preference pairs, with chosen + rejected columns, are read by scoring.pairs_data)
+    return UserError(  # (preference pairs, with chosen + rejected columns, are read by scoring.ingest.pairs)
         f"{where}: cannot tell which columns hold the prompt and the response. Columns found: "
         f"{', '.join(columns)}. Name them with --map, e.g. --map prompt=<column> --map response=<column> (add "
         "--map context=<column>, --map system=<column> or --map id=<column> as needed), or --map messages=<column> "
