@@ -5,6 +5,7 @@
 | ``DAVIR_CACHE``          | cache folder (DuckDB queries, Parquet parts, models, exports)  | ``./cache`` |
 | ``DAVIR_DEVICE``         | force the scoring device: ``cpu``, ``cuda``, ``cuda:1`` …       | auto      |
 | ``DAVIR_WORKER_IDLE_EXIT`` | seconds an auto-started worker waits for work before exiting | ``60``    |
+| ``HF_HUB_OFFLINE``       | (Hugging Face's own) no hub requests; ingest of a hub id fails at once | unset |
 
 ``--cache DIR`` on the command line wins over ``DAVIR_CACHE``.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 CACHE_VAR = "DAVIR_CACHE"
 DEVICE_VAR = "DAVIR_DEVICE"
 WORKER_IDLE_EXIT_VAR = "DAVIR_WORKER_IDLE_EXIT"
+HUB_OFFLINE_VAR = "HF_HUB_OFFLINE"
 
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -30,3 +32,9 @@ def device_override() -> str | None:
 
 def worker_idle_exit() -> float:
     return float(os.environ.get(WORKER_IDLE_EXIT_VAR, "60"))
+
+
+def hub_offline() -> bool:
+    """``$HF_HUB_OFFLINE`` as the hub libraries read it. Read here at call time: ``datasets`` reads it once, at
+    import, so a value set later (a test, a long-lived app process) would otherwise be missed."""
+    return os.environ.get(HUB_OFFLINE_VAR, "").upper() in ("1", "ON", "YES", "TRUE")

@@ -1,5 +1,6 @@
 """The shape of the engine, checked from its source: stages in data-flow order, no import cycles, no private names
-across modules, no streamlit, imports at the top, short files and functions.
+across modules, no streamlit, imports at the top, environment variables read in one module, short files and
+functions.
 
 The checker parses every module under ``scoring/`` with ``ast`` (nothing is imported), so it sees exactly what a
 reader sees. Each rule is also run on a small package written into a temporary folder with that one defect, so a
@@ -172,6 +173,18 @@ def _is_type_checking(module: Module, line: int) -> bool:
     return False
 
 
+def environment_reads(modules: dict[str, Module]) -> list[str]:
+    """``os.environ`` / ``os.getenv`` outside scoring.env, the one module that lists every variable read."""
+    out = []
+    for module in modules.values():
+        if module.name.endswith(".env"):
+            continue
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv"):
+                out.append(f"{module.name}:{node.lineno} reads os.{node.attr}")
+    return out
+
+
 def long_files(modules: dict[str, Module], limit: int = MAX_FILE_LINES) -> list[str]:
     return [f"{m.name}: {n} lines" for m in modules.values() if (n := len(m.path.read_text().splitlines())) > limit]
 
@@ -189,7 +202,8 @@ def long_functions(modules: dict[str, Module], limit: int = MAX_FUNCTION_LINES) 
 
 RULES = {
     "cycles": cycles, "against_the_flow": against_the_flow, "private_names": private_names,
-    "streamlit": streamlit_imports, "function_imports": function_imports, "long_files": long_files,
+    "streamlit": streamlit_imports, "function_imports": function_imports, "environment": environment_reads,
+    "long_files": long_files,
     "long_functions": long_functions,
 }  # fmt: skip
 
@@ -254,6 +268,12 @@ def test_an_import_in_a_function_is_caught_unless_allowed(tmp_path):
         "def f():\n    import torch\n    from scoring.store.cache import Cache\n    import json\n")})
     assert function_imports(pkg) == ["scoring.passes.a:3 imports scoring.store.cache inside a function",
                                      "scoring.passes.a:4 imports json inside a function"]
+
+
+def test_an_environment_read_outside_env_is_caught(tmp_path):
+    pkg = _package(tmp_path, {"env.py": "import os\nX = os.environ.get('X')\n",
+                              "jobs/__init__.py": "", "jobs/a.py": "import os\nY = os.environ['Y']\n"})
+    assert environment_reads(pkg) == ["scoring.jobs.a:2 reads os.environ"]
 
 
 def test_long_files_and_functions_are_caught(tmp_path):

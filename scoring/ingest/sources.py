@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from scoring.env import hub_offline
 from scoring.errors import UserError
 from scoring.schema import join_flags
 
@@ -287,7 +288,7 @@ def _load_hub(source: str):
     import datasets.config
 
     saved = datasets.config.HF_HUB_OFFLINE
-    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+    if hub_offline():
         datasets.config.HF_HUB_OFFLINE = True
     try:
         ds = datasets.load_dataset(source, split="train")
