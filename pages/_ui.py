@@ -16,10 +16,10 @@ import streamlit as st
 
 from scoring.env import cache_dir
 from scoring.errors import UserError
-from scoring.ingest.catalog import list_datasets
+from scoring.ingest.catalog import dataset_kind, list_datasets
 from scoring.queries.jobs import Progress
 from scoring.queries.jobs import progress as job_progress
-from scoring.scores.tables import dataset_kind, pick_job, score_runs
+from scoring.scores.tables import pick_job, score_runs
 from scoring.scores.views import View, score_view
 from scoring.store.cache import Cache
 from scoring.store.jobs import Job, list_jobs
@@ -125,10 +125,10 @@ def _context(cache: Cache, dataset: str | None) -> Ctx:
 
 
 def _jobs_indicator(cache: Cache) -> None:
-    active = [j for j in list_jobs(cache) if j.state in ("queued", "running", "interrupted")]
+    active = [j for j in list_jobs(cache) if j.unfinished]
 
     def body() -> None:
-        now_active = [j for j in list_jobs(cache) if j.state in ("queued", "running", "interrupted")]
+        now_active = [j for j in list_jobs(cache) if j.unfinished]
         if not now_active:
             st.caption("No job running.")
             if st.session_state.pop("_had_active", False):

@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages import _ui
 from scoring.errors import UserError
-from scoring.ingest.catalog import ingest, list_datasets
+from scoring.ingest.catalog import dataset_kind, ingest, list_datasets
 from scoring.jobs.requests import pass_config_for, score_request
 from scoring.jobs.runner import cancel, enqueue
 from scoring.jobs.worker import ensure_worker, live_workers
@@ -15,8 +15,7 @@ from scoring.models.loading import DEFAULT_MODEL
 from scoring.passes.engine import PassConfig
 from scoring.queries.jobs import log_tail
 from scoring.scores.registry import DEFAULT_SCORES, SCORES
-from scoring.scores.tables import dataset_kind
-from scoring.store.jobs import list_jobs
+from scoring.store.jobs import WAITING, list_jobs
 
 ctx = _ui.ctx()
 st.title("Jobs")
@@ -77,7 +76,7 @@ def queue() -> None:
     w1, w2 = st.columns([3, 1])
     w1.markdown(f"**Queue** — {len(all_jobs)} jobs, {len(workers)} worker(s) alive"
                 + (f" (pid {', '.join(map(str, workers))})" if workers else ""))  # fmt: skip
-    waiting = [j for j in all_jobs if j.state in ("queued", "interrupted")]
+    waiting = [j for j in all_jobs if j.state in WAITING]
     if not workers and w2.button("Start a worker", key="jobs_worker", disabled=not waiting):
         pid = ensure_worker(ctx.cache)
         st.success(f"Started worker {pid}.")
@@ -90,7 +89,7 @@ def queue() -> None:
             total, done = job.total or 0, job.done or 0
             head.markdown(f"`{job.id}` **{job.kind}** {job.dataset} — {job.state}"
                           + (f" · {job.model}" if job.model else ""))  # fmt: skip
-            if job.state in ("queued", "running", "interrupted"):
+            if job.unfinished:
                 if act.button("Cancel", key=f"cancel_{job.id}"):
                     cancel(ctx.cache, job.id)
                     st.rerun()
@@ -106,5 +105,5 @@ def queue() -> None:
                 st.code(log_tail(ctx.cache, job.id) or "(empty)", language=None)
 
 
-active = any(j.state in ("queued", "running", "interrupted") for j in list_jobs(ctx.cache))
+active = any(j.unfinished for j in list_jobs(ctx.cache))
 st.fragment(queue, run_every=_ui.REFRESH_S if active else None)()

@@ -20,13 +20,13 @@ import pandas as pd
 
 from scoring.env import cache_dir
 from scoring.export import ExportResult, export_selection
-from scoring.ingest.catalog import IngestResult
+from scoring.ingest.catalog import IngestResult, dataset_kind
 from scoring.ingest.catalog import ingest as ingest_source
 from scoring.ingest.layouts import parse_field_map
 from scoring.jobs.requests import pass_config_for, score_request
 from scoring.jobs.runner import enqueue, run
 from scoring.jobs.worker import ensure_worker
-from scoring.scores.tables import dataset_kind, score_table
+from scoring.scores.tables import score_table
 from scoring.selection.rules import SelectionResult
 from scoring.selection.saved import SelectionSpec, load_selection, run_selection, save_spec
 from scoring.store.cache import Cache

@@ -13,7 +13,7 @@ from typing import Callable
 from scoring import api
 from scoring.env import cache_dir
 from scoring.errors import UserError
-from scoring.ingest.catalog import dataset_meta, ingest, list_datasets
+from scoring.ingest.catalog import dataset_kind, dataset_meta, ingest, kind_of, list_datasets
 from scoring.ingest.demo import write_demo, write_planted_pairs
 from scoring.ingest.sources import resolve_source
 from scoring.jobs.requests import map_request, pass_config_for, score_request
@@ -21,7 +21,7 @@ from scoring.jobs.runner import cancel, enqueue, run
 from scoring.jobs.worker import ensure_worker, live_workers, worker
 from scoring.scores.registry import FIRST_SCORE, parse_scores
 from scoring.scores.reports import auroc_report, flag_counts, format_auroc_table, rank_agreement
-from scoring.scores.tables import dataset_kind, pick_job, score_table
+from scoring.scores.tables import pick_job, score_table
 from scoring.selection.pairs import PAIR_RULE, lossdiff_irm_spec, parse_band
 from scoring.selection.saved import save_spec
 from scoring.store.cache import Cache
@@ -196,7 +196,7 @@ def _dataset_status(cache: Cache, name: str) -> None:
     except UserError:
         _print_counts("flags", meta.get("flag_counts") or {})
         return
-    first = FIRST_SCORE[dataset_kind(cache, name)]
+    first = FIRST_SCORE[kind_of(meta)]
     scored = int(table[first].notna().sum()) if first in table else 0
     print(f"  scores from job {job.id} ({job.state}): {scored} of {len(table)} rows scored")
     _print_counts("flags", flag_counts(table))
@@ -303,9 +303,9 @@ def _select_pairs(cache: Cache, args) -> int:
     """``select NAME --rule lossdiff-irm [--band LO-HI] --budget B --save SEL`` on a preference-pair dataset."""
     if [str(r).strip().lower() for r in args.rule or []] != [PAIR_RULE]:
         raise UserError("--score is required (or use --rule lossdiff-irm on a preference-pair dataset)")
-    if dataset_kind(cache, args.name) != "pair":
-        raise UserError(f"--rule lossdiff-irm needs a preference-pair dataset; {args.name!r} holds "
-                        f"{dataset_meta(cache, args.name).get('kind', 'sft')} examples")
+    kind = dataset_kind(cache, args.name)
+    if kind != "pair":
+        raise UserError(f"--rule lossdiff-irm needs a preference-pair dataset; {args.name!r} holds {kind} examples")
     lo, hi = parse_band(args.band)
     spec = lossdiff_irm_spec(args.name, (lo, hi), args.budget, args.include_flagged, args.job)
     _, result = save_spec(cache, spec, args.save)

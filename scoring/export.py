@@ -22,7 +22,6 @@ import math
 import os
 import shlex
 import shutil
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +36,7 @@ import pyarrow.parquet as pq
 from scoring.errors import UserError
 from scoring.selection.rules import SelectionResult, kept_sha256
 from scoring.selection.saved import load_selection, reproduce_command
-from scoring.store.cache import Cache, atomic_write_json, read_json
+from scoring.store.cache import Cache, atomic_write_json, read_json, tmp_path
 
 FORMATS = ("jsonl", "parquet", "csv", "hf")
 EXTENSIONS = {"jsonl": ".jsonl", "parquet": ".parquet", "csv": ".csv", "hf": ""}
@@ -186,10 +185,6 @@ def _write_hf(tmp: Path, rows: list[dict], columns: list[str]) -> None:
 WRITERS = {"jsonl": _write_jsonl, "parquet": _write_parquet, "csv": _write_csv, "hf": _write_hf}
 
 
-def _tmp_name(path: Path, suffix: str = "tmp") -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{suffix}")
-
-
 def _resolve_out(cache: Cache, dataset: str, selection: str, fmt: str, out: str | Path | None) -> Path:
     default_name = f"{dataset}-{selection}{EXTENSIONS[fmt]}"
     if out is None or str(out) == "":
@@ -283,12 +278,12 @@ def _write_export(fmt: str, path: Path, manifest_path: Path, rows: list[dict], c
     """Write the rows under a temporary name and rename it into place, then the manifest; an hf folder holds its
     manifest and replaces an earlier export folder whole."""
     suffix = "tmp" if fmt != "hf" else "tmpdir"
-    tmp = _tmp_name(path, suffix)
+    tmp = tmp_path(path, suffix)
     try:
         WRITERS[fmt](tmp, rows, columns)
         if fmt == "hf":
             atomic_write_json(tmp / "manifest.json", manifest)
-            old = _tmp_name(path, "old") if path.exists() else None
+            old = tmp_path(path, "old") if path.exists() else None
             if old is not None:
                 os.replace(path, old)
             os.replace(tmp, path)

@@ -118,3 +118,13 @@ def join_flags(*flags: str) -> str:
             if reason and reason not in seen:
                 seen.append(reason)
     return ",".join(seen)
+
+
+def count_flags(flags) -> dict[str, int]:
+    """reason -> rows carrying it, over flag strings ("" or "a,b": a row flagged "a,b" counts in both)."""
+    counts: dict[str, int] = {}
+    for flag in flags:
+        for reason in (flag or "").split(","):
+            if reason:
+                counts[reason] = counts.get(reason, 0) + 1
+    return counts

@@ -139,6 +139,15 @@ def dataset_meta(cache: Cache, name: str) -> dict:
     return meta
 
 
+def kind_of(meta: dict) -> str:
+    """"sft" (instruction data) or "pair" (preference pairs), as ingest recorded it in the dataset's meta."""
+    return "pair" if meta.get("kind") == "pair" else "sft"
+
+
+def dataset_kind(cache: Cache, name: str) -> str:
+    return kind_of(dataset_meta(cache, name))
+
+
 def load_examples(cache: Cache, name: str, columns: list[str] | None = None) -> pd.DataFrame:
     """The examples table of a dataset (optionally only some columns), in idx order."""
     dataset_meta(cache, name)

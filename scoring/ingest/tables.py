@@ -19,7 +19,7 @@ from tqdm import tqdm
 from scoring.errors import UserError
 from scoring.ingest.sources import Raw
 from scoring.ingest.turns import dumps, is_null
-from scoring.schema import join_flags
+from scoring.schema import count_flags, join_flags
 
 ID_COLUMNS = ("id", "uid", "example_id", "idx")
 _ROW_BAR_MIN = 10_000  # show a per-row bar only when there is enough work to watch
@@ -95,15 +95,6 @@ def fingerprint_rows(ids: Iterable[str], contents: Iterable[str]) -> str:
         a, b = row_id.encode(), content.encode()
         h.update(b"%d:%s%d:%s\n" % (len(a), a, len(b), b))
     return h.hexdigest()
-
-
-def count_flags(flags: Iterable[str]) -> dict[str, int]:
-    """reason -> rows carrying it (a row flagged "a,b" counts in both)."""
-    counts: dict[str, int] = {}
-    for flag in flags:
-        for reason in flag.split(",") if flag else ():
-            counts[reason] = counts.get(reason, 0) + 1
-    return counts
 
 
 def build_table(raws: list[Raw], kind: Kind, id_column: str | None, columns: list[str], progress: bool) -> Built:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 
 from scoring.errors import UserError
-from scoring.ingest.catalog import dataset_meta, ingest, list_datasets
+from scoring.ingest.catalog import dataset_meta, ingest, kind_of, list_datasets
 from scoring.models.loading import DEFAULT_MODEL, resolve
 from scoring.passes.engine import PassConfig, default_batch_tokens, fingerprint_fields
 from scoring.passes.runner import ROW_KINDS
 from scoring.scores.registry import DEFAULTS, passes_needed
-from scoring.scores.tables import JOB_KIND, dataset_kind
+from scoring.scores.tables import JOB_KIND
 from scoring.store.cache import Cache
 from scoring.store.jobs import ROLES, Job
 from scoring.store.keys import key_of
@@ -68,7 +68,7 @@ def score_request(
     ``<dataset>-val``, else ``val_fraction`` of ``dataset`` is held out. ``scores``: the kind's defaults when None.
     """
     meta = dataset_meta(cache, dataset)
-    kind = dataset_kind(cache, dataset)
+    kind = kind_of(meta)
     scores = list(scores or DEFAULTS[kind])
     passes = sorted(passes_needed(scores, kind), key=ROLES.index)
     config = pass_config or PASS_DEFAULTS[kind]
@@ -107,8 +107,8 @@ def _val_dataset(cache: Cache, dataset: str, val: str) -> dict:
     if val not in known:
         ingest(val, cache, name=name, replace=True, progress=False)
     meta = dataset_meta(cache, name)
-    if meta.get("kind") != "pair":
-        raise UserError(f"--val {val}: holds {meta.get('kind', 'sft')} examples, not preference pairs")
+    if kind_of(meta) != "pair":
+        raise UserError(f"--val {val}: holds {kind_of(meta)} examples, not preference pairs")
     return {"dataset": name, "fingerprint": meta["fingerprint"]}
 
 

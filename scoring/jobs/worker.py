@@ -17,7 +17,7 @@ from scoring.errors import UserError
 from scoring.jobs.runner import run
 from scoring.store.cache import Cache, atomic_write_json
 from scoring.store.claims import pid_alive
-from scoring.store.jobs import Job, list_jobs, now
+from scoring.store.jobs import WAITING, Job, list_jobs, now
 
 
 def _workers_dir(cache: Cache) -> Path:
@@ -56,7 +56,7 @@ def ensure_worker(cache: Cache) -> int | None:
 
 def runnable(cache: Cache) -> list[Job]:
     """Queued jobs, and running ones whose owner died (to resume), oldest first."""
-    return [j for j in list_jobs(cache) if j.state in ("queued", "interrupted")]
+    return [j for j in list_jobs(cache) if j.state in WAITING]
 
 
 def worker(cache: Cache, idle_exit: float = 0.0, poll: float = 1.0, once: bool = False) -> None:

@@ -28,7 +28,7 @@ from scoring import schema
 from scoring.models.formatting import Encoded, encode, encode_side
 from scoring.models.loading import ModelRef, dtype_name, load_model, model_card, pick_device, pick_dtype
 from scoring.passes.engine import PassConfig, fingerprint_fields, score_encoded
-from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet, read_json
+from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet, read_json, stale_tmp_paths
 from scoring.store.claims import try_claim
 from scoring.store.jobs import now
 from scoring.store.keys import key_of
@@ -148,7 +148,7 @@ def run_pass(cache: Cache, key: str, kind: RowKind, model, tokenizer, examples, 
                 path = part_path(parts, start, end)
                 if path.exists():  # finished by another worker since we looked
                     continue
-                for stale in parts.glob(f".{path.name}.*.tmp"):
+                for stale in stale_tmp_paths(path):
                     stale.unlink(missing_ok=True)  # half-written by a worker that died holding this claim
                 table, n_tokens = _score_chunk(kind, model, tokenizer, [records[r] for r in order[start:end]], config)
                 atomic_write_parquet(path, table)

@@ -22,7 +22,7 @@ class Progress:
 
 def progress(cache: Cache, dataset: str) -> Progress:
     """The dataset's active job (if any): stage and k of N (examples of the current pass, or training steps)."""
-    active = [j for j in list_jobs(cache, dataset) if j.state in ("queued", "running", "interrupted")]
+    active = [j for j in list_jobs(cache, dataset) if j.unfinished]
     if not active:
         return Progress(False, "", 0, 0, None, None)
     job = active[-1]

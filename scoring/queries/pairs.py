@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from scoring.ingest.catalog import dataset_kind
 from scoring.queries.tokens import cache_tokenizer, pair_example, pair_token_frame
 from scoring.queries.view import histograms, kept_mask, percentiles
-from scoring.scores.tables import dataset_kind
 from scoring.scores.view_reads import column, sample_order
 from scoring.scores.views import View
 from scoring.selection.pairs import BAND_SCORES, lossdiff_irm_spec

@@ -13,9 +13,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from scoring.ingest.catalog import dataset_meta, load_examples
+from scoring.ingest.catalog import dataset_meta, kind_of, load_examples
 from scoring.ingest.demo import DEFECT_KINDS
-from scoring.scores.tables import JOB_KIND, dataset_kind, score_columns, score_table
+from scoring.schema import count_flags
+from scoring.scores.tables import JOB_KIND, score_columns, score_table
 from scoring.store.cache import Cache
 from scoring.store.jobs import list_jobs
 
@@ -113,7 +114,7 @@ def rank_agreement(cache: Cache, dataset: str) -> list[dict]:
     read how well the proxy's ranking agrees.
     """
     meta = dataset_meta(cache, dataset)
-    kind = JOB_KIND[dataset_kind(cache, dataset)]
+    kind = JOB_KIND[kind_of(meta)]
     runs = [j for j in list_jobs(cache, dataset)
             if j.kind == kind and j.state == "done" and j.dataset_fingerprint == meta["fingerprint"]]  # fmt: skip
     out = []
@@ -133,8 +134,5 @@ def rank_agreement(cache: Cache, dataset: str) -> list[dict]:
 
 
 def flag_counts(table: pd.DataFrame) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for flag in table["flag"]:
-        for reason in filter(None, flag.split(",")):
-            counts[reason] = counts.get(reason, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    """Rows per flag reason, most common first (ties by name)."""
+    return dict(sorted(count_flags(table["flag"]).items(), key=lambda kv: (-kv[1], kv[0])))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 
 from scoring.errors import UserError
-from scoring.ingest.catalog import dataset_meta
+from scoring.ingest.catalog import dataset_meta, kind_of
 from scoring.schema import join_flags
 from scoring.scores.registry import FIRST_PASS, SCORES, compute
 from scoring.store.cache import Cache
@@ -43,11 +43,6 @@ _SQL_TYPES = {"n_prompt_tokens": "INT", "n_response_tokens": "INT", "n_chosen_to
               "n_rejected_tokens": "INT", "flag": "VARCHAR"}  # fmt: skip  (everything else: DOUBLE)
 
 
-def dataset_kind(cache: Cache, dataset: str) -> str:
-    """"sft" or "pair", as ingest recorded it."""
-    return "pair" if dataset_meta(cache, dataset).get("kind") == "pair" else "sft"
-
-
 def job_kind(job: Job) -> str:
     return "pair" if job.is_pair else "sft"
 
@@ -70,7 +65,7 @@ def score_runs(cache: Cache, dataset: str) -> list[Job]:
     """The dataset's score jobs (of its kind, on its current content) that have made their first pass, oldest
     first: the runs a score table can come from."""
     meta = dataset_meta(cache, dataset)
-    kind = dataset_kind(cache, dataset)
+    kind = kind_of(meta)
     return [j for j in list_jobs(cache, dataset) if j.kind == JOB_KIND[kind] and j.pass_key(FIRST_PASS[kind])
             and j.dataset_fingerprint == meta["fingerprint"]]  # fmt: skip
 

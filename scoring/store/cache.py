@@ -32,11 +32,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def tmp_path(path: Path) -> Path:
+def tmp_path(path: Path, suffix: str = "tmp") -> Path:
     """A hidden, unique temporary name beside ``path``: the rename is atomic and a glob on *.parquet never
     matches it."""
-    # Hidden, unique, same folder: the rename is atomic and a glob on *.parquet never matches it.
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{suffix}")
+
+
+def stale_tmp_paths(path: Path) -> list[Path]:
+    """Temporary files :func:`tmp_path` made for ``path`` and never renamed (their writer died mid-write)."""
+    return list(path.parent.glob(f".{path.name}.*.tmp"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -19,6 +19,8 @@ from scoring.store.claims import pid_alive
 
 ACTIVE = ("queued", "running")  # a job in one of these states is waited for, never queued again
 FINISHED = ("done", "failed", "cancelled")
+WAITING = ("queued", "interrupted")  # as list_jobs shows them: what a worker picks up (interrupted: its owner died)
+UNFINISHED = ("queued", "running", "interrupted")  # waiting or running, as list_jobs shows them
 KINDS = ("score", "pair_score", "layout")
 ROLES = ("base", "ref", "theta", "val")  # the model passes a job can fill, in the order they run
 
@@ -123,6 +125,11 @@ class Job:
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
+
+    @property
+    def unfinished(self) -> bool:
+        """Waiting or running, as :func:`list_jobs` shows it (a dead owner's job is "interrupted")."""
+        return self.state in UNFINISHED
 
 
 def job_path(cache: Cache, job_id: str) -> Path:

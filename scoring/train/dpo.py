@@ -25,9 +25,19 @@ from scoring.errors import UserError
 from scoring.models.formatting import encode_side
 from scoring.models.loading import ModelRef
 from scoring.store.cache import Cache
+from scoring.store.keys import key_of
 from scoring.train.dpo_config import DPOTrainConfig
-from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, checkpoint_key, load_base
-from scoring.train.trainer import lora_config, optimizer_steps, progress_hooks, train_and_save, trainer_arguments
+from scoring.train.trainer import (
+    Checkpoint,
+    OnProgress,
+    ShouldStop,
+    load_base,
+    lora_config,
+    optimizer_steps,
+    progress_hooks,
+    train_and_save,
+    trainer_arguments,
+)
 
 Pair = tuple[list[dict], str, str]  # (prompt turns, chosen reply, rejected reply)
 
@@ -61,7 +71,7 @@ def pairs_fingerprint(pairs: list[Pair]) -> str:
 
 def dpo_key(base: ModelRef, pairs_fp: str, template_fp: str, max_length: int, cfg: DPOTrainConfig,
             ref_source: str = "trl") -> str:  # fmt: skip
-    return checkpoint_key(
+    return key_of(
         {"base": base.fingerprint, "pairs": pairs_fp, "template": template_fp, "max_length": max_length,
          "train": cfg.key_fields(), "trainer": "trl-dpo-sigmoid", "ref_logps": ref_source},
     )  # fmt: skip

@@ -18,13 +18,23 @@ from scoring.models.loading import ModelRef
 from scoring.passes.attention import install
 from scoring.passes.engine import PassConfig, packed_batch, uses_packing
 from scoring.store.cache import Cache
+from scoring.store.keys import key_of
 from scoring.train.sft_config import TrainConfig
-from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, checkpoint_key, load_base
-from scoring.train.trainer import lora_config, optimizer_steps, progress_hooks, train_and_save, trainer_arguments
+from scoring.train.trainer import (
+    Checkpoint,
+    OnProgress,
+    ShouldStop,
+    load_base,
+    lora_config,
+    optimizer_steps,
+    progress_hooks,
+    train_and_save,
+    trainer_arguments,
+)
 
 
 def reference_key(base: ModelRef, dataset_fingerprint: str, template_fp: str, max_length: int, cfg: TrainConfig) -> str:
-    return checkpoint_key({
+    return key_of({
         "base": base.fingerprint,
         "dataset": dataset_fingerprint,
         "template": template_fp,

@@ -1,5 +1,5 @@
 """The Trainer plumbing the SFT reference (sft.py) and the DPO warm-ups (dpo.py) share, one small piece each: the
-checkpoint's place and key, reuse of a finished checkpoint, the base model in fp32, bf16 or not, LoRA, the step
+checkpoint's place, reuse of a finished checkpoint, the base model in fp32, bf16 or not, LoRA, the step
 arithmetic and the TrainingArguments both methods set alike, the progress / timed-checkpoint / stop callback, resume
 from the last ``.partial/checkpoint-*``, and the final save (LoRA merged back, model + tokenizer + a record, renamed
 into place atomically).
@@ -14,8 +14,6 @@ that exists under the final name.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -29,11 +27,6 @@ from scoring.train.config import BaseTrainConfig
 
 OnProgress = Callable[[int, int], None]  # (optimizer steps done, total)
 ShouldStop = Callable[[], bool]
-
-
-def checkpoint_key(inputs: dict) -> str:
-    """A short fingerprint of everything a checkpoint depends on (a JSON-able dict)."""
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import pytest
 from scoring.errors import UserError
 from scoring.schema import decode_f16
 from scoring.scores.registry import ALWAYS
-from scoring.scores.tables import dataset_kind, loss_table, pick_job, score_columns, score_runs, score_table
+from scoring.ingest.catalog import dataset_kind
+from scoring.scores.tables import loss_table, pick_job, score_columns, score_runs, score_table
 from scoring.store.cache import atomic_write_json
 from scoring.store.parts import read_pass
 from tests import synthetic
