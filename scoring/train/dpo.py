@@ -27,17 +27,8 @@ from scoring.models.loading import ModelRef
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
 from scoring.train.dpo_config import DPOTrainConfig
-from scoring.train.trainer import (
-    Checkpoint,
-    OnProgress,
-    ShouldStop,
-    load_base,
-    lora_config,
-    optimizer_steps,
-    progress_hooks,
-    train_and_save,
-    trainer_arguments,
-)
+from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_base, lora_config
+from scoring.train.trainer import optimizer_steps, progress_hooks, train_and_save, trainer_arguments
 
 Pair = tuple[list[dict], str, str]  # (prompt turns, chosen reply, rejected reply)
 

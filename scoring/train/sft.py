@@ -20,17 +20,8 @@ from scoring.passes.engine import PassConfig, packed_batch, uses_packing
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
 from scoring.train.sft_config import TrainConfig
-from scoring.train.trainer import (
-    Checkpoint,
-    OnProgress,
-    ShouldStop,
-    load_base,
-    lora_config,
-    optimizer_steps,
-    progress_hooks,
-    train_and_save,
-    trainer_arguments,
-)
+from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_base, lora_config
+from scoring.train.trainer import optimizer_steps, progress_hooks, train_and_save, trainer_arguments
 
 
 def reference_key(base: ModelRef, dataset_fingerprint: str, template_fp: str, max_length: int, cfg: TrainConfig) -> str:
