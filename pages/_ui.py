@@ -233,6 +233,22 @@ def facet_lines(df: pd.DataFrame, columns: int = 4) -> dict:
     }
 
 
+def facet_points(x: str, y: str, columns: int = 4, width: int = 190) -> dict:
+    """Scatter panels of ``y`` against ``x`` over a long frame (one row per point and score: id, score, x, y), one
+    panel per score with its own x scale and a shared y."""
+    return {
+        "facet": {"field": "score", "type": "nominal", "title": None},
+        "columns": columns,
+        "spec": {
+            "width": width, "height": 150, "mark": {"type": "point", "filled": True, "opacity": 0.6, "size": 18},
+            "encoding": {"x": {"field": x, "type": "quantitative", "title": None, "scale": {"zero": False}},
+                         "y": {"field": y, "type": "quantitative", "title": y, "scale": {"zero": False}},
+                         "tooltip": [{"field": "id"}, {"field": x, "format": ".4g"}, {"field": y, "format": ".4g"}]},
+        },
+        "resolve": {"scale": {"x": "independent"}},
+    }
+
+
 def heatmap(matrix: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     long = matrix.reset_index(names="a").melt(id_vars="a", var_name="b", value_name="spearman")
     spec = {

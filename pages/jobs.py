@@ -1,13 +1,17 @@
-"""Jobs: start a scoring job (ingest a file, folder or hub id first when given one), see the queue with progress,
+"""Jobs: start a scoring job (ingest a file, folder or hub id first when given one; for preference pairs, the DPO
+objective of the warm-ups and what θ_val trains from), see the queue with progress,
 ETA and log tail, cancel, and start a worker when none is running. The page refreshes itself while jobs run.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import streamlit as st
 
 from pages import _ui
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_kind, ingest, list_datasets
+from scoring.jobs.pairs import VAL_STARTS
 from scoring.jobs.requests import pass_config_for, score_request
 from scoring.jobs.runner import cancel, enqueue
 from scoring.jobs.worker import ensure_worker, live_workers
@@ -16,6 +20,7 @@ from scoring.passes.engine import PassConfig
 from scoring.queries.jobs import log_tail
 from scoring.scores.registry import DEFAULT_SCORES, SCORES
 from scoring.store.jobs import WAITING, list_jobs
+from scoring.train.dpo_config import OBJECTIVES, DPOTrainConfig
 
 ctx = _ui.ctx()
 st.title("Jobs")
@@ -41,6 +46,13 @@ with st.form("job_form"):
                             help="For a preference-pair dataset only the pair scores count (none: the pair "
                                  "defaults), and the reference is π_ref after a DPO warm-up, not this setting")  # fmt: skip
     max_length = c8.number_input("Max length (tokens)", 16, 32768, PassConfig().max_length, key="job_max_length")
+    c9, c10 = st.columns(2)
+    objective = c9.selectbox("Pairs: DPO objective of the warm-ups", OBJECTIVES, key="job_objective",
+                             help="dpo: TRL's sigmoid DPO; davir-dpo: each side's implicit reward divided by "
+                                  "|log π_ref| (the DavIR paper)")  # fmt: skip
+    val_start = c10.selectbox("Pairs: θ_val is trained from", VAL_STARTS, key="job_val_start",
+                              help="theta: θ after one DPO epoch on the validation pairs (the paper's LossDiff); "
+                                   "ref: π_ref instead (for comparison)")  # fmt: skip
     submitted = st.form_submit_button("Queue job", type="primary")
 if submitted:
     try:
@@ -60,7 +72,8 @@ if submitted:
         # A pair dataset takes the pair scores chosen (the pair defaults when none is), with default DPO warm-ups.
         wanted = [s for s in chosen if kind in SCORES[s].kinds] or None
         request = score_request(ctx.cache, dataset, model.strip() or None, wanted,
-                                pass_config_for(kind, int(max_length)), reference=reference)  # fmt: skip
+                                pass_config_for(kind, int(max_length)), reference=reference,
+                                dpo=replace(DPOTrainConfig(), objective=objective), val_start=val_start)  # fmt: skip
         job, queued = enqueue(ctx.cache, request)
         pid = ensure_worker(ctx.cache) if job.state != "done" else None
         st.success(f"Job {job.id} for {dataset}: " + ("queued" if queued else f"already {job.state}")

@@ -1,9 +1,14 @@
-"""Pairs: a preference-pair dataset's margin distributions, the LossDiff vs IRM scatter with its adjustable
-percentile band (what it keeps and drops; save it as a selection), the AUROC of each pair score when the dataset
-has planted swap labels, and the pair view: prompt, chosen and rejected side by side, each reply's tokens coloured
-by log π_θ − log π_ref, every pair score with its percentile. ``?example=ID`` opens a pair directly.
+"""Pairs: a preference-pair dataset's margin distributions, the AUROC of each pair score when the dataset has
+planted swap labels, the DPO warm-ups (reward accuracy and margin before and after each, the job's step timings),
+the LossDiff vs IRM scatter with its adjustable percentile band (what it keeps and drops; save it as a selection),
+the influence check (how well each score tracks the pairs' influence IF: Spearman, overlap with TIF, the auto band;
+start a new check on the background worker), and the pair view: prompt, chosen and rejected side by side, each
+reply's tokens coloured by log π_θ − log π_ref, every pair score with its percentile. ``?example=ID`` opens a pair
+directly.
 
-Every number comes from ``scoring.queries.pairs`` (the same selection call as ``select --rule lossdiff-irm``).
+Every number comes from ``scoring.queries.pairs`` (the same selection call as ``select --rule lossdiff-irm``) and
+``scoring.queries.influence`` (the warm-up report and the ``influence`` job's report, as ``status`` and
+``influence`` print them).
 """
 from __future__ import annotations
 
@@ -11,6 +16,18 @@ import streamlit as st
 
 from pages import _ui
 from scoring.errors import UserError
+from scoring.queries.influence import (
+    DEFAULT_SAMPLE,
+    agreement_frame,
+    auto_band_command,
+    check_facts,
+    influence_check,
+    influence_points,
+    pending_influence,
+    start_influence,
+    timings_frame,
+    warmup_frame,
+)
 from scoring.queries.pairs import (
     SCATTER_POINTS,
     band_command,
@@ -51,6 +68,28 @@ if table is not None:
     st.markdown("**AUROC of each pair score against the planted swaps** (1: the score ranks every swapped pair "
                 "below every clean one; 0.5: chance; below 0.5: it ranks them high)")  # fmt: skip
     st.dataframe(table.style.format("{:.2f}", na_rep="–"), key="pairs_auroc")
+
+# ---------------------------------------------------------------- the DPO warm-ups
+st.subheader("Warm-ups")
+warmups = warmup_frame(view.job)
+if len(warmups):
+    st.caption("π_θ is π_ref after one DPO epoch on the training pairs; θ_val is trained on the validation pairs "
+               "(from the model in *trained from*). **Reward accuracy**: the share of pairs whose DPO reward margin "
+               "β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))] is positive; before π_θ it is 0 by "
+               "definition, since π_θ starts as π_ref (every margin is 0). **Mean margin**: that margin's mean. "
+               "**Preference accuracy**: the share of pairs where the model gives the chosen reply the higher "
+               "log-probability. On the validation pairs, which π_θ never saw, a rise means it learnt the "
+               "preference rather than the pairs.")  # fmt: skip
+    fmt = {c: st.column_config.NumberColumn(format="%.4f" if "margin" in c else "%.3f")
+           for c in warmups.columns if c.endswith(("before", "after"))}  # fmt: skip
+    st.dataframe(warmups, hide_index=True, key="pairs_warmups", column_config=fmt)
+else:
+    st.caption("This score run has no warm-up report (it trained nothing, or predates the report).")
+timings = timings_frame(view.job)
+if len(timings):
+    st.markdown(f"**Step timings** ({timings['seconds'].sum():,.0f} s in all; a reused pass or model costs ~0)")
+    st.dataframe(timings, hide_index=True, key="pairs_timings",
+                 column_config={"seconds": st.column_config.NumberColumn(format="%.1f")})  # fmt: skip
 
 # ---------------------------------------------------------------- LossDiff vs IRM band
 st.subheader("LossDiff-IRM band")
@@ -114,6 +153,64 @@ with r2:
             st.success(f"Saved {name.strip()}: {summary.n_kept:,} pairs kept. Export it on the **Export** page.")
         except UserError as error:
             st.error(str(error))
+
+# ---------------------------------------------------------------- the influence check
+st.subheader("Influence check")
+st.caption("How well the cheap scores track what they stand for. On a seeded sample of selectable pairs, the "
+           "influence job computes each pair's first-order influence IF(d) = ∇ℓ(θ; d)·∇L_val(θ) at π_θ (how much "
+           "one more step on the pair would lower the loss on the validation pairs). **TIF**, the paper's "
+           "truncated-influence selection, keeps the pairs whose IF lies in the middle of the sample.")  # fmt: skip
+check = influence_check(ctx.cache, view)
+if check is None:
+    st.caption("No finished influence check of this score run yet: run one below (one backward pass per sampled "
+               "pair, plus one over the validation pairs).")  # fmt: skip
+else:
+    facts = check_facts(check)
+    lo, hi = facts["band"] or (float("nan"), float("nan"))
+    chance = facts["chance"] if facts["chance"] is not None else float("nan")
+    st.markdown(f"Influence job `{check.id}`: **{facts['n']:,}** sampled pairs (seed {facts['seed']}), ∇L_val over "
+                f"{facts['n_val'] or 0:,} validation pairs. The band {lo:g}-{hi:g} keeps {facts['kept']:,} of them; "
+                f"a random set that size overlaps TIF by **{chance:.2f}** (chance).")  # fmt: skip
+    st.caption("**Spearman with IF**: rank correlation of the score with IF over the sample (the combined row ranks "
+               "by the mean of a pair's lossdiff and irm percentiles). **Overlap with TIF**: |A ∩ TIF| / min(|A|, "
+               "|TIF|), A the score's own selection of the same size (its most central pairs; for the combined row "
+               "the band's kept pairs). The paper reports 0.73-0.78 for LossDiff-IRM and 0.60-0.70 for one score "
+               "alone. **Above chance**: overlap minus the chance level.")  # fmt: skip
+    st.dataframe(agreement_frame(check).drop(columns="name"), hide_index=True, key="pairs_agreement",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                                ("spearman with IF", "overlap with TIF", "overlap above chance")})  # fmt: skip
+    points = influence_points(ctx.cache, view, check)
+    if len(points):
+        st.caption("Each score (x) against IF (y) on the sampled pairs; hover a point for its pair id.")
+        st.vega_lite_chart(points, _ui.facet_points("value", "influence"), width="content",
+                           key="pairs_influence_scatter")  # fmt: skip
+    best = facts["auto_band"]
+    if best:
+        st.markdown(f"**Auto band {best['band'][0]:g}-{best['band'][1]:g}**: of the bands on a 5-point grid that "
+                    f"keep 50-65 % of the sample, the one whose selection overlaps TIF most above chance: keeps "
+                    f"{best['kept']:,} of {facts['n']:,}, overlap {best['overlap']:.2f} (chance {best['chance']:.2f}, "
+                    f"lift {best['lift']:+.2f}). Equivalent command:")  # fmt: skip
+        st.code(auto_band_command(ctx.cache, view), language="bash")
+    else:
+        st.caption("No band on the 5-point grid keeps 50-65 % of the sample: no auto band.")
+i1, i2, i3 = st.columns([1, 1, 2], vertical_alignment="bottom")
+sample_n = i1.number_input("Sample (pairs)", 3, 1_000_000, DEFAULT_SAMPLE, key="pairs_if_sample")
+sample_seed = i2.number_input("Seed", 0, 2**31 - 1, 0, key="pairs_if_seed")
+if i3.button("Run influence check", key="pairs_if_run"):
+    try:
+        started = start_influence(ctx.cache, view.dataset, view.job.id, int(sample_n), int(sample_seed))
+        shown = check is not None and started.id == check.id
+        st.success(f"Influence job {started.id}: " + (f"already done{' (its report is above)' if shown else ''}"
+                                                      if started.state == "done"
+                                                      else f"{started.state}; a background worker runs it"))  # fmt: skip
+    except UserError as error:
+        st.error(str(error))
+pending = pending_influence(ctx.cache, view)
+if pending is not None:
+    total, done = pending.total or 0, pending.done or 0
+    st.progress(min(done / total, 1.0) if total else 0.0,
+                text=f"Influence job {pending.id[:8]}: {pending.stage or pending.state}"
+                     + (f" — {done:,} / {total:,}" if total else ""))  # fmt: skip
 
 # ---------------------------------------------------------------- one pair
 st.subheader("Pair view")

@@ -14,7 +14,8 @@ The Python API (the same calls the CLI makes; see :mod:`scoring.api`)::
     scoring.scores("gsm8k-train")                      # a DataFrame: one row per example, every score
     scoring.select("gsm8k-train", scores=["davir"], budget="6%", save="top6")
     scoring.export("gsm8k-train", "top6", format="jsonl")
+    scoring.influence("hh-pairs", sample=128)          # preference pairs: the scores against IF
 """
-from scoring.api import export, ingest, open_cache, score, scores, select
+from scoring.api import export, influence, ingest, open_cache, score, scores, select
 
-__all__ = ["export", "ingest", "open_cache", "score", "scores", "select"]
+__all__ = ["export", "influence", "ingest", "open_cache", "score", "scores", "select"]

@@ -19,16 +19,23 @@ import os
 import pandas as pd
 
 from scoring.env import cache_dir
+from scoring.errors import UserError
 from scoring.export import ExportResult, export_selection
 from scoring.ingest.catalog import IngestResult, dataset_kind
 from scoring.ingest.catalog import ingest as ingest_source
 from scoring.ingest.layouts import parse_field_map
+from scoring.jobs.influence import DEFAULT_SAMPLE, influence_request
 from scoring.jobs.requests import pass_config_for, score_request
 from scoring.jobs.runner import enqueue, run
 from scoring.jobs.worker import ensure_worker
 from scoring.scores.tables import score_table
 from scoring.selection.rules import SelectionResult
-from scoring.selection.saved import SelectionSpec, load_selection, run_selection, save_spec
+from scoring.selection.saved import (
+    SelectionSpec,
+    load_selection,
+    run_selection,
+    save_spec,
+)
 from scoring.store.cache import Cache
 from scoring.store.jobs import Job
 
@@ -65,6 +72,20 @@ def score(dataset: str, *, model: str | None = None, scores: list[str] | None = 
         ensure_worker(cache)
         return job
     return run(cache, job.id, progress=progress)
+
+
+def influence(dataset: str, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, job: str | None = None,
+              params: str = "auto", progress: bool = False, cache=None) -> dict:
+    """The influence check of a preference-pair score job (default: the latest finished one): on a seeded sample,
+    each score's Spearman with IF, its selection's overlap with TIF, the auto band (``job.result``; see
+    scoring.selection.influence). Cached: the same request again returns at once."""
+    cache = open_cache(cache)
+    check, _ = enqueue(cache, influence_request(cache, dataset, job, sample, seed, params))
+    if check.state != "done":
+        check = run(cache, check.id, progress=progress)
+    if check.state != "done":
+        raise UserError(f"influence job {check.id} {check.state}: {check.error}")
+    return check.result
 
 
 def scores(dataset: str, *, job: str | None = None, cache=None) -> pd.DataFrame:

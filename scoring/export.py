@@ -13,7 +13,9 @@ The manifest is ``manifest.json`` beside the output: in the file's folder, or in
 output is a folder of its own per export (``<cache>/exports/<dataset>-<selection>/``), so manifests never collide;
 two exports written by hand into one folder share (and overwrite) one manifest.
 It records the dataset fingerprint, the score runs, the rule and budget, counts by drop reason, a sha256 of the
-kept ids and the command lines that reproduce the selection and this export.
+kept ids and the command lines that reproduce the selection and this export; for preference pairs also the
+validation pairs the score job held out (``validation.held_out_ids``) and, for ``--band auto``, how the band was
+chosen (``band_auto``).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from scoring.errors import UserError
 from scoring.selection.rules import SelectionResult, kept_sha256
 from scoring.selection.saved import load_selection, reproduce_command
 from scoring.store.cache import Cache, atomic_write_json, read_json, tmp_path
+from scoring.store.jobs import read_job
 
 FORMATS = ("jsonl", "parquet", "csv", "hf")
 EXTENSIONS = {"jsonl": ".jsonl", "parquet": ".parquet", "csv": ".csv", "hf": ""}
@@ -270,7 +273,18 @@ def _selection_manifest(dataset: str, selection: str, fingerprint: str | None, r
         },
         "tokens_kept": int(result.tokens_kept),
         "kept_ids_sha256": sha,
+        **({"band_auto": record["band_auto"]} if record.get("band_auto") else {}),
     }
+
+
+def _validation(cache: Cache, record: dict) -> dict:
+    """For a selection of preference pairs: the validation pairs its score job held out (never trained on by θ,
+    never selectable), so the manifest says which pairs the selection could not contain and why."""
+    runs = record.get("runs") or []
+    job = read_job(cache, runs[0]) if runs else None
+    if job is None or not job.is_pair or job.val_ids is None:
+        return {}
+    return {"validation": {"held_out_ids": list(job.val_ids), "source": job.val, "n_pairs": job.n_val_pairs}}
 
 
 def _write_export(fmt: str, path: Path, manifest_path: Path, rows: list[dict], columns: list[str],
@@ -323,6 +337,7 @@ def export_selection(
     spec = dict(record, dataset=dataset, name=selection)
     manifest = {
         **_selection_manifest(dataset, selection, meta.get("fingerprint"), record, result, sha),
+        **_validation(cache, record),
         "format": fmt,
         "file": str(path),
         "score_columns": score_columns,

@@ -110,6 +110,10 @@ def decode_i32(blob: bytes | None) -> np.ndarray:
     return np.frombuffer(blob or b"", dtype="<i4")
 
 
+VALIDATION_FLAG = "validation_pair"  # a pair held out to train θ_val (scoring.jobs.pairs)
+NEVER_SELECTED = (VALIDATION_FLAG,)  # flag reasons no selection keeps, even with --include-flagged
+
+
 def join_flags(*flags: str) -> str:
     """Merge flag strings ("" or "a,b") into one, keeping order and dropping repeats."""
     seen: list[str] = []

@@ -18,9 +18,14 @@ import numpy as np
 import pyarrow as pa
 
 from scoring.ingest.demo import SWAP_LABEL
+from scoring.jobs.influence import PART, influence_request, sample_pool
 from scoring.passes.runner import chunk_ranges, scoring_order
 from scoring.schema import EXAMPLES, LOSSES, PAIR_EXAMPLES, PAIR_LOSSES
+from scoring.scores.tables import pick_job, score_table
+from scoring.selection.influence import agreement
+from scoring.selection.pairs import DEFAULT_BAND
 from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet
+from scoring.store.jobs import Job, save_job
 from scoring.store.parts import part_path
 
 CATEGORIES = ("open_qa", "brainstorming", "classification", "summarization", "creative_writing")
@@ -233,3 +238,45 @@ def build_pairs(root: str | Path, n: int = 120, dataset: str = "pairs", swap_fra
         "updated": now, "error": None, "owner_pid": None,
     })  # fmt: skip
     return cache
+
+
+def _stats(n: int, reward_accuracy: float, margin: float, preference: float) -> dict:
+    return {"n": n, "reward_accuracy": reward_accuracy, "reward_margin": margin, "preference_accuracy": preference}
+
+
+WARMUPS = {  # a warm-up report as scoring.jobs.pairs.warmup_report writes it (θ_val trained from θ)
+    "theta": {"start": "ref", "n_pairs": 120, "train": {"before": _stats(120, 0.0, 0.0, 0.55),
+                                                       "after": _stats(120, 0.8167, 0.1234, 0.6083)},
+              "validation": {"before": _stats(13, 0.0, 0.0, 0.5385), "after": _stats(13, 0.6923, 0.0456, 0.5385)}},
+    "val": {"start": "theta", "n_pairs": 13, "train": {"before": _stats(13, 0.6923, 0.0456, 0.5385),
+                                                      "after": _stats(13, 0.9231, 0.2101, 0.6154)}},
+}  # fmt: skip
+TIMINGS = {"ref pass": 12.3, "theta training": 40.1, "theta pass": 11.0, "val training": 5.2, "val pass": 10.9}
+
+
+def add_influence(root: str | Path, dataset: str = "pairs", sample: int = 64, seed: int = 0) -> Job:
+    """Give the dataset's ``pair_score`` job (from :func:`build_pairs`) a warm-up report, step timings and a θ model
+    card, and write a finished ``influence`` job over it as scoring.jobs.influence leaves one: IF on a seeded sample
+    (drawn to track −lossdiff, plus noise) in parts ``<cache>/influence/<key>/part-<start>.parquet`` (start, idx,
+    influence) and the agreement report (scoring.selection.influence.agreement) in ``job.result``. Returns it."""
+    cache = Cache(root)
+    source = pick_job(cache, dataset)
+    source.warmups, source.timings, source.theta_model = WARMUPS, TIMINGS, {"path": "synthetic-theta"}
+    save_job(cache, source)
+    chosen = sample_pool(score_table(cache, dataset, source.id)[0], sample, seed)
+    lossdiff = chosen["lossdiff"].to_numpy(dtype=float)
+    influence = -lossdiff + np.random.default_rng(seed + 1).normal(0.0, lossdiff.std(), len(chosen))
+    key = hashlib.sha256(f"influence:{source.id}:{sample}:{seed}".encode()).hexdigest()[:16]
+    folder = cache.root / "influence" / key
+    for start in range(0, len(chosen), PART):
+        stop = min(start + PART, len(chosen))
+        atomic_write_parquet(folder / f"part-{start:07d}.parquet", pa.table({
+            "start": np.full(stop - start, start, dtype=np.int64), "idx": chosen["idx"].to_numpy()[start:stop],
+            "influence": influence[start:stop]}))  # fmt: skip
+    job = influence_request(cache, dataset, source.id, sample, seed)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    job.result = {**agreement(chosen.assign(influence=influence), DEFAULT_BAND), "key": key, "n_val": 13,
+                  "sample_seed": seed}  # fmt: skip
+    job.progress(state="done", stage="done", done=len(chosen), total=len(chosen), created=now, finished=now)
+    save_job(cache, job)
+    return job

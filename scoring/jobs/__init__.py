@@ -3,6 +3,7 @@
 - :mod:`~scoring.jobs.requests`: building a :class:`~scoring.store.jobs.Job` request (its id is its fingerprint)
 - :mod:`~scoring.jobs.steps`: fill a pass, train a model, with the job's progress (shared by both kinds)
 - :mod:`~scoring.jobs.score` / :mod:`~scoring.jobs.pairs`: the stages of an instruction / a preference-pair job
+- :mod:`~scoring.jobs.influence`: the influence check of a pair job (IF on a sample, the agreement report)
 - :mod:`~scoring.jobs.runner`: enqueue, run (owning the job's flock), cancel
 - :mod:`~scoring.jobs.worker`: background workers
 """

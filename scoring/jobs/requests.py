@@ -12,6 +12,7 @@ from dataclasses import asdict, replace
 
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_meta, ingest, kind_of, list_datasets
+from scoring.jobs.pairs import VAL_STARTS
 from scoring.models.loading import DEFAULT_MODEL, resolve
 from scoring.passes.engine import PassConfig, default_batch_tokens, fingerprint_fields
 from scoring.passes.runner import ROW_KINDS
@@ -59,13 +60,15 @@ def score_request(
     dpo: DPOTrainConfig = DPOTrainConfig(),
     val: str | None = None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
+    val_start: str = "theta",
     trust_remote_code: bool = False,
 ) -> Job:
     """The job scoring ``dataset`` (not yet saved), for either kind of dataset.
 
     Instruction data: ``reference`` is "train" (fine-tune the base with ``train``) or a model name. Preference
     pairs: ``dpo`` configures the warm-ups; ``val`` is a pair dataset name or a file ingested as
-    ``<dataset>-val``, else ``val_fraction`` of ``dataset`` is held out. ``scores``: the kind's defaults when None.
+    ``<dataset>-val``, else ``val_fraction`` of ``dataset`` is held out; ``val_start`` is what θ_val trains from
+    ("theta", the paper's, or "ref"). ``scores``: the kind's defaults when None.
     """
     meta = dataset_meta(cache, dataset)
     kind = kind_of(meta)
@@ -77,7 +80,7 @@ def score_request(
               scores=scores, passes=passes, pass_config=fingerprint_fields(config),
               code_version=ROW_KINDS[kind].code_version, trust_remote_code=trust_remote_code)  # fmt: skip
     if kind == "pair":
-        _pair_request(cache, job, dpo, val, val_fraction)
+        _pair_request(cache, job, dpo, val, val_fraction, val_start)
     elif "ref" in passes:
         job.reference = reference
         if reference == "train":
@@ -87,17 +90,22 @@ def score_request(
     return with_id(job)
 
 
-def _pair_request(cache: Cache, job: Job, dpo: DPOTrainConfig, val: str | None, val_fraction: float) -> None:
-    if job.passes != ["ref"]:
-        job.dpo = asdict(dpo)
-    if "val" not in job.passes:
+def _pair_request(cache: Cache, job: Job, dpo: DPOTrainConfig, val: str | None, val_fraction: float,
+                  val_start: str) -> None:  # fmt: skip
+    """The DPO and validation fields of a pair job. Any job that trains θ holds validation pairs out of θ's
+    training set (whether or not it trains θ_val), so ``irm`` means the same with or without ``lossdiff``."""
+    if job.passes == ["ref"]:
         return
+    job.dpo = asdict(dpo)
+    if val_start not in VAL_STARTS:
+        raise UserError(f"--val-from {val_start!r}: choose one of {', '.join(VAL_STARTS)}")
     if val is not None:
         job.val = _val_dataset(cache, job.dataset, val)
     elif not 0 < val_fraction < 1:  # checked now, not in the worker
         raise UserError(f"--val-fraction {val_fraction}: must lie strictly between 0 and 1")
     else:
         job.val = {"fraction": val_fraction, "seed": dpo.seed}
+    job.val["start"] = val_start
 
 
 def _val_dataset(cache: Cache, dataset: str, val: str) -> dict:

@@ -38,17 +38,31 @@ class Steps:
         self.job.progress(stage=text, **changes)
         save_job(self.cache, self.job)
 
-    def fill(self, role: str, kind: RowKind, ref: ModelRef, examples, config: PassConfig) -> str:
-        """Run (or resume, or reuse) the ``role`` pass of model ``ref``; returns its key."""
-        cache, job = self.cache, self.job
-        key = pass_key(kind, job.dataset_fingerprint, ref, self.template, config)
-        job.set_pass_key(role, key)
+    def timed(self, name: str, started: float) -> None:
+        """Record the wall time of step ``name`` in ``job.timings`` (seconds; a reused pass or model costs ~0)."""
+        self.job.timings = {**(self.job.timings or {}), name: round(time.perf_counter() - started, 1)}
+
+    def fill(self, role: str, kind: RowKind, ref: ModelRef, examples, config: PassConfig,
+             other: tuple[str, str] | None = None) -> str:  # fmt: skip
+        """Run (or resume, or reuse) the ``role`` pass of model ``ref``; returns its key. ``other`` = (name,
+        fingerprint) of another dataset the examples come from (a separate validation set): its pass key is kept in
+        ``job.val_passes[role]``, not as the job's own pass."""
+        cache, job, started = self.cache, self.job, time.perf_counter()
+        dataset, fingerprint = other or (job.dataset, job.dataset_fingerprint)
+        key = pass_key(kind, fingerprint, ref, self.template, config)
+        if other:
+            job.val_passes = {**(job.val_passes or {}), role: key}
+        else:
+            job.set_pass_key(role, key)
         manifest = pass_manifest(cache, key)
+        name = f"{role} pass" + (f" on {dataset}" if other else "")
         if manifest and manifest.get("complete"):
             self.stage(job.stage, done=manifest["n_examples"], total=manifest["n_examples"])
+            self.timed(name, started)  # reused: ~0 s
             return key
         what = "scoring pairs" if kind.name == "pair" else "scoring"
-        self.stage(f"{what} ({role} model)", done=0, total=len(examples), eta_s=None)
+        where = f", on {dataset}" if other else ""
+        self.stage(f"{what} ({role} model{where})", done=0, total=len(examples), eta_s=None)
         bar = tqdm(total=len(examples), desc=f"{role} pass", unit="ex", file=sys.stderr) if self.progress else None
 
         def on_progress(p: PassProgress) -> None:
@@ -59,14 +73,14 @@ class Steps:
                 bar.set_postfix(tok_s=f"{p.tokens_per_s:.0f}")
                 bar.refresh()
 
-        about = {"role": role, "dataset": job.dataset, "dataset_fingerprint": job.dataset_fingerprint,
-                 "template": self.template}  # fmt: skip
+        about = {"role": role, "dataset": dataset, "dataset_fingerprint": fingerprint, "template": self.template}
         finished = fill_pass(cache, key, kind, ref, self.tokenizer, examples, config, about, job.trust_remote_code,
                              on_progress, self.should_stop)  # fmt: skip
         if bar:
             bar.close()
         if not finished:
             raise Stopped()
+        self.timed(name, started)
         return key
 
     def train(self, role: str, stage: str, run: Callable[[Callable[[int, int], None]], ModelRef | None]) -> ModelRef:
@@ -84,6 +98,7 @@ class Steps:
         trained = run(on_step)
         if trained is None:
             raise Stopped()
+        self.timed(f"{role} training", started)
         setattr(job, "reference_model" if role == "ref" else f"{role}_model", model_card(trained))
         return trained
 

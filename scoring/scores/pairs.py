@@ -5,8 +5,8 @@ y_l = rejected reply; NaN where a pass has not run yet):
 
     ref_chosen_logp, ref_rejected_logp       log π_ref(y_w|x), log π_ref(y_l|x): summed over the reply tokens,
                                              π_ref = the base (SFT) model
-    theta_chosen_logp, theta_rejected_logp   the same under π_θ = π_ref after one DPO epoch over all pairs
-    val_chosen_logp, val_rejected_logp       the same under θ_val = π_ref after one DPO epoch on the validation pairs
+    theta_chosen_logp, theta_rejected_logp   the same under π_θ = π_ref after one DPO epoch over the training pairs
+    val_chosen_logp, val_rejected_logp       the same under θ_val = θ after one DPO epoch on the validation pairs
     n_prompt_tokens, n_chosen_tokens, n_rejected_tokens, n_response_tokens (= chosen + rejected)
     beta                                     the DPO β the models were trained with (default 0.1)
 """
@@ -26,6 +26,22 @@ def _implicit_reward(t: pd.DataFrame, model: str, side: str) -> pd.Series:
 def _dpo_margin(t: pd.DataFrame, model: str) -> pd.Series:
     """β [(log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l))] for π = π_model."""
     return t["beta"] * (_implicit_reward(t, model, "chosen") - _implicit_reward(t, model, "rejected"))
+
+
+def reward_stats(t: pd.DataFrame, model: str, beta: float) -> dict:
+    """How well ``model`` ("ref", "theta", "val") has learnt the preference direction on the pairs of ``t``: the
+    share of pairs whose DPO reward margin β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))] is
+    positive (``reward_accuracy``; 0 for π_ref itself, whose margins are all 0), the mean margin, and the share it
+    gives the chosen reply the higher log-probability (``preference_accuracy``). None where no pair is scored."""
+    t = t.assign(beta=beta)
+    logit = t[f"{model}_chosen_logp"] - t[f"{model}_rejected_logp"]
+    margin = _dpo_margin(t, model) if model != "ref" else logit * 0.0
+    ok = (margin.notna() & logit.notna()).to_numpy()
+    if not ok.any():
+        return {"n": 0, "reward_accuracy": None, "reward_margin": None, "preference_accuracy": None}
+    margin, logit = margin.to_numpy(dtype=float)[ok], logit.to_numpy(dtype=float)[ok]
+    return {"n": int(ok.sum()), "reward_accuracy": round(float((margin > 0).mean()), 4),
+            "reward_margin": round(float(margin.mean()), 5), "preference_accuracy": round(float((logit > 0).mean()), 4)}
 
 
 def _dpo_loss(margin: pd.Series) -> pd.Series:
@@ -74,17 +90,18 @@ def margin_base(t: pd.DataFrame) -> pd.Series:
           ("pair",))
 def irm(t: pd.DataFrame) -> pd.Series:
     """β [(log π_θ(y_w|x) - log π_ref(y_w|x)) - (log π_θ(y_l|x) - log π_ref(y_l|x))]: the implicit reward margin
-    after one DPO epoch over all pairs (arXiv 2510.13212). A mislabelled pair goes against what the other pairs
+    after one DPO epoch over the training pairs (arXiv 2510.13212). A mislabelled pair goes against what the other pairs
     teach, so its margin stays low."""
     return _dpo_margin(t, "theta")
 
 
-@register("lossdiff", {"ref", "theta", "val"}, "the pair fits the all-pairs model worse than the validation model",
+@register("lossdiff", {"ref", "theta", "val"}, "a step towards the validation pairs lowers this pair's loss more",
           ("pair",))
 def lossdiff(t: pd.DataFrame) -> pd.Series:
     """l_DPO(θ; d) - l_DPO(θ_val; d), with l_DPO(π; d) = -log σ(β [(log π(y_w) - log π_ref(y_w)) - (log π(y_l) -
-    log π_ref(y_l))]): how much better the validation-trained model explains the pair than the all-pairs model
-    (arXiv 2510.13212)."""
+    log π_ref(y_l))]) and θ_val = θ after one DPO epoch on the validation pairs: how much d's loss drops when θ
+    takes a step towards the validation data, to first order η ∇ℓ(θ; d)·∇L_val(θ), the pair's influence on the
+    validation loss (arXiv 2510.13212)."""
     return _dpo_loss(_dpo_margin(t, "theta")) - _dpo_loss(_dpo_margin(t, "val"))
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from scoring.ingest.catalog import dataset_meta, kind_of, load_examples
 from scoring.ingest.demo import DEFECT_KINDS
-from scoring.schema import count_flags
+from scoring.schema import VALIDATION_FLAG, count_flags
 from scoring.scores.tables import JOB_KIND, score_columns, score_table
 from scoring.store.cache import Cache
 from scoring.store.jobs import list_jobs
@@ -97,10 +97,12 @@ def defect_labels(cache: Cache, dataset: str) -> pd.Series | None:
 
 
 def auroc_report(cache: Cache, dataset: str, table: pd.DataFrame) -> dict | None:
-    """AUROC per score and defect kind (1 = every clean row scores above every defect row); None without labels."""
+    """AUROC per score and defect kind (1 = every clean row scores above every defect row); None without labels.
+    Held-out validation pairs are left out: no selection can keep them, and θ never trained on them."""
     labels = defect_labels(cache, dataset)
     if labels is None:
         return None
+    table = table[~table["flag"].fillna("").str.contains(VALIDATION_FLAG, regex=False)]
     ordered = labels.reindex(table["idx"].to_numpy()).fillna("").tolist()
     report = auroc_by_defect(ordered, {c: table[c].to_numpy() for c in score_columns(table)})
     present = set(ordered) | {"any"}  # leave out the demo's defect kinds a dataset does not have (e.g. pairs)

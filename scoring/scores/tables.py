@@ -15,7 +15,7 @@ import pandas as pd
 
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_meta, kind_of
-from scoring.schema import join_flags
+from scoring.schema import VALIDATION_FLAG, join_flags
 from scoring.scores.registry import FIRST_PASS, SCORES, compute
 from scoring.store.cache import Cache
 from scoring.store.jobs import Job, list_jobs, load_job
@@ -82,7 +82,8 @@ def _pass_source(cache: Cache, key: str | None, columns) -> str:
 
 def loss_table(cache: Cache, dataset: str, job: Job) -> pd.DataFrame:
     """Examples left-joined to the job's passes: one row per example (idx, id, flag, the passes' columns), NaN where
-    unscored. A pair table also gets ``n_response_tokens`` (both replies) and ``beta`` (the warm-ups' DPO β)."""
+    unscored. A pair table also gets ``n_response_tokens`` (both replies) and ``beta`` (the warm-ups' DPO β), and
+    its validation pairs (``job.val_ids``) are flagged ``validation_pair``, which no selection keeps."""
     kind = job_kind(job)
     selects, joins = [], []
     for i, (role, columns) in enumerate(PASS_COLUMNS[kind].items()):
@@ -98,6 +99,8 @@ def loss_table(cache: Cache, dataset: str, job: Job) -> pd.DataFrame:
     table["flag"] = [join_flags(a, b) for a, b in zip(table["ingest_flag"], table["pass_flag"].fillna(""))]
     table = table.drop(columns=["ingest_flag", "pass_flag"])
     if kind == "pair":
+        held = table["id"].astype(str).isin(set(job.val_ids or ()))
+        table.loc[held, "flag"] = [join_flags(VALIDATION_FLAG, f) for f in table.loc[held, "flag"]]
         table["n_response_tokens"] = table["n_chosen_tokens"] + table["n_rejected_tokens"]
         table["beta"] = float((job.dpo or {}).get("beta", DEFAULT_BETA))
     elif "ref" not in job.passes:

@@ -7,4 +7,5 @@
 - :mod:`~scoring.selection.groups`: quotas and the near-duplicate walk
 - :mod:`~scoring.selection.saved`: the rule spec the CLI and the app share, saved selections, comparisons
 - :mod:`~scoring.selection.pairs`: the LossDiff-IRM band rule for preference pairs
+- :mod:`~scoring.selection.influence`: how well the pair scores agree with IF (Spearman, overlap with TIF, auto band)
 """

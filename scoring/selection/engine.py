@@ -11,8 +11,8 @@ The input is a *score table*, a DataFrame with one row per example::
 
 Semantics, in the order they apply:
 
-1. **Eligible rows.** A row is eligible when it is not flagged (unless ``include_flagged``) and every requested
-   score is a number. Others are dropped with ``flagged:<first reason>`` or ``unscored``. Asking for a score
+1. **Eligible rows.** A row is eligible when it is not flagged (unless ``include_flagged``; a flag in
+   ``schema.NEVER_SELECTED``, a held-out validation pair, excludes it regardless) and every requested score is a number. Others are dropped with ``flagged:<first reason>`` or ``unscored``. Asking for a score
    column the table does not have at all is a :class:`UserError` naming the columns it does have.
 2. **Percentiles.** For each score, a row's percentile is its rank among the *eligible* rows scaled to 0..100:
    ``(rank - 1) * 100 / (m - 1)`` with average ranks for ties (lowest 0, highest 100; 50 when m == 1).
@@ -252,14 +252,16 @@ def _checked_request(prepared: SelectTable, scores, rule, budget: Budget, combin
 
 
 def _eligible(prepared: SelectTable, scores: list[str], include_flagged: bool, reasons: _Reasons) -> np.ndarray:
-    """(n,) bool: not flagged (unless ``include_flagged``) and every score a number. The other rows are dropped with
-    ``flagged:<first reason>`` or ``unscored``."""
+    """(n,) bool: not flagged (unless ``include_flagged``; a validation pair never) and every score a number. The
+    other rows are dropped with ``flagged:<first reason>`` or ``unscored``."""
     flagged, flag_codes, flag_names = prepared.flags()
     unscored = np.zeros(prepared.n, dtype=bool)
     for name in scores:
         unscored |= np.isnan(prepared.values(name))
     eligible = ~unscored
-    if not include_flagged and flagged.any():
+    if include_flagged:
+        flagged = prepared.never_selected()
+    if flagged.any():
         eligible &= ~flagged
         where = np.flatnonzero(flagged)
         reasons.codes[where] = reasons.extend(f"flagged:{u}" for u in flag_names) + flag_codes[where]

@@ -51,8 +51,9 @@ def select_lossdiff_irm(table: pd.DataFrame, band: tuple[float, float] = DEFAULT
 
 
 def lossdiff_irm_spec(dataset: str, band: tuple[float, float] = DEFAULT_BAND, budget: str = "100%",
-                      include_flagged: bool = False, job: str | None = None):
-    """The LossDiff-IRM rule as the SelectionSpec the CLI and the app both run (scoring.selection.saved)."""
+                      include_flagged: bool = False, job: str | None = None, band_auto: str | None = None):
+    """The LossDiff-IRM rule as the SelectionSpec the CLI and the app both run (scoring.selection.saved);
+    ``band_auto`` records how an automatic band was chosen."""
     lo, hi = band
     return SelectionSpec(dataset=dataset, scores=BAND_SCORES, budget=budget, rules=(f"band:{lo:g}-{hi:g}",),
-                         combine="and", include_flagged=include_flagged, job=job)  # fmt: skip
+                         combine="and", include_flagged=include_flagged, job=job, band_auto=band_auto)  # fmt: skip

@@ -51,7 +51,7 @@ class SelectionSpec:
     ``rules`` holds one rule for every score, or one per score in order ("top", "bottom", "band:LO-HI").
     ``quota``: a group column ("cluster" for map clusters, or an original column) or None. ``dedup``: the cosine
     above which a row counts as a near duplicate of one already kept, or None. ``job``: the score run (None: the
-    dataset's latest finished one).
+    dataset's latest finished one). ``band_auto``: for a band chosen by ``--band auto``, the account of how.
     """
 
     dataset: str
@@ -63,6 +63,7 @@ class SelectionSpec:
     quota: str | None = None
     dedup: float | None = None
     job: str | None = None
+    band_auto: str | None = None  # pairs, --band auto: how the band was chosen (the influence job and its overlap)
 
     def __post_init__(self):
         object.__setattr__(self, "scores", tuple(self.scores))
@@ -82,7 +83,7 @@ class SelectionSpec:
             "dataset": self.dataset, "dataset_fingerprint": fingerprint, "scores": list(self.scores),
             "rule": self.rule_text, "rules": list(self.rules), "combine": self.combine, "budget": self.budget,
             "include_flagged": self.include_flagged, "quota": self.quota, "dedup": self.dedup, "runs": [job_id],
-            "name": name,
+            "name": name, **({"band_auto": self.band_auto} if self.band_auto else {}),
         }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 
 from scoring.errors import UserError
+from scoring.schema import NEVER_SELECTED
 from scoring.selection.ranking import twice_avg_ranks
 
 
@@ -95,6 +96,17 @@ class SelectTable:
             return flagged, codes, uniq.tolist()
 
         return self._get("flags", make)
+
+    def never_selected(self) -> np.ndarray:
+        """(n,) bool: rows carrying a flag reason no selection keeps (schema.NEVER_SELECTED: validation pairs)."""
+
+        def make():
+            if "flag" not in self.table.columns:
+                return np.zeros(self.n, dtype=bool)
+            reasons = self.table["flag"].fillna("").astype(str).str.split(",")
+            return np.array([any(r in NEVER_SELECTED for r in row) for row in reasons], dtype=bool)
+
+        return self._get("never_selected", make)
 
     def ranks(self, score: str, eligible: np.ndarray) -> np.ndarray:
         """2 x average ranks of the score among the eligible rows, in table order of those rows.

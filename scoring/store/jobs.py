@@ -21,7 +21,7 @@ ACTIVE = ("queued", "running")  # a job in one of these states is waited for, ne
 FINISHED = ("done", "failed", "cancelled")
 WAITING = ("queued", "interrupted")  # as list_jobs shows them: what a worker picks up (interrupted: its owner died)
 UNFINISHED = ("queued", "running", "interrupted")  # waiting or running, as list_jobs shows them
-KINDS = ("score", "pair_score", "layout")
+KINDS = ("score", "pair_score", "layout", "influence")
 ROLES = ("base", "ref", "theta", "val")  # the model passes a job can fill, in the order they run
 
 # The request fields of each kind: what the job id is a fingerprint of (with the scores, sorted).
@@ -31,6 +31,7 @@ REQUEST_FIELDS = {
     "pair_score": ("kind", "dataset", "dataset_fingerprint", "model", "model_fingerprint", "passes", "dpo", "val",
                    "pass_config", "code_version", "trust_remote_code"),
     "layout": ("kind", "dataset", "base_pass", "code_version"),
+    "influence": ("kind", "dataset", "dataset_fingerprint", "source_job", "influence", "code_version"),
 }  # fmt: skip
 
 
@@ -59,8 +60,9 @@ class Job:
     reference_fingerprint: str | None = None
     train: dict | None = None  # SFT reference fine-tune: scoring.train.sft.TrainConfig fields
     dpo: dict | None = None  # pairs: scoring.train.dpo.DPOTrainConfig fields
-    val: dict | None = None  # pairs: {"fraction", "seed"} held out, or {"dataset", "fingerprint"}
-    source_job: str | None = None  # layout: the score job whose embeddings it lays out
+    val: dict | None = None  # pairs: {"fraction", "seed"} held out, or {"dataset", "fingerprint"}; + "start"
+    source_job: str | None = None  # layout / influence: the score job it reads
+    influence: dict | None = None  # influence: {"sample", "seed", "params"}
     # --- what it produced
     base_pass: str | None = None
     ref_pass: str | None = None
@@ -70,6 +72,12 @@ class Job:
     theta_model: dict | None = None
     val_model: dict | None = None
     n_val_pairs: int | None = None
+    val_ids: list[str] | None = None  # pairs: ids of the dataset's pairs held out for validation (never trained on
+    #                                   by θ, never selectable)
+    val_passes: dict | None = None  # pairs with a separate validation dataset: role -> key of its pass over it
+    warmups: dict | None = None  # pairs: per warm-up, reward accuracy / margin before and after (scoring.jobs.pairs)
+    result: dict | None = None  # influence: the agreement report (scoring.selection.influence)
+    timings: dict | None = None  # seconds per step ("ref pass", "theta training", …) of the run that made them
     # --- its state
     state: str = "queued"  # queued | running | done | failed | cancelled | interrupted (shown, never saved)
     stage: str = "queued"

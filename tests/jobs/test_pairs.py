@@ -134,10 +134,12 @@ def test_lossdiff_irm_band_selection_and_export(scored, tmp_path):
     record, saved = load_selection(scored, "sw", "band")
     assert saved.kept_ids == want.kept_ids and dict(saved.dropped) == dict(want.dropped)
     assert f"kept {len(want.kept_ids)} of 40 pairs" in out
-    pct = table[["lossdiff", "irm"]].rank(pct=False).sub(1).div(len(table) - 1).mul(100)
+    pool = table[table["flag"] == ""]  # the validation pairs are not in the pool: percentiles among the rest
+    assert len(pool) == 30 and (table["flag"][table["flag"] != ""] == "validation_pair").all()
+    pct = pool[["lossdiff", "irm"]].rank(pct=False).sub(1).div(len(pool) - 1).mul(100)
     inside = ((pct >= 15 - 1e-9) & (pct <= 85 + 1e-9)).all(axis=1)
-    assert set(saved.kept_ids) == set(table["id"][inside])
-    assert set(dict(saved.dropped).values()) <= {"outside_band:lossdiff", "outside_band:irm"}
+    assert set(saved.kept_ids) == set(pool["id"][inside])
+    assert set(dict(saved.dropped).values()) == {"outside_band:lossdiff", "outside_band:irm", "flagged:validation_pair"}
     assert record["scores"] == ["lossdiff", "irm"] and record["rule"] == "band:15-85"
     # a narrower band keeps fewer; --band is checked
     ok(*c, "select", "sw", "--rule", "lossdiff-irm", "--band", "30-70", "--budget", "100%", "--save", "narrow")

@@ -1,21 +1,29 @@
 """The Pairs page and the SFT pages on a preference-pair dataset, through Streamlit's AppTest, against a synthetic
 scored pair cache written in the real schemas (tests/synthetic.build_pairs: examples, ref / theta / val pair-pass
-parts, a finished pair_score job). The app's LossDiff-IRM selection is checked against the CLI's, id for id."""
+parts, a finished pair_score job with its warm-up report, and a finished influence job over it:
+tests/synthetic.add_influence). The app's LossDiff-IRM selection is checked against the CLI's, id for id."""
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from scoring.errors import UserError
 from scoring.scores import views
+from scoring.selection.influence import AGREEMENT_SCORES, COMBINED
 from scoring.selection.saved import load_selection
 from scoring.store.cache import Cache
+from scoring.store.jobs import list_jobs, save_job
 from tests import synthetic
 from tests.helpers import ok, open_app
 
 N = 150
+SAMPLE = 40  # pairs in the fixture's influence check
 XSS_CHOSEN = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> fine'
 XSS = {"id": "xss", "prompt": synthetic.XSS_PROMPT, "chosen": XSS_CHOSEN, "rejected": "<b>no</b>"}
 
@@ -24,6 +32,7 @@ XSS = {"id": "xss", "prompt": synthetic.XSS_PROMPT, "chosen": XSS_CHOSEN, "rejec
 def cache_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("app_pairs") / "cache"
     synthetic.build_pairs(root, n=N, dataset="pairs", extra_rows=[XSS])
+    synthetic.add_influence(root, "pairs", sample=SAMPLE, seed=0)
     synthetic.build(root, n=60, dataset="sft")  # an SFT dataset beside it: the Pairs page must say it is not one
     return root
 
@@ -40,6 +49,15 @@ def app(cache_root, monkeypatch):
 
 def metric(at: AppTest, label: str) -> int:
     return int(next(m.value for m in at.metric if m.label == label).replace(",", ""))
+
+
+def table_with(at: AppTest, column: str):
+    """The first dataframe on the page that has ``column``."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def influence_jobs(cache_root: Path, unfinished: bool = False) -> list:
+    return [j for j in list_jobs(Cache(cache_root), "pairs") if j.kind == "influence" and (j.unfinished or not unfinished)]
 
 
 def test_pair_view_counts_pairs_as_scored(cache_root):
@@ -150,3 +168,103 @@ def test_app_band_selection_and_export_match_the_cli(app, cache_root):
     ok("--cache", str(cache_root), "export", "pairs", "cliband", "--format", "jsonl")
     cli_rows = (cache_root / "exports" / "pairs-cliband" / "pairs-cliband.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in cli_rows] == [r["id"] for r in rows]
+
+
+def test_pairs_page_shows_the_warmups_and_timings(app):
+    at = app("pairs")
+    assert not at.error, [e.value for e in at.error]
+    heads = [s.value for s in at.subheader]
+    assert heads.index("Margin distributions") < heads.index("Warm-ups") < heads.index("LossDiff-IRM band")
+    warm = table_with(at, "reward accuracy after")
+    assert warm[["warm-up", "trained from", "pairs"]].values.tolist() == [
+        ["π_θ", "π_ref", "its training pairs"], ["π_θ", "π_ref", "validation pairs (unseen)"],
+        ["θ_val", "π_θ", "validation pairs (its training pairs)"]]  # fmt: skip
+    w = synthetic.WARMUPS
+    assert warm["n"].tolist() == [120, 13, 13]
+    assert warm["reward accuracy before"].tolist() == [0.0, 0.0, w["val"]["train"]["before"]["reward_accuracy"]]
+    assert warm["reward accuracy after"].tolist() == [w["theta"]["train"]["after"]["reward_accuracy"],
+                                                      w["theta"]["validation"]["after"]["reward_accuracy"],
+                                                      w["val"]["train"]["after"]["reward_accuracy"]]  # fmt: skip
+    assert warm["mean margin after"].tolist() == [0.1234, 0.0456, 0.2101]
+    assert warm["preference accuracy before"].tolist() == [0.55, 0.5385, 0.5385]
+    timings = table_with(at, "seconds")
+    assert dict(zip(timings["step"], timings["seconds"])) == synthetic.TIMINGS
+    captions = "\n".join(c.value for c in at.caption)
+    assert "before π_θ it is 0 by definition" in captions
+    assert any("Step timings" in m.value and "80 s in all" in m.value for m in at.markdown)
+
+
+def test_pairs_page_shows_the_influence_check(app, cache_root):
+    at = app("pairs")
+    assert not at.error, [e.value for e in at.error]
+    heads = [s.value for s in at.subheader]
+    assert heads.index("LossDiff-IRM band") < heads.index("Influence check") < heads.index("Pair view")
+    (check,) = influence_jobs(cache_root)
+    r = check.result
+    table = table_with(at, "spearman with IF")
+    assert table["score"].tolist() == ["LossDiff", "IRM", "DAVIR-DPO", "base margin", "LossDiff-IRM (combined)"]
+    names = [*AGREEMENT_SCORES, COMBINED]
+    assert table["spearman with IF"].tolist() == [r["spearman"][s] for s in names]
+    assert table["overlap with TIF"].tolist() == [r["overlap"][s] for s in names]
+    assert table["overlap above chance"].tolist() == pytest.approx([r["overlap"][s] - r["chance"] for s in names])
+    text = "\n".join(m.value for m in at.markdown)
+    assert f"**{SAMPLE:,}** sampled pairs" in text and f"overlaps TIF by **{r['chance']:.2f}** (chance)" in text
+    lo, hi = r["auto_band"]["band"]
+    assert f"**Auto band {lo:g}-{hi:g}**" in text
+    command = next(c.value for c in at.code if "--band auto" in c.value)
+    assert command.startswith(f"python -m scoring --cache {cache_root} select pairs --rule lossdiff-irm --band auto "
+                              "--budget 100% --job ")  # fmt: skip
+    chart = at.get("vega_lite_chart")[2]  # after the margin histograms and the band scatter
+    assert '"facet"' in chart.proto.spec and '"influence"' in chart.proto.spec
+    points = pa.ipc.open_stream(bytes(chart.proto.data.data)).read_pandas()
+    assert len(points) == SAMPLE * len(AGREEMENT_SCORES)  # one row per (sampled pair, score)
+    assert not points.duplicated(["id", "score"]).any() and set(points["score"]) == set(AGREEMENT_SCORES)
+    assert points.groupby("score")["id"].nunique().eq(SAMPLE).all()
+
+
+def test_run_influence_check_queues_a_job_for_the_worker(app, cache_root, monkeypatch):
+    asked = []
+    monkeypatch.setattr("scoring.queries.influence.ensure_worker", lambda cache: asked.append(cache.root) or 4242)
+    at = app("pairs")
+    assert at.number_input(key="pairs_if_sample").value == 256 and at.number_input(key="pairs_if_seed").value == 0
+    at.number_input(key="pairs_if_sample").set_value(32)
+    at.number_input(key="pairs_if_seed").set_value(3)
+    at.button(key="pairs_if_run").click().run()
+    queued = influence_jobs(cache_root, unfinished=True)
+    try:
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert len(queued) == 1 and queued[0].state == "queued" and queued[0].influence["sample"] == 32
+        job = queued[0]
+        assert job.influence["seed"] == 3 and job.source_job == views.score_view(Cache(cache_root), "pairs").job.id
+        assert any(f"Influence job {job.id}: queued" in s.value for s in at.success)
+        assert asked == [Cache(cache_root).root]  # the worker was asked for, not spawned
+        progress = [p.proto.text for p in at.get("progress")]
+        assert f"Influence job {job.id[:8]}: queued" in progress
+        save_job(Cache(cache_root), replace(job, state="running", stage="influence of the sampled pairs", done=5,
+                                            total=32, owner_pid=os.getpid()))  # fmt: skip
+        at.run()
+        progress = [p.proto.text for p in at.get("progress")]
+        assert f"Influence job {job.id[:8]}: influence of the sampled pairs — 5 / 32" in progress
+    finally:
+        for job in queued:
+            (Cache(cache_root).jobs_dir() / f"{job.id}.json").unlink()
+    at.number_input(key="pairs_if_sample").set_value(SAMPLE)
+    at.number_input(key="pairs_if_seed").set_value(0)
+    at.button(key="pairs_if_run").click().run()  # the check the cache already has
+    assert any("already done" in s.value for s in at.success) and len(asked) == 1
+    assert not influence_jobs(cache_root, unfinished=True)
+
+
+def test_run_influence_check_shows_a_refusal(app, cache_root, monkeypatch):
+    refusal = "job x has no finished warm-ups with lossdiff; run `python -m scoring score pairs`"
+
+    def refuse(*args, **kwargs):
+        raise UserError(refusal)
+
+    monkeypatch.setattr("scoring.queries.influence.influence_request", refuse)
+    monkeypatch.setattr("scoring.queries.influence.ensure_worker", lambda cache: pytest.fail("no worker on a refusal"))
+    at = app("pairs")
+    at.button(key="pairs_if_run").click().run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [refusal]
+    assert not influence_jobs(cache_root, unfinished=True)

@@ -12,6 +12,7 @@ from scoring.train.dpo import dpo_key
 from scoring.train.dpo_config import DPOTrainConfig
 from scoring.train.sft import reference_key
 from scoring.train.sft_config import TrainConfig
+from scoring.train.trainer import optimizer_steps
 
 SFT_KEY_FIELDS = {
     "method": "full", "epochs": 1.0, "learning_rate": 2e-05, "lora_learning_rate": 0.0002, "batch_size": 8,
@@ -29,7 +30,7 @@ def test_the_default_key_fields_are_pinned():
     assert TrainConfig().key_fields() == SFT_KEY_FIELDS
     assert DPOTrainConfig().key_fields() == DPO_KEY_FIELDS
     assert asdict(TrainConfig()) == {**SFT_KEY_FIELDS, "checkpoint_minutes": 10.0}  # what a job record stores
-    assert asdict(DPOTrainConfig()) == {**DPO_KEY_FIELDS, "checkpoint_minutes": 10.0}
+    assert asdict(DPOTrainConfig()) == {**DPO_KEY_FIELDS, "objective": "dpo", "checkpoint_minutes": 10.0}
 
 
 def test_the_checkpoint_keys_are_pinned():
@@ -50,3 +51,13 @@ def test_a_job_record_round_trips_and_the_base_needs_a_method():
     assert DPOTrainConfig(**asdict(DPOTrainConfig(beta=0.2))).beta == 0.2
     with pytest.raises(TypeError):  # the method-specific defaults live in the subclasses only
         BaseTrainConfig()
+
+
+def test_one_epoch_on_few_pairs_still_makes_min_steps():
+    cfg = DPOTrainConfig()  # batch 8, at least 16 steps
+    assert cfg.for_pairs(1000) is cfg and optimizer_steps(cfg, 1000) == 125
+    small = cfg.for_pairs(40)  # 40 // 16 = 2 pairs per step
+    assert (small.batch_size, small.micro_batch_size) == (2, 2) and optimizer_steps(small, 40) == 20
+    assert cfg.for_pairs(5).batch_size == 1 and optimizer_steps(cfg.for_pairs(5), 5) == 5  # never below one pair
+    assert replace(cfg, min_steps=0).for_pairs(5) == replace(cfg, min_steps=0)
+    assert small.key_fields() != cfg.key_fields()  # the batch used is in the checkpoint key

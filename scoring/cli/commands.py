@@ -1,62 +1,35 @@
-"""``python -m scoring``: a thin command line over the library. Each command's docstring is its --help text, and
-its arguments are declared beside it (``@command``)."""
+"""The commands of ``python -m scoring`` (the preference-pair ones that need more than a flag: scoring.cli.pairs).
+Each command's docstring is its --help text, and its arguments are declared beside it (``@command``)."""
 from __future__ import annotations
 
-import argparse
+import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from scoring import api
-from scoring.env import cache_dir
+from scoring.cli.pairs import print_influence, print_pair_status, select_pairs
+from scoring.cli.registry import arg, command, print_counts
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_kind, dataset_meta, ingest, kind_of, list_datasets
 from scoring.ingest.demo import write_demo, write_planted_pairs
 from scoring.ingest.sources import resolve_source
+from scoring.jobs.influence import DEFAULT_SAMPLE, influence_request
+from scoring.jobs.pairs import VAL_STARTS
 from scoring.jobs.requests import map_request, pass_config_for, score_request
 from scoring.jobs.runner import cancel, enqueue, run
 from scoring.jobs.worker import ensure_worker, live_workers, worker
 from scoring.scores.registry import FIRST_SCORE, parse_scores
 from scoring.scores.reports import auroc_report, flag_counts, format_auroc_table, rank_agreement
 from scoring.scores.tables import pick_job, score_table
-from scoring.selection.pairs import PAIR_RULE, lossdiff_irm_spec, parse_band
-from scoring.selection.saved import save_spec
+from scoring.selection.pairs import PAIR_RULE
 from scoring.store.cache import Cache
 from scoring.store.jobs import ACTIVE, Job, list_jobs
 from scoring.train.dpo import DPOTrainConfig
+from scoring.train.dpo_config import OBJECTIVES
 from scoring.train.sft import TrainConfig
-
-
-@dataclass(frozen=True)
-class Command:
-    run: Callable[[Cache, argparse.Namespace], int]
-    arguments: tuple  # ((args, kwargs), …) for argparse's add_argument
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def arg(*names, **options) -> tuple:
-    return names, options
-
-
-def command(name: str, *arguments):
-    """Register ``fn`` as the subcommand ``name`` with these arguments."""
-
-    def wrap(fn):
-        if name in COMMANDS:
-            raise ValueError(f"command {name!r} is registered twice")
-        COMMANDS[name] = Command(fn, arguments)
-        return fn
-
-    return wrap
-
-
-def _print_counts(title: str, counts: dict) -> None:
-    print(f"  {title}: " + (", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "none"))
 
 
 @command(
@@ -79,7 +52,7 @@ def cmd_ingest(cache: Cache, args) -> int:
                         replace=args.replace, cache=cache)  # fmt: skip
     verb = "already ingested (same content): nothing to do" if result.already_present else "ingested"
     print(f"{result.name}: {result.n_rows} rows {verb}; layout {result.layout}; fingerprint {result.fingerprint[:16]}")
-    _print_counts("flags", result.flag_counts)
+    print_counts("flags", result.flag_counts)
     return 0
 
 
@@ -103,6 +76,10 @@ SCORE_ARGS = (
     arg("--val", metavar="DATASET_OR_FILE", help="pairs: validation pairs for theta_val (default: a held-out "
         "--val-fraction of the dataset)"),
     arg("--val-fraction", type=float, default=0.1, help="pairs: held-out validation share (default 0.1)"),
+    arg("--val-from", choices=VAL_STARTS, default="theta", help="pairs: theta_val is theta (default, the paper's) "
+        "or pi_ref after one DPO epoch on the validation pairs"),
+    arg("--objective", choices=OBJECTIVES, default="dpo", help="pairs: the warm-ups' training objective: dpo "
+        "(default) or davir-dpo (each side's reward divided by |log pi_ref|)"),
 )  # fmt: skip
 
 
@@ -114,8 +91,9 @@ def _request(cache: Cache, args) -> Job:
     return score_request(
         cache, args.name, args.model, parse_scores(args.scores, kind), config, reference=args.reference,
         train=replace(TrainConfig(), method=args.train_method, epochs=args.epochs),
-        dpo=replace(DPOTrainConfig(), beta=args.beta, method=args.train_method, epochs=args.epochs),
-        val=args.val, val_fraction=args.val_fraction, trust_remote_code=args.trust_remote_code,
+        dpo=replace(DPOTrainConfig(), beta=args.beta, method=args.train_method, epochs=args.epochs,
+                    objective=args.objective),
+        val=args.val, val_fraction=args.val_fraction, val_start=args.val_from, trust_remote_code=args.trust_remote_code,
     )  # fmt: skip
 
 
@@ -194,16 +172,18 @@ def _dataset_status(cache: Cache, name: str) -> None:
     try:
         table, job = score_table(cache, name)
     except UserError:
-        _print_counts("flags", meta.get("flag_counts") or {})
+        print_counts("flags", meta.get("flag_counts") or {})
         return
     first = FIRST_SCORE[kind_of(meta)]
     scored = int(table[first].notna().sum()) if first in table else 0
     print(f"  scores from job {job.id} ({job.state}): {scored} of {len(table)} rows scored")
-    _print_counts("flags", flag_counts(table))
+    print_counts("flags", flag_counts(table))
     report = auroc_report(cache, name, table)
     if report:
         print("  AUROC (clean rows ranked above defects; 1 = perfect, 0.5 = chance):")
         print("    " + format_auroc_table(report).replace("\n", "\n    "))
+    if job.is_pair:
+        print_pair_status(cache, job)
     for row in rank_agreement(cache, name):
         print(f"  spearman {row['score']}: {row['model_a']} vs {row['model_b']} = {row['spearman']:.3f} (n={row['n']})")
 
@@ -269,7 +249,7 @@ def cmd_scores(cache: Cache, args) -> int:
     arg("--rule", action="append", help="top (default) | bottom | band:LO-HI (percentiles); once for all scores or "
         "once per --score; lossdiff-irm (preference pairs, no --score)"),
     arg("--band", metavar="LO-HI", help="--rule lossdiff-irm: percentile band of both lossdiff and irm "
-        "(default 15-85)"),
+        "(default 15-85), or 'auto': the band the latest `influence` check found closest to TIF"),
     arg("--combine", choices=["and", "or"], default="and", help="several scores: and = intersection (default), or "
         "= union"),
     arg("--quota", metavar="COLUMN", help="split the budget over groups: 'cluster' (map clusters) or an original "
@@ -290,28 +270,12 @@ def cmd_select(cache: Cache, args) -> int:
     example: python -m scoring select alpaca --score davir --budget 6% --rule top --save davir-top6
     """
     if args.rule == [PAIR_RULE] or not args.score:  # preference pairs (and the message for a missing --score)
-        return _select_pairs(cache, args)
+        return select_pairs(cache, args)
     result = api.select(args.name, scores=args.score, budget=args.budget, rule=args.rule or ["top"],
                         combine=args.combine, include_flagged=args.include_flagged, quota=args.quota,
                         dedup=args.dedup, job=args.job, save=args.save, cache=cache)  # fmt: skip
     print(f"{args.save}: kept {len(result.kept_ids)} of {result.n_total} rows, {result.tokens_kept} tokens")
-    _print_counts("dropped", result.reason_counts())
-    return 0
-
-
-def _select_pairs(cache: Cache, args) -> int:
-    """``select NAME --rule lossdiff-irm [--band LO-HI] --budget B --save SEL`` on a preference-pair dataset."""
-    if [str(r).strip().lower() for r in args.rule or []] != [PAIR_RULE]:
-        raise UserError("--score is required (or use --rule lossdiff-irm on a preference-pair dataset)")
-    kind = dataset_kind(cache, args.name)
-    if kind != "pair":
-        raise UserError(f"--rule lossdiff-irm needs a preference-pair dataset; {args.name!r} holds {kind} examples")
-    lo, hi = parse_band(args.band)
-    spec = lossdiff_irm_spec(args.name, (lo, hi), args.budget, args.include_flagged, args.job)
-    _, result = save_spec(cache, spec, args.save)
-    print(f"{args.save}: kept {len(result.kept_ids)} of {result.n_total} pairs (lossdiff and irm both inside the "
-          f"{lo:g}-{hi:g} percentile band), {result.tokens_kept} tokens")
-    _print_counts("dropped", result.reason_counts())
+    print_counts("dropped", result.reason_counts())
     return 0
 
 
@@ -420,36 +384,38 @@ def cmd_demo(cache: Cache, args) -> int:
     return cmd_status(cache, args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--cache", default=argparse.SUPPRESS, help="cache folder (default $DAVIR_CACHE or ./cache)")
-    parser = argparse.ArgumentParser(prog="python -m scoring", parents=[common],
-                                     description="DavIR Studio: score, select and export training examples.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, cmd in COMMANDS.items():
-        doc = (cmd.run.__doc__ or "").strip()
-        p = sub.add_parser(name, parents=[common], help=doc.splitlines()[0], description=doc,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-        for names, options in cmd.arguments:
-            p.add_argument(*names, **options)
-    return parser
+@command(
+    "influence",
+    arg("name", help="preference-pair dataset"),
+    arg("--sample", type=int, default=DEFAULT_SAMPLE, help=f"pairs to compute IF for (default {DEFAULT_SAMPLE})"),
+    arg("--seed", type=int, default=0, help="sample seed (default 0)"),
+    arg("--params", choices=["auto", "all", "lora"], default="auto", help="parameters IF is taken over: all, or "
+        "LoRA adapters on θ (a random sketch); auto = all below 20M parameters"),
+    arg("--job", help="pair score job to check (default: the latest finished one)"),
+    arg("--background", action="store_true", help="queue it for the worker instead of computing here"),
+    arg("--json", action="store_true", help="print the report as one JSON object on the last line"),
+)  # fmt: skip
+def cmd_influence(cache: Cache, args) -> int:
+    """Check the pair scores against the influence they stand for: on a seeded sample of pairs, the first-order
+    influence IF(d) = ∇ℓ(θ; d)·∇L_val(θ) at the warmed-up θ, then the Spearman of each score (and of the combined
+    LossDiff-IRM rank) with IF, the overlap of each score's selection with TIF's (the middle band of IF, same
+    size), and the band whose LossDiff-IRM selection overlaps TIF most (`select --rule lossdiff-irm --band auto`).
+    A cached, resumable job like the others.
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what the user typed, for manifests
-    try:
-        cache = Cache(cache_dir(getattr(args, "cache", None)))
-        return COMMANDS[args.command].run(cache, args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished parts are kept, run the same command again to resume", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
+    example: python -m scoring influence hh-256 --sample 128 --json
+    """
+    request = influence_request(cache, args.name, args.job, args.sample, args.seed, args.params)
+    job, _ = enqueue(cache, request)
+    if args.background and job.state != "done":
+        ensure_worker(cache)
+        print(f"job {job.id} queued; follow with `python -m scoring status {args.name}`")
         return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if job.state != "done":
+        job = run(cache, job.id, progress=True)
+    if job.state != "done":
+        print(f"job {job.id}: {job.state}" + (f" — {job.error}" if job.error else ""))
+        return 1
+    print_influence(job)
+    if args.json:
+        print(json.dumps({"n": job.result["n"], "spearman": job.result["spearman"], "overlap": job.result["overlap"]}))
+    return 0
