@@ -143,7 +143,7 @@ with r1:
     reasons = summary.result.reason_counts()
     st.dataframe({"reason": list(reasons), "pairs": list(reasons.values())}, hide_index=True, height=180)
 with r2:
-    name = st.text_input("Save this band as", key="pairs_sel_name", placeholder="e.g. lossdiff-irm-15-85")
+    name = st.text_input("Save this band as", key="pairs_sel_name", placeholder="e.g. lossdiff-irm-12-88")
     command = band_command(ctx.cache, summary.spec, name.strip())
     st.markdown("Equivalent command:")
     st.code(command, language="bash")

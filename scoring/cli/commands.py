@@ -249,7 +249,7 @@ def cmd_scores(cache: Cache, args) -> int:
     arg("--rule", action="append", help="top (default) | bottom | band:LO-HI (percentiles); once for all scores or "
         "once per --score; lossdiff-irm (preference pairs, no --score)"),
     arg("--band", metavar="LO-HI", help="--rule lossdiff-irm: percentile band of both lossdiff and irm "
-        "(default 15-85), or 'auto': the band the latest `influence` check found closest to TIF"),
+        "(default 12-88), or 'auto': the band the latest `influence` check found closest to TIF"),
     arg("--combine", choices=["and", "or"], default="and", help="several scores: and = intersection (default), or "
         "= union"),
     arg("--quota", metavar="COLUMN", help="split the budget over groups: 'cluster' (map clusters) or an original "

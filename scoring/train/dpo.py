@@ -1,5 +1,6 @@
-"""DPO training for the preference-pair scores: π_θ (one epoch over all pairs) and θ_val (one epoch on a validation
-split), both started from π_ref, the base model.
+"""DPO training for the preference-pair scores: π_θ (π_ref after one epoch over the training pairs) and θ_val (π_θ
+after one epoch on the validation pairs), both against π_ref's log-probabilities (scoring/jobs/pairs.py decides what
+each starts from and trains on). One epoch makes at least ``min_steps`` optimizer steps (DPOTrainConfig.for_pairs).
 
 Trained with TRL's DPOTrainer (β default 0.1; full fine-tuning, or LoRA merged back so the checkpoint loads like any
 model), through the plumbing shared with the SFT reference (scoring/train/trainer.py); what is particular to DPO
@@ -22,7 +23,7 @@ behind; none of TRL's private code is copied), from a plain forward pass; |log �
 (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected) are logged like
 TRL's, the rewards normalised. Settings: scoring/train/dpo_config.py.
 
-Checkpoints land under ``<cache>/models/dpo-<key>/`` where the key is a fingerprint of (base model, the training
+Checkpoints land under ``<cache>/models/dpo-<key>/`` where the key is a fingerprint of (start model, the training
 pairs' content, template, max length, training config, objective included): the same inputs reuse it, different ones
 train anew. A ``.partial`` folder holds Trainer checkpoints (saved every ``checkpoint_minutes`` and on cancel) so a
 killed run resumes.

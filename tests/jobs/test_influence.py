@@ -16,12 +16,11 @@ from scoring.jobs.influence import influence_request
 from scoring.jobs.requests import score_request
 from scoring.passes.engine import PassConfig
 from scoring.selection.saved import load_selection
-from scoring.store.cache import Cache
 from scoring.store.cache import read_json
 from scoring.store.jobs import list_jobs
 from scoring.train.dpo import DPOTrainConfig
 from tests.helpers import ok, run
-from tests.jobs.test_pairs import arithmetic_pairs
+from tests.jobs.test_pairs import planted_cache
 
 pytestmark = pytest.mark.usefixtures("cpu_one_thread")
 PASS = PassConfig(max_length=64, chunk_size=16, dtype="fp32", embed=False, alone=False)
@@ -31,17 +30,10 @@ DPO = DPOTrainConfig(precision="fp32", learning_rate=2e-3, epochs=2)
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory, tiny_model):
     """Dataset `sw` (40 arithmetic pairs, 10 swapped) scored twice: θ_val from θ (default) and from π_ref."""
-    tmp = tmp_path_factory.mktemp("influence")
-    src = tmp / "src.jsonl"
-    src.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_pairs()))
-    cache = Cache(tmp / "cache")
+    cache = planted_cache(tmp_path_factory.mktemp("influence"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAVIR_DEVICE", "cpu")
         torch.set_num_threads(1)
-        from scoring.ingest.demo import write_planted_pairs
-
-        planted, _ = write_planted_pairs(str(src), tmp / "sw.jsonl", fraction=0.25, seed=0)
-        ok("--cache", str(cache.root), "ingest", str(planted), "--name", "sw")
         out = {}
         for start in ("ref", "theta"):  # theta last: the latest finished job is the default one
             request = score_request(cache, "sw", str(tiny_model), pass_config=PASS, dpo=DPO, val_fraction=0.25,

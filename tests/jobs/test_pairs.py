@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from scoring.errors import UserError
 from scoring.ingest import catalog
+from scoring.ingest.demo import write_planted_pairs
 from scoring.jobs import runner
 from scoring.jobs.pairs import validation_split
 from scoring.jobs.requests import score_request
@@ -47,22 +48,24 @@ def arithmetic_pairs(n: int = 40) -> list[dict]:
              "rejected": f"I think it is {2 * i + 3}, maybe."} for i in range(n)]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory, tiny_model):
-    """A cache with dataset `sw`: 40 arithmetic pairs, 10 of them swapped (labelled), scored through the CLI."""
-    tmp = tmp_path_factory.mktemp("pairs")
+def planted_cache(tmp: Path) -> Cache:
+    """A cache with dataset `sw` ingested through the CLI: 40 arithmetic pairs, 10 of them swapped (labelled)."""
     src = tmp / "src.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_pairs()))
     cache = Cache(tmp / "cache")
-    c = ("--cache", str(cache.root))
+    planted, n = write_planted_pairs(str(src), tmp / "sw.jsonl", fraction=0.25, seed=0)
+    assert n == 10
+    ok("--cache", str(cache.root), "ingest", str(planted), "--name", "sw")
+    return cache
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory, tiny_model):
+    """`sw` (planted_cache) scored by the pair job."""
+    cache = planted_cache(tmp_path_factory.mktemp("pairs"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAVIR_DEVICE", "cpu")
         torch.set_num_threads(1)
-        from scoring.ingest.demo import write_planted_pairs
-
-        planted, n = write_planted_pairs(str(src), tmp / "sw.jsonl", fraction=0.25, seed=0)
-        assert n == 10
-        ok(*c, "ingest", str(planted), "--name", "sw")
         # lr high enough that one tiny epoch learns something: via the library (the CLI keeps the defaults)
         request = score_request(cache, "sw", str(tiny_model), pass_config=PassConfig(
             max_length=64, chunk_size=16, dtype="fp32", embed=False, alone=False),
@@ -137,10 +140,10 @@ def test_lossdiff_irm_band_selection_and_export(scored, tmp_path):
     pool = table[table["flag"] == ""]  # the validation pairs are not in the pool: percentiles among the rest
     assert len(pool) == 30 and (table["flag"][table["flag"] != ""] == "validation_pair").all()
     pct = pool[["lossdiff", "irm"]].rank(pct=False).sub(1).div(len(pool) - 1).mul(100)
-    inside = ((pct >= 15 - 1e-9) & (pct <= 85 + 1e-9)).all(axis=1)
+    inside = ((pct >= 12 - 1e-9) & (pct <= 88 + 1e-9)).all(axis=1)
     assert set(saved.kept_ids) == set(pool["id"][inside])
     assert set(dict(saved.dropped).values()) == {"outside_band:lossdiff", "outside_band:irm", "flagged:validation_pair"}
-    assert record["scores"] == ["lossdiff", "irm"] and record["rule"] == "band:15-85"
+    assert record["scores"] == ["lossdiff", "irm"] and record["rule"] == "band:12-88"
     # a narrower band keeps fewer; --band is checked
     ok(*c, "select", "sw", "--rule", "lossdiff-irm", "--band", "30-70", "--budget", "100%", "--save", "narrow")
     assert len(load_selection(scored, "sw", "narrow")[1].kept_ids) < len(saved.kept_ids)
@@ -156,7 +159,7 @@ def test_lossdiff_irm_band_selection_and_export(scored, tmp_path):
     assert set(rows[0]) == {"id", "prompt", "chosen", "rejected", "defect"}
     assert len(pd.read_parquet(tmp_path / "band.parquet")) == len(rows)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["counts"]["kept"] == len(rows) and "--rule band:15-85" in manifest["reproduce"]
+    assert manifest["counts"]["kept"] == len(rows) and "--rule band:12-88" in manifest["reproduce"]
     import datasets
 
     assert datasets.load_from_disk(str(tmp_path / "band_hf"))["chosen"] == [r["chosen"] for r in rows]

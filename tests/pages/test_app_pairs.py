@@ -81,8 +81,8 @@ def test_pairs_page_renders_distributions_band_and_auroc(app):
     assert f"{N + 1:,} of {N + 1:,} pairs drawn with a fixed seed" in captions
     scatter = at.get("vega_lite_chart")[1].proto.spec
     assert scatter.count('"rect"') == 2  # the two percentile bands
-    assert at.slider(key="pairs_band_lossdiff").value == (15, 85) == at.slider(key="pairs_band_irm").value
-    assert "--rule lossdiff-irm --band 15-85" in at.code[0].value
+    assert at.slider(key="pairs_band_lossdiff").value == (12, 88) == at.slider(key="pairs_band_irm").value
+    assert "--rule lossdiff-irm --band 12-88" in at.code[0].value
 
 
 def test_moving_the_band_changes_the_kept_count(app):
@@ -93,7 +93,7 @@ def test_moving_the_band_changes_the_kept_count(app):
     assert not at.exception
     narrower = metric(at, "Kept")
     assert narrower < kept
-    assert "--rule band:30-70 --rule band:15-85" in at.code[0].value  # one band per score: the general rule
+    assert "--rule band:30-70 --rule band:12-88" in at.code[0].value  # one band per score: the general rule
     at.slider(key="pairs_band_irm").set_value((30, 70)).run()
     assert metric(at, "Kept") < narrower and "--rule lossdiff-irm --band 30-70" in at.code[0].value
 

@@ -92,7 +92,7 @@ def test_influence_check_is_the_latest_finished_one_of_the_view_job(cache, view,
 def test_check_facts_and_agreement_frame_follow_the_report(check):
     r = check.result
     facts = queries.check_facts(check)
-    assert (facts["n"], facts["kept"], facts["chance"], facts["band"]) == (SAMPLE, r["kept"], r["chance"], [15.0, 85.0])
+    assert (facts["n"], facts["kept"], facts["chance"], facts["band"]) == (SAMPLE, r["kept"], r["chance"], [12.0, 88.0])
     assert (facts["seed"], facts["sample"], facts["n_val"]) == (0, SAMPLE, 13)
     assert facts["auto_band"] == r["auto_band"] and facts["auto_band"] is not None
     frame = queries.agreement_frame(check)

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from scoring.selection.influence import AUTO_KEEP, agreement, central, overlap, percentiles
-from scoring.selection.pairs import select_lossdiff_irm
+from scoring.selection.pairs import DEFAULT_BAND, select_lossdiff_irm
 
 
 def table(n: int = 200, seed: int = 0, noise: float = 0.0) -> pd.DataFrame:
@@ -25,7 +25,7 @@ def test_scores_equal_to_influence_agree_perfectly():
     assert report["spearman"]["margin_base"] == -1.0 and abs(report["spearman"]["davir_dpo"]) < 0.2
     assert report["overlap"]["lossdiff_irm"] == 1.0 and report["overlap"]["irm"] == 1.0
     assert report["overlap"]["margin_base"] == 1.0  # the middle of -IF is the middle of IF
-    assert report["kept"] == 140 and report["chance"] == 0.7  # 15-85 of both, which coincide here
+    assert report["kept"] == 152 and report["chance"] == 0.76  # 12-88 of both, which coincide here
 
 
 def test_an_unrelated_score_overlaps_tif_about_by_chance():
@@ -35,8 +35,8 @@ def test_an_unrelated_score_overlaps_tif_about_by_chance():
 
 def test_the_band_rule_matches_the_selection_engine():
     t = table(noise=1.0)
-    kept = select_lossdiff_irm(t, (15.0, 85.0))
-    assert agreement(t)["kept"] == len(kept.kept_ids)
+    for band in (DEFAULT_BAND, (20.0, 70.0)):
+        assert agreement(t, band)["kept"] == len(select_lossdiff_irm(t, band).kept_ids)
 
 
 def test_auto_band_keeps_the_papers_share_and_beats_chance():
