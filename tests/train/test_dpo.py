@@ -2,6 +2,7 @@
 cannot learn from are left out."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from scoring.train.dpo_config import DPOTrainConfig
 
 PAIRS = [([{"role": "user", "content": f"What is {i} + {i}?"}], f"{i} + {i} = {2 * i}.", f"Maybe {2 * i + 3}.")
          for i in range(8)]  # fmt: skip
-CFG = DPOTrainConfig(precision="fp32", learning_rate=1e-3, batch_size=4, micro_batch_size=4)
+CFG = DPOTrainConfig(precision="fp32", learning_rate=1e-3, batch_size=4, micro_batch_size=4, min_steps=2)
 
 
 def test_training_changes_the_weights_and_the_same_inputs_reuse_the_checkpoint(cache, tiny_model):
@@ -28,7 +29,11 @@ def test_training_changes_the_weights_and_the_same_inputs_reuse_the_checkpoint(c
     before, after = load_file(str(tiny_model / "model.safetensors")), load_file(trained.path + "/model.safetensors")
     assert before.keys() == after.keys()
     assert [k for k in before if not torch.equal(before[k], after[k])], "no weight moved"
-    assert steps[-1] == (2, 2)  # 8 pairs, 4 per step
+    assert steps[-1] == (2, 2)  # 8 pairs, 4 per step (min_steps=2 keeps the batch)
+    steps.clear()
+    train_dpo(cache, base, tok, PAIRS, template_fingerprint(tok), 64, replace(CFG, min_steps=4),
+              on_progress=lambda step, total: steps.append((step, total)))  # fmt: skip
+    assert steps[-1] == (4, 4)  # min_steps=4: the batch shrinks to 2 pairs, one epoch makes 4 steps
     assert (Path(trained.path) / "davir_dpo.json").exists()
     assert not list(cache.models_dir().glob(".dpo-*.partial"))  # the staging folder is cleaned up
     mtime = (Path(trained.path) / "model.safetensors").stat().st_mtime_ns
