@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from scoring.errors import UserError
 from scoring.jobs import runner
@@ -20,7 +19,7 @@ from scoring.store.cache import read_json
 from scoring.store.jobs import list_jobs
 from scoring.train.dpo import DPOTrainConfig
 from tests.helpers import ok, run
-from tests.jobs.test_pairs import planted_cache
+from tests.jobs.test_pairs import planted_cache, run_on_cpu
 
 pytestmark = pytest.mark.usefixtures("cpu_one_thread")
 PASS = PassConfig(max_length=64, chunk_size=16, dtype="fp32", embed=False, alone=False)
@@ -31,16 +30,10 @@ DPO = DPOTrainConfig(precision="fp32", learning_rate=2e-3, epochs=2)
 def jobs(tmp_path_factory, tiny_model):
     """Dataset `sw` (40 arithmetic pairs, 10 swapped) scored twice: θ_val from θ (default) and from π_ref."""
     cache = planted_cache(tmp_path_factory.mktemp("influence"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAVIR_DEVICE", "cpu")
-        torch.set_num_threads(1)
-        out = {}
-        for start in ("ref", "theta"):  # theta last: the latest finished job is the default one
-            request = score_request(cache, "sw", str(tiny_model), pass_config=PASS, dpo=DPO, val_fraction=0.25,
-                                    val_start=start)  # fmt: skip
-            runner.enqueue(cache, request)
-            out[start] = runner.run(cache, request.id)
-            assert out[start].state == "done", out[start].error
+    out = {}
+    for start in ("ref", "theta"):  # theta last: the latest finished job is the default one
+        out[start] = run_on_cpu(cache, score_request(cache, "sw", str(tiny_model), pass_config=PASS, dpo=DPO,
+                                                     val_fraction=0.25, val_start=start))  # fmt: skip
     return cache, out
 
 

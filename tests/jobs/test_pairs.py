@@ -59,20 +59,25 @@ def planted_cache(tmp: Path) -> Cache:
     return cache
 
 
+def run_on_cpu(cache: Cache, request):
+    """Run a job request here, on the CPU with one thread (a module fixture cannot use cpu_one_thread)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAVIR_DEVICE", "cpu")
+        torch.set_num_threads(1)
+        runner.enqueue(cache, request)
+        job = runner.run(cache, request.id)
+    assert job.state == "done", job.error
+    return job
+
+
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory, tiny_model):
     """`sw` (planted_cache) scored by the pair job."""
     cache = planted_cache(tmp_path_factory.mktemp("pairs"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAVIR_DEVICE", "cpu")
-        torch.set_num_threads(1)
-        # lr high enough that one tiny epoch learns something: via the library (the CLI keeps the defaults)
-        request = score_request(cache, "sw", str(tiny_model), pass_config=PassConfig(
-            max_length=64, chunk_size=16, dtype="fp32", embed=False, alone=False),
-            dpo=DPOTrainConfig(precision="fp32", learning_rate=2e-3, epochs=2), val_fraction=0.25)  # fmt: skip
-        runner.enqueue(cache, request)
-        job = runner.run(cache, request.id)
-        assert job.state == "done", job.error
+    # lr high enough that one tiny epoch learns something: via the library (the CLI keeps the defaults)
+    run_on_cpu(cache, score_request(cache, "sw", str(tiny_model), pass_config=PassConfig(
+        max_length=64, chunk_size=16, dtype="fp32", embed=False, alone=False),
+        dpo=DPOTrainConfig(precision="fp32", learning_rate=2e-3, epochs=2), val_fraction=0.25))  # fmt: skip
     return cache
 
 
