@@ -1,6 +1,7 @@
 """The preference-pair method on real pairs, end to end through the job queue: warm-up reward accuracy before and
 after, AUROC on planted swaps, Spearman(lossdiff, irm) with θ_val trained from θ and from π_ref, each score's
-agreement with the first-order influence IF, and the wall time of each stage. Prints one JSON object.
+agreement with the first-order influence IF, and the wall time of each stage. Prints a JSON line per run (lines
+starting with '{"config"'; TRL's own log lines go to stdout too) and, last, one JSON object with them all.
 
     python benchmarks/pair_check.py --source ../shared/data/hh-rlhf/helpful-base/test.jsonl.gz --limit 256 \\
         --swap 0.2 --max-length 384 --config full:5e-6 --config full:5e-5 --influence 128
@@ -14,9 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python benchmarks/pair_check.py` from a checkout
+    sys.path.insert(0, str(REPO))
 
 from scoring.ingest.catalog import ingest, load_examples
 from scoring.ingest.demo import write_planted_pairs
