@@ -26,6 +26,7 @@ PAGES = [
     st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:", url_path="map"),
     st.Page("pages/pairs.py", title="Pairs", icon=":material/compare_arrows:", url_path="pairs"),
     st.Page("pages/select.py", title="Select", icon=":material/filter_alt:", url_path="select"),
+    st.Page("pages/evaluate.py", title="Evaluate", icon=":material/science:", url_path="evaluate"),
     st.Page("pages/export.py", title="Export", icon=":material/download:", url_path="export"),
     st.Page("pages/jobs.py", title="Jobs", icon=":material/work:", url_path="jobs"),
 ]

@@ -11,6 +11,7 @@ import streamlit as st
 
 from pages import _ui
 from scoring.errors import UserError
+from scoring.queries.evaluate import suggested_command, verdict_for, verdict_lines
 from scoring.queries.view import kept_histograms, rows_at
 from scoring.selection.saved import (
     SelectionSpec,
@@ -89,6 +90,15 @@ m2.metric("Of all rows", f"{100 * n_kept / max(result.n_total, 1):.2f} %")
 m3.metric("Tokens kept", f"{result.tokens_kept:,}")
 m4.metric("Dropped", f"{len(result.dropped):,}")
 st.code(reproduce_command(spec.record(view.job.id, "", "NAME")), language="bash")
+verdicts = verdict_for(ctx.cache, spec)  # the latest finished evaluation of this very rule, if any
+if verdicts:
+    for line in verdict_lines(verdicts):
+        st.text(line)
+else:
+    e1, e2 = st.columns([1, 3], vertical_alignment="center")
+    e1.page_link("pages/evaluate.py", label="Evaluate this rule", icon=":material/science:")
+    e2.caption("Not evaluated yet: does it beat random subsets of the same size? Save it, then run:")
+    st.code(suggested_command(ctx.cache, spec), language="bash")
 
 hist = pd.concat([kept_histograms(view, s, result.kept_pos).assign(score=s) for s in chosen])
 long = hist.melt(id_vars=["score", "lo", "hi"], value_vars=["kept", "dropped"], var_name="rows", value_name="count")

@@ -15,7 +15,8 @@ The Python API (the same calls the CLI makes; see :mod:`scoring.api`)::
     scoring.select("gsm8k-train", scores=["davir"], budget="6%", save="top6")
     scoring.export("gsm8k-train", "top6", format="jsonl")
     scoring.influence("hh-pairs", sample=128)          # preference pairs: the scores against IF
+    scoring.evaluate("gsm8k-train", "top6", evals=["gsm8k-test"])  # does the cut help? selection vs random vs full
 """
-from scoring.api import export, influence, ingest, open_cache, score, scores, select
+from scoring.api import evaluate, export, influence, ingest, open_cache, score, scores, select
 
-__all__ = ["export", "influence", "ingest", "open_cache", "score", "scores", "select"]
+__all__ = ["evaluate", "export", "influence", "ingest", "open_cache", "score", "scores", "select"]

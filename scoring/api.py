@@ -7,6 +7,7 @@
     table = scoring.scores("gsm8k-train")                                   # one row per example
     kept = scoring.select("gsm8k-train", scores=["davir"], budget="6%", save="top6")
     scoring.export("gsm8k-train", "top6", format="jsonl")
+    scoring.evaluate("gsm8k-train", "top6", evals=["gsm8k-test"])           # selection vs random vs full
 
 Every function takes ``cache=``: a folder (default ``$DAVIR_CACHE``, else ``./cache``) or a
 :class:`~scoring.store.cache.Cache`. Problems with the input raise :class:`~scoring.errors.UserError` with a message
@@ -24,18 +25,15 @@ from scoring.export import ExportResult, export_selection
 from scoring.ingest.catalog import IngestResult, dataset_kind
 from scoring.ingest.catalog import ingest as ingest_source
 from scoring.ingest.layouts import parse_field_map
+from scoring.jobs.evaluate import DEFAULT_AGAINST, evaluate_request
+from scoring.jobs.evaluate import report as evaluation_report
 from scoring.jobs.influence import DEFAULT_SAMPLE, influence_request
 from scoring.jobs.requests import pass_config_for, score_request
 from scoring.jobs.runner import enqueue, run
 from scoring.jobs.worker import ensure_worker
 from scoring.scores.tables import score_table
 from scoring.selection.rules import SelectionResult
-from scoring.selection.saved import (
-    SelectionSpec,
-    load_selection,
-    run_selection,
-    save_spec,
-)
+from scoring.selection.saved import SelectionSpec, load_selection, run_selection, save_spec
 from scoring.store.cache import Cache
 from scoring.store.jobs import Job
 
@@ -86,6 +84,29 @@ def influence(dataset: str, *, sample: int = DEFAULT_SAMPLE, seed: int = 0, job:
     if check.state != "done":
         raise UserError(f"influence job {check.id} {check.state}: {check.error}")
     return check.result
+
+
+def evaluate(dataset: str, selection: str | None = None, *, against=DEFAULT_AGAINST, seeds: int = 3, evals=(),
+             holdout: float | None = None, epochs: float | None = None, objective: str | None = None,
+             method: str = "full", lr: float | None = None, start_from: str = "theta", rule_of: str | None = None,
+             budgets=None, wait: bool = True, progress: bool = False, cache=None) -> dict:
+    """Does the cut help? Train on saved selection ``selection``, on ``seeds`` random subsets of its size and on the
+    full set, and compare them on ``evals`` (scoring.jobs.evaluate); ``rule_of`` + ``budgets`` sweep a selection's
+    rule over budgets instead. Returns the report (what ``evaluate --json`` prints); with ``wait=False`` the job is
+    queued for the background worker and the report holds what is done so far. Cached by fingerprint."""
+    cache = open_cache(cache)
+    request = evaluate_request(cache, dataset, selection, against=against, seeds=seeds, evals=evals, holdout=holdout,
+                               epochs=epochs, objective=objective, method=method, lr=lr, start_from=start_from,
+                               rule_of=rule_of, budgets=budgets)  # fmt: skip
+    job, _ = enqueue(cache, request)
+    if not wait and job.state != "done":
+        ensure_worker(cache)
+        return evaluation_report(job)
+    if job.state != "done":
+        job = run(cache, job.id, progress=progress)
+    if job.state != "done":
+        raise UserError(f"evaluation {job.id} {job.state}: {job.error}")
+    return evaluation_report(job)
 
 
 def scores(dataset: str, *, job: str | None = None, cache=None) -> pd.DataFrame:

@@ -39,7 +39,7 @@ from scoring.errors import UserError
 from scoring.selection.rules import SelectionResult, kept_sha256
 from scoring.selection.saved import load_selection, reproduce_command
 from scoring.store.cache import Cache, atomic_write_json, read_json, tmp_path
-from scoring.store.jobs import read_job
+from scoring.store.jobs import list_jobs, read_job
 
 FORMATS = ("jsonl", "parquet", "csv", "hf")
 EXTENSIONS = {"jsonl": ".jsonl", "parquet": ".parquet", "csv": ".csv", "hf": ""}
@@ -287,6 +287,25 @@ def _validation(cache: Cache, record: dict) -> dict:
     return {"validation": {"held_out_ids": list(job.val_ids), "source": job.val, "n_pairs": job.n_val_pairs}}
 
 
+def _evaluations(cache: Cache, dataset: str, selection: str, sha: str) -> list[dict]:
+    """The finished evaluations of exactly this kept set (scoring.jobs.evaluate): per arm its size, steps, metrics
+    and model fingerprint; per eval set the comparison with its interval and verdict; the training config."""
+    out = []
+    for job in list_jobs(cache, dataset):
+        ev = job.evaluation or {}
+        if job.kind != "evaluate" or job.state != "done" or ev.get("selection") != selection:
+            continue
+        if ev.get("selection_sha") != sha:
+            continue  # an evaluation of an earlier save under the same name
+        r = job.result or {}
+        arms = [{**{k: a.get(k) for k in ("name", "n_examples", "n_tokens", "steps", "metrics")},
+                 "model_fingerprint": (a.get("model") or {}).get("fingerprint")} for a in r.get("arms", [])]
+        out.append({"job": job.id, "finished": job.finished, "train": ev.get("train"), "start": ev.get("start"),
+                    "evals": ev.get("evals"), "holdout": ev.get("holdout"), "arms": arms,
+                    "comparisons": r.get("comparisons"), "notes": r.get("notes", [])})  # fmt: skip
+    return out
+
+
 def _write_export(fmt: str, path: Path, manifest_path: Path, rows: list[dict], columns: list[str],
                   manifest: dict) -> None:  # fmt: skip
     """Write the rows under a temporary name and rename it into place, then the manifest; an hf folder holds its
@@ -338,6 +357,7 @@ def export_selection(
     manifest = {
         **_selection_manifest(dataset, selection, meta.get("fingerprint"), record, result, sha),
         **_validation(cache, record),
+        "evaluations": _evaluations(cache, dataset, selection, sha),
         "format": fmt,
         "file": str(path),
         "score_columns": score_columns,

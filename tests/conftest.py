@@ -44,3 +44,24 @@ def cpu_one_thread(monkeypatch):
 @pytest.fixture
 def cache(tmp_path):
     return Cache(tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def planted_evaluations(tmp_path_factory):
+    """A cache with the planted dataset, a saved selection and two finished evaluations of it (a plain one and a
+    sweep): tests.helpers.build_planted_evaluations, built once per session on the CPU with one thread."""
+    import torch
+
+    from tests.helpers import build_planted_evaluations
+
+    root = tmp_path_factory.mktemp("planted-evaluations")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in (("DAVIR_DEVICE", "cpu"), ("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"),
+                            ("TOKENIZERS_PARALLELISM", "false")):  # fmt: skip
+            mp.setenv(name, value)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return build_planted_evaluations(root, build_model(root / "model"))
+        finally:
+            torch.set_num_threads(threads)

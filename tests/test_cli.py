@@ -123,7 +123,7 @@ def test_status_shows_jobs_counts_and_auroc_per_defect_kind(scored):
     out = ok(*c(scored), "status")
     assert f"cache: {scored.root}" in out
     assert "workers alive: 0" in out
-    score_job = [j for j in list_jobs(scored) if j.kind == "score"][0]
+    score_job = next(j for j in list_jobs(scored) if j.kind == "score")
     assert any(line.startswith(score_job.id) and " done" in line for line in out.splitlines())
     assert f"dataset {NAME}: {N} rows, layout alpaca" in out
     assert f"{N} of {N} rows scored" in out
@@ -470,3 +470,43 @@ def test_cache_option_before_or_after_the_command_and_env(scored, tmp_path, monk
     monkeypatch.delenv("DAVIR_CACHE")
     monkeypatch.chdir(tmp_path)
     assert f"cache: {tmp_path / 'cache'}" in ok("status")  # default: ./cache
+
+
+# ---------------------------------------------------------------- demo --heldout: clean tasks to evaluate on
+
+
+def test_ingest_heldout_keeps_the_answers(cache):
+    from scoring.cli.commands import ingest_heldout
+    from scoring.errors import UserError
+    from scoring.ingest.catalog import load_examples
+    from scoring.ingest.demo import answers_of, generate_heldout
+
+    result = ingest_heldout(cache, 27, exclude_n_clean=40)
+    assert (result.name, result.n_rows, result.already_present) == ("demo-heldout", 27, False)
+    assert result.flag_counts == {}
+    examples = load_examples(cache, "demo-heldout")
+    expected = generate_heldout(27, exclude_n_clean=40)
+    assert answers_of(examples) == [r["answer"] for r in expected]
+    assert examples["id"].tolist() == [r["id"] for r in expected]
+    assert [json.loads(o)["family"] for o in examples["original"]] == [r["family"] for r in expected]
+    assert not [p for p in (cache.root / "tmp").rglob("*")]  # the scratch file is gone once ingested
+    assert ingest_heldout(cache, 27, exclude_n_clean=40).already_present
+    assert ingest_heldout(cache, 18).n_rows == 18  # another set replaces it
+    with pytest.raises(UserError, match="--heldout 0"):
+        ingest_heldout(cache, 0)
+    with pytest.raises(UserError, match="ran out of capital tasks"):
+        ingest_heldout(cache, 400)
+
+
+def test_demo_heldout_ingests_beside_the_demo(cache, tiny_model, capsys):
+    from scoring.ingest.catalog import list_datasets, load_examples
+    from scoring.ingest.demo import generate_heldout
+
+    assert cli.main([*c(cache), "demo", "--n-clean", "40", "--heldout", "18", "--model", str(tiny_model)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("demo: 52 rows ingested")
+    assert lines[1].startswith("demo-heldout: 18 held-out clean tasks for `evaluate --eval demo-heldout`")
+    assert [m["name"] for m in list_datasets(cache)] == ["demo", "demo-heldout"]
+    held = load_examples(cache, "demo-heldout")
+    assert held["id"].tolist() == [r["id"] for r in generate_heldout(18, exclude_n_clean=40)]  # the same demo excluded
+    assert_user_error([*c(cache), "demo", "--pairs", "x.jsonl", "--heldout", "5"], "--heldout", "--pairs")

@@ -1,11 +1,12 @@
-"""``python -m scoring``: a thin command line over the library. Commands live in scoring.cli.commands and, for the
-preference-pair checks, scoring.cli.pairs; each registers itself with scoring.cli.registry."""
+"""``python -m scoring``: a thin command line over the library. Commands live in scoring.cli.commands, for the
+preference-pair checks scoring.cli.pairs, for ``evaluate`` scoring.cli.evaluate; each registers itself with
+scoring.cli.registry."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from scoring.cli import commands, pairs  # noqa: F401  (importing them registers their commands)
+from scoring.cli import commands, evaluate, pairs  # noqa: F401  (importing them registers their commands)
 from scoring.cli.registry import COMMANDS
 from scoring.env import cache_dir
 from scoring.errors import UserError

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from scoring import api
+from scoring.cli.evaluate import print_evaluations
 from scoring.cli.pairs import print_influence, print_pair_status, select_pairs
 from scoring.cli.registry import arg, command, print_counts
 from scoring.errors import UserError
-from scoring.ingest.catalog import dataset_kind, dataset_meta, ingest, kind_of, list_datasets
-from scoring.ingest.demo import write_demo, write_planted_pairs
+from scoring.ingest.catalog import IngestResult, dataset_kind, dataset_meta, ingest, kind_of, list_datasets
+from scoring.ingest.demo import HELDOUT_NAME, write_demo, write_heldout, write_planted_pairs
 from scoring.ingest.sources import resolve_source
 from scoring.jobs.influence import DEFAULT_SAMPLE, influence_request
 from scoring.jobs.pairs import VAL_STARTS
@@ -25,7 +27,7 @@ from scoring.scores.registry import FIRST_SCORE, parse_scores
 from scoring.scores.reports import auroc_report, flag_counts, format_auroc_table, rank_agreement
 from scoring.scores.tables import pick_job, score_table
 from scoring.selection.pairs import PAIR_RULE
-from scoring.store.cache import Cache
+from scoring.store.cache import Cache, scratch_dir
 from scoring.store.jobs import ACTIVE, Job, list_jobs
 from scoring.train.dpo import DPOTrainConfig
 from scoring.train.dpo_config import OBJECTIVES
@@ -184,6 +186,7 @@ def _dataset_status(cache: Cache, name: str) -> None:
         print("    " + format_auroc_table(report).replace("\n", "\n    "))
     if job.is_pair:
         print_pair_status(cache, job)
+    print_evaluations(cache, name)
     for row in rank_agreement(cache, name):
         print(f"  spearman {row['score']}: {row['model_a']} vs {row['model_b']} = {row['spearman']:.3f} (n={row['n']})")
 
@@ -343,7 +346,9 @@ def cmd_datasets(cache: Cache, args) -> int:
     arg("--limit", type=int, default=100, help="--pairs: pairs read from SOURCE (default 100)"),
     arg("--swap", type=float, default=0.2, help="--pairs: share of pairs swapped (default 0.2)"),
     arg("--max-length", type=int, default=512, help="--pairs: tokens per side (default 512)"),
-)
+    arg("--heldout", type=int, default=0, metavar="N", help=f"also ingest N clean tasks the demo never contains, "
+        f"each with its answer, as dataset {HELDOUT_NAME} (up to ~130 beside the default demo; default 0: none)"),
+)  # fmt: skip
 def cmd_demo(cache: Cache, args) -> int:
     """Generate the embedded demo (a few hundred computed-answer tasks with labelled planted defects), ingest it,
     score it with the default model and print the AUROC of each score per defect kind. --background queues the
@@ -353,9 +358,15 @@ def cmd_demo(cache: Cache, args) -> int:
     rejected swapped in a labelled --swap share (defect "swapped_pair"), scored with DPO warm-ups, and the AUROC
     with which each pair score ranks the swapped pairs low (irm is the one that should).
 
+    --heldout N also ingests N held-out clean tasks (balanced over the task families, none in the demo, each
+    record's computed answer kept in its original JSON) as dataset demo-heldout, to evaluate models on.
+
     example: python -m scoring demo
+    example: python -m scoring demo --heldout 90
     example: python -m scoring demo --pairs ../shared/data/hh-rlhf/helpful-base/test.jsonl.gz --limit 80
     """
+    if args.pairs and args.heldout:
+        raise UserError("--heldout adds held-out tasks to the instruction demo; it does not go with --pairs")
     if args.pairs:
         name = f"{resolve_source(args.pairs).default_name}-swapped"
         path, n_swapped = write_planted_pairs(args.pairs, cache.root / "demo" / f"{name}.jsonl", args.limit,
@@ -369,6 +380,10 @@ def cmd_demo(cache: Cache, args) -> int:
         path = write_demo(cache.root / "demo" / "demo.jsonl", n_clean=args.n_clean)
         result = ingest(str(path), cache, name=name, replace=True, progress=False)
         print(f"demo: {result.n_rows} rows ingested ({'unchanged' if result.already_present else 'new'})")
+        if args.heldout:
+            held = ingest_heldout(cache, args.heldout, exclude_n_clean=args.n_clean)
+            print(f"{held.name}: {held.n_rows} held-out clean tasks for `evaluate --eval {held.name}` "
+                  f"({'unchanged' if held.already_present else 'new'}; none in the demo, each with its answer)")
         request = score_request(cache, name, args.model)
     job, _ = enqueue(cache, request)
     if args.background:
@@ -382,6 +397,22 @@ def cmd_demo(cache: Cache, args) -> int:
     print(f"{'pairs' if args.pairs else 'demo'} scored in {time.perf_counter() - started:.0f} s")
     args.name = name
     return cmd_status(cache, args)
+
+
+def ingest_heldout(cache: Cache, n: int, name: str = HELDOUT_NAME, **kwargs) -> IngestResult:
+    """Write ``generate_heldout(n, **kwargs)`` to a scratch folder under the cache's tmp/ and ingest it as ``name``,
+    replacing what that name held. Ingest keeps the fields it does not map (family, answer) in each example's
+    ``original`` JSON: ``scoring.ingest.demo.answers_of`` reads the answers back from the examples table."""
+    if n < 1:
+        raise UserError(f"--heldout {n}: must be a positive number of tasks")
+    folder = scratch_dir(cache)
+    try:
+        path = write_heldout(folder / f"{name}.jsonl", n=n, **kwargs)
+        return ingest(str(path), cache, name=name, replace=True, progress=False)
+    except ValueError as error:  # more tasks than the families hold outside the demo
+        raise UserError(f"--heldout {n}: {error}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @command(

@@ -14,7 +14,8 @@ are right), then plants defects on top of them, each row labelled in ``defect``:
 Answers are short (mostly 5-60 tokens) so a ~135M-parameter model scores the set on 2 CPU cores in minutes.
 ``write_planted_pairs`` does the same for preference pairs: chosen and rejected swapped in a labelled share.
 (:func:`scoring.scores.reports.auroc_by_defect` reports, per score and defect kind, how well a score ranks defect
-rows below clean ones.)
+rows below clean ones.) ``generate_heldout`` draws clean tasks the demo never contains, each with its computed short
+``answer`` (read back after ingest by ``answers_of``), to measure accuracy on (:mod:`scoring.passes.generate`).
 Deterministic for a seed: one ``random.Random(seed)``, no clocks, no global random state.
 """
 from __future__ import annotations
@@ -23,12 +24,16 @@ import json
 import math
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from scoring.errors import UserError
 from scoring.ingest.pairs import detect_pair_layout
 from scoring.ingest.sources import read_records, record_columns, resolve_source
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFECT_KINDS: tuple[str, ...] = (
     "swapped_answer", "wrong_number", "truncated", "gibberish", "exact_duplicate", "near_duplicate",
@@ -41,18 +46,9 @@ FAMILIES: tuple[str, ...] = (
 NUMERIC_FAMILIES: tuple[str, ...] = ("arithmetic", "unit_conversion", "count_letters", "sort_numbers")
 DEFECT_SHARE = 0.2  # defects as a share of the final dataset
 
-WORDS = tuple("""
-    planet garden banana window pencil rocket silver turtle candle forest monkey yellow bridge castle dragon engine
-    guitar island jacket kitten lemon market napkin orange pepper rabbit summer tomato violin winter anchor basket
-    cheese dinner finger hammer ladder mirror needle pillow puzzle saddle travel button coffee letter doctor spider
-    shadow camera apple cloud horse music ocean paper river stone table water""".split())
-PLURAL_NOUNS = tuple("""
-    cat dog book tree house pencil river lamp window garden car bird box fox tax bus glass church brush bench dish
-    match wish watch city baby party lady story puppy cherry key day toy boy valley""".split())
-PAST_VERBS = tuple("""
-    walk talk jump play cook clean open visit listen answer help call paint rain finish wash look start want climb
-    kick push pull ask dance smile bake move love close hope like use carry study cry try hurry enjoy stay marry
-    copy""".split())  # regular verbs that never double their last consonant
+WORDS = ("planet", "garden", "banana", "window", "pencil", "rocket", "silver", "turtle", "candle", "forest", "monkey", "yellow", "bridge", "castle", "dragon", "engine", "guitar", "island", "jacket", "kitten", "lemon", "market", "napkin", "orange", "pepper", "rabbit", "summer", "tomato", "violin", "winter", "anchor", "basket", "cheese", "dinner", "finger", "hammer", "ladder", "mirror", "needle", "pillow", "puzzle", "saddle", "travel", "button", "coffee", "letter", "doctor", "spider", "shadow", "camera", "apple", "cloud", "horse", "music", "ocean", "paper", "river", "stone", "table", "water")
+PLURAL_NOUNS = ("cat", "dog", "book", "tree", "house", "pencil", "river", "lamp", "window", "garden", "car", "bird", "box", "fox", "tax", "bus", "glass", "church", "brush", "bench", "dish", "match", "wish", "watch", "city", "baby", "party", "lady", "story", "puppy", "cherry", "key", "day", "toy", "boy", "valley")
+PAST_VERBS = ("walk", "talk", "jump", "play", "cook", "clean", "open", "visit", "listen", "answer", "help", "call", "paint", "rain", "finish", "wash", "look", "start", "want", "climb", "kick", "push", "pull", "ask", "dance", "smile", "bake", "move", "love", "close", "hope", "like", "use", "carry", "study", "cry", "try", "hurry", "enjoy", "stay", "marry", "copy")  # regular verbs that never double their last consonant
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
     "Japan": "Tokyo", "China": "Beijing", "India": "New Delhi", "Egypt": "Cairo", "Kenya": "Nairobi",
@@ -75,7 +71,7 @@ VOWELS = "aeiou"
 SYNONYMS = (("What is", "What's"), ("Give", "Provide"), ("Write", "Type"), ("Convert", "Change"),
             ("Sort", "Order"), ("Count", "Tally"), ("larger", "bigger"), ("smaller", "lesser"), ("Name", "State"))
 
-Example = tuple[tuple, str, str, str]  # (semantic key, instruction, input, output)
+Example = tuple[tuple, str, str, str, str]  # (semantic key, instruction, input, output, short answer)
 
 
 def _n(count: int, noun: str) -> str:
@@ -83,7 +79,8 @@ def _n(count: int, noun: str) -> str:
 
 
 # --------------------------------------------------------------------------- task families
-# Each returns (key, instruction, input, output); the key names the task's content so no two rows ask the same thing.
+# Each returns (key, instruction, input, output, answer): the key names the task's content (no two rows ask the same
+# thing); the answer is the computed short result every phrasing of the output contains.
 
 
 def _arithmetic(rng: random.Random) -> Example:
@@ -103,7 +100,7 @@ def _arithmetic(rng: random.Random) -> Example:
     ins, inp = rng.choice([(f"What is {a} {word} {b}?", ""), (f"Compute {expr}.", ""),
                            ("Evaluate the expression.", expr), ("Work out the result of this calculation.", expr)])
     out = rng.choice([f"{expr} = {r}.", f"{expr} = {r}", f"Answer: {expr} = {r}."])
-    return ("arithmetic", a, op, b), ins, inp, out
+    return ("arithmetic", a, op, b), ins, inp, out, str(r)
 
 
 def _unit_conversion(rng: random.Random) -> Example:
@@ -114,7 +111,7 @@ def _unit_conversion(rng: random.Random) -> Example:
     ins, inp = rng.choice([(f"Convert {value} {src} to {dst}.", ""), (f"How many {dst} are in {value} {src}?", ""),
                            (f"Convert this amount to {dst}.", f"{value} {src}")])
     out = rng.choice([f"{value} {src} = {r} {dst}.", f"{value} {src} is {r} {dst}.", f"That is {r} {dst}."])
-    return ("unit", src, halves), ins, inp, out
+    return ("unit", src, halves), ins, inp, out, str(r)
 
 
 def _reverse_word(rng: random.Random) -> Example:
@@ -123,7 +120,7 @@ def _reverse_word(rng: random.Random) -> Example:
     ins, inp = rng.choice([(f"Reverse the word '{w}'.", ""), (f"Write '{w}' backwards.", ""),
                            ("Spell the given word in reverse order.", w), (f"What is '{w}' spelled backwards?", "")])
     out = rng.choice([f"'{w}' reversed is '{rev}'.", f"The word spelled backwards is '{rev}'.", rev])
-    return ("reverse", w), ins, inp, out
+    return ("reverse", w), ins, inp, out, rev
 
 
 def _count_letters(rng: random.Random) -> Example:
@@ -133,14 +130,14 @@ def _count_letters(rng: random.Random) -> Example:
         ins, inp = rng.choice([(f"How many vowels are in the word '{w}'?", ""),
                                ("Count the vowels (a, e, i, o, u) in this word.", w)])
         out = rng.choice([f"'{w}' has {_n(n, 'vowel')}.", f"The word '{w}' contains {_n(n, 'vowel')}."])
-        return ("count", "vowels", w), ins, inp, out
+        return ("count", "vowels", w), ins, inp, out, str(n)
     c = rng.choice(w) if rng.random() < 0.85 else rng.choice([ch for ch in "bdfgkmpstwz" if ch not in w] or ["q"])
     n = w.count(c)
     ins, inp = rng.choice([(f"How many times does the letter '{c}' appear in '{w}'?", ""),
                            (f"Count the occurrences of '{c}' in the word '{w}'.", ""),
                            (f"How many times does '{c}' occur in the word below?", w)])
     out = rng.choice([f"The letter '{c}' appears {_n(n, 'time')} in '{w}'.", f"'{w}' contains '{c}' {_n(n, 'time')}."])
-    return ("count", c, w), ins, inp, out
+    return ("count", c, w), ins, inp, out, str(n)
 
 
 def _sort_numbers(rng: random.Random) -> Example:
@@ -151,7 +148,7 @@ def _sort_numbers(rng: random.Random) -> Example:
     ins, inp = rng.choice([(f"Sort these numbers {way}.", shown), (f"Sort {shown} {way}.", ""),
                            (f"Put the following numbers in {'descending' if desc else 'ascending'} order.", shown)])
     out = rng.choice([ordered, f"Sorted: {ordered}.", f"In order: {ordered}."])
-    return ("sort", tuple(nums), desc), ins, inp, out
+    return ("sort", tuple(nums), desc), ins, inp, out, ordered
 
 
 def _capital(rng: random.Random) -> Example:
@@ -160,7 +157,7 @@ def _capital(rng: random.Random) -> Example:
     ins, inp = rng.choice([(f"What is the capital of {country}?", ""), (f"Name the capital city of {country}.", ""),
                            ("Give the capital of this country.", country)])
     out = rng.choice([f"The capital of {country} is {city}.", f"{city} is the capital of {country}.", f"{city}."])
-    return ("capital", country), ins, inp, out
+    return ("capital", country), ins, inp, out, city
 
 
 def plural(noun: str) -> str:
@@ -194,7 +191,7 @@ def _word_form(rng: random.Random) -> Example:
                                (f"Write the simple past of the verb '{w}'.", ""),
                                ("Give the past tense of this verb.", w)])
     out = rng.choice([f"The {form} of '{w}' is '{p}'.", p])
-    return ("form", form, w), ins, inp, out
+    return ("form", form, w), ins, inp, out, p
 
 
 def _compare_numbers(rng: random.Random) -> Example:
@@ -205,11 +202,11 @@ def _compare_numbers(rng: random.Random) -> Example:
         ins, inp = rng.choice([(f"Which is larger, {a} or {b}?", ""),
                                ("Pick the larger of the two numbers.", f"{a}, {b}")])
         out = rng.choice([f"{hi} is larger than {lo}.", f"The larger number is {hi}."])
-        return ("compare", lo, hi, "larger"), ins, inp, out
+        return ("compare", lo, hi, "larger"), ins, inp, out, str(hi)
     ins, inp = rng.choice([(f"Which number is smaller: {a} or {b}?", ""),
                            ("Pick the smaller of the two numbers.", f"{a}, {b}")])
     out = rng.choice([f"{lo} is smaller than {hi}.", f"The smaller number is {lo}."])
-    return ("compare", lo, hi, "smaller"), ins, inp, out
+    return ("compare", lo, hi, "smaller"), ins, inp, out, str(lo)
 
 
 def _day_of_week(rng: random.Random) -> Example:
@@ -223,7 +220,7 @@ def _day_of_week(rng: random.Random) -> Example:
         ins, inp = rng.choice([(f"If today is {day}, what day was it {n} days ago?", ""),
                                (f"What day of the week is {n} days before {day}?", "")])
         out = rng.choice([f"{n} days before {day} is {res}.", f"It was {res}."])
-    return ("dow", d, n, later), ins, inp, out
+    return ("dow", d, n, later), ins, inp, out, res
 
 
 _GENERATORS: dict[str, Callable[[random.Random], Example]] = {
@@ -244,7 +241,7 @@ class _Drawer:
         start = FAMILIES.index(family)
         for fam in FAMILIES[start:] + FAMILIES[:start]:  # a family whose content ran out hands over to the next
             for attempt in range(200):
-                key, ins, inp, out = _GENERATORS[fam](self.rng)
+                key, ins, inp, out, _ = _GENERATORS[fam](self.rng)
                 if (ins, inp) in self.prompts or (key in self.keys and attempt < 100):
                     continue
                 self.keys.add(key)
@@ -325,10 +322,14 @@ def generate_demo_with_sources(n_clean: int = 240, seed: int = 0) -> tuple[list[
     *not* in the dataset (so no prompt appears twice with different answers); its output is the right answer.
     For the duplicates the source is the clean row (with its id) that was copied.
     """
+    return _generate(_Drawer(random.Random(seed)), n_clean)
+
+
+def _generate(drawer: _Drawer, n_clean: int) -> tuple[list[dict], dict[str, dict]]:
+    """The body of :func:`generate_demo_with_sources`, drawing every task from ``drawer`` (which keeps their keys)."""
     if n_clean < len(FAMILIES):
         raise ValueError(f"n_clean must be at least {len(FAMILIES)}")
-    rng = random.Random(seed)
-    drawer = _Drawer(rng)
+    rng = drawer.rng
     families = [FAMILIES[i % len(FAMILIES)] for i in range(n_clean)]
     rng.shuffle(families)
     clean = [drawer.draw(fam) for fam in families]
@@ -385,13 +386,75 @@ def generate_demo(n_clean: int = 240, seed: int = 0) -> list[dict]:
     return generate_demo_with_sources(n_clean, seed)[0]
 
 
-def write_demo(path: str | Path, **kwargs) -> Path:
-    """Write ``generate_demo(**kwargs)`` to ``path`` as JSONL (UTF-8, one record a line) and return the path."""
+def _write_jsonl(path: str | Path, records: list[dict]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(rec, ensure_ascii=False) for rec in generate_demo(**kwargs)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records), encoding="utf-8")
     return path
+
+
+def write_demo(path: str | Path, **kwargs) -> Path:
+    """Write ``generate_demo(**kwargs)`` to ``path`` as JSONL (UTF-8, one record a line) and return the path."""
+    return _write_jsonl(path, generate_demo(**kwargs))
+
+
+# --------------------------------------------------------------------------- held-out clean tasks with answers
+
+HELDOUT_NAME = "demo-heldout"  # the dataset name the ``demo --heldout N`` command ingests them under
+
+
+def _demo_tasks(n_clean: int, seed: int) -> tuple[set[tuple], set[tuple[str, str]]]:
+    """Semantic keys and (instruction, input) prompts of ``generate_demo(n_clean, seed)``'s rows and defect sources."""
+    drawer = _Drawer(random.Random(seed))
+    records, _ = _generate(drawer, n_clean)
+    return drawer.keys, drawer.prompts | {(r["instruction"], r["input"]) for r in records}
+
+
+def generate_heldout(n: int = 90, seed: int = 1, exclude_seed: int = 0, exclude_n_clean: int = 240) -> list[dict]:
+    """``n`` clean tasks the demo never contains, each with its computed short ``answer``: an evaluation set.
+
+    Records (id, instruction, input, output, family, answer), ids heldout-0001, ...; families balanced to within
+    one, in an order shuffled by ``random.Random(seed)``. No task shares its semantic key (what it asks about: the
+    same sum, word, country, ...) or its (instruction, input) with a row of ``generate_demo(exclude_n_clean,
+    exclude_seed)`` or a task its defects were made from, nor repeats within the set: a model fine-tuned on that
+    demo is evaluated on tasks it never saw. ``answer`` is the bare result ("1500", "Paris", "tenalp", "3, 17, 42")
+    that every phrasing of ``output`` contains, so a generation is judged by whether it states the answer.
+    """
+    keys, prompts = _demo_tasks(exclude_n_clean, exclude_seed)
+    rng = random.Random(seed)
+    families = [FAMILIES[i % len(FAMILIES)] for i in range(n)]
+    rng.shuffle(families)
+    width = max(4, len(str(n)))
+    records = []
+    for i, family in enumerate(families, start=1):
+        for _ in range(2000):
+            key, ins, inp, out, answer = _GENERATORS[family](rng)
+            if key not in keys and (ins, inp) not in prompts:
+                break
+        else:
+            raise ValueError(f"ran out of {family} tasks outside the demo; ask for fewer held-out rows")
+        keys.add(key)
+        prompts.add((ins, inp))
+        records.append({"id": f"heldout-{i:0{width}d}", "instruction": ins, "input": inp, "output": out,
+                        "family": family, "answer": answer})  # fmt: skip
+    return records
+
+
+def write_heldout(path: str | Path, **kwargs) -> Path:
+    """Write ``generate_heldout(**kwargs)`` to ``path`` as JSONL (UTF-8, one record a line) and return the path."""
+    return _write_jsonl(path, generate_heldout(**kwargs))
+
+
+def answers_of(examples: pd.DataFrame) -> list[str | None]:
+    """Each example's ``answer`` field, read from its ``original`` JSON (None where the record had none)."""
+    answers: list[str | None] = []
+    for original in examples["original"]:
+        try:
+            answer = json.loads(original).get("answer")
+        except (TypeError, ValueError, AttributeError):  # not JSON text, or not an object
+            answer = None
+        answers.append(None if answer is None else str(answer))
+    return answers
 
 
 # --------------------------------------------------------------------------- planted swaps in preference pairs

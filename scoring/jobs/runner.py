@@ -20,6 +20,7 @@ import traceback
 from dataclasses import replace
 
 from scoring.errors import UserError
+from scoring.jobs.evaluate import EVALUATE_JOB, run_evaluate_job
 from scoring.jobs.influence import INFLUENCE_JOB, run_influence_job
 from scoring.jobs.pairs import run_pair_job
 from scoring.jobs.requests import MAP_JOB, map_request
@@ -98,6 +99,8 @@ def _run_owned(cache: Cache, job: Job, progress: bool) -> None:
             job.progress(stage="computing the UMAP map")
             save_job(cache, job)
             compute_map(cache, job.base_pass)
+        elif job.kind == EVALUATE_JOB:
+            run_evaluate_job(cache, job, should_stop, progress)
         elif job.kind == INFLUENCE_JOB:
             run_influence_job(cache, job, should_stop, progress)
         elif job.is_pair:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tqdm import tqdm
 
@@ -19,7 +19,7 @@ from scoring.models.loading import ModelRef, load_tokenizer, model_card, resolve
 from scoring.passes.engine import PassConfig
 from scoring.passes.runner import PassProgress, RowKind, fill_pass, pass_key, pass_manifest
 from scoring.store.cache import Cache
-from scoring.store.jobs import Job, save_job
+from scoring.store.jobs import ROLES, Job, save_job
 
 
 class Stopped(Exception):
@@ -43,16 +43,17 @@ class Steps:
         self.job.timings = {**(self.job.timings or {}), name: round(time.perf_counter() - started, 1)}
 
     def fill(self, role: str, kind: RowKind, ref: ModelRef, examples, config: PassConfig,
-             other: tuple[str, str] | None = None) -> str:  # fmt: skip
+             other: tuple[str, str] | None = None, record: bool = True) -> str:  # fmt: skip
         """Run (or resume, or reuse) the ``role`` pass of model ``ref``; returns its key. ``other`` = (name,
         fingerprint) of another dataset the examples come from (a separate validation set): its pass key is kept in
-        ``job.val_passes[role]``, not as the job's own pass."""
+        ``job.val_passes[role]``, not as the job's own pass. ``record=False``: kept nowhere in the job (an
+        evaluation's passes over its eval sets, whose keys its result holds)."""
         cache, job, started = self.cache, self.job, time.perf_counter()
         dataset, fingerprint = other or (job.dataset, job.dataset_fingerprint)
         key = pass_key(kind, fingerprint, ref, self.template, config)
-        if other:
+        if record and other:
             job.val_passes = {**(job.val_passes or {}), role: key}
-        else:
+        elif record:
             job.set_pass_key(role, key)
         manifest = pass_manifest(cache, key)
         name = f"{role} pass" + (f" on {dataset}" if other else "")
@@ -84,8 +85,9 @@ class Steps:
         return key
 
     def train(self, role: str, stage: str, run: Callable[[Callable[[int, int], None]], ModelRef | None]) -> ModelRef:
-        """Train a model with ``run(on_step)``; records its card as the job's ``<role>_model``. ``run`` returns None
-        when it stopped early (cancelled), which becomes :class:`Stopped`."""
+        """Train a model with ``run(on_step)``; records its card as the job's ``<role>_model`` when ``role`` is a pass
+        role (an evaluation arm's is kept in its result instead). ``run`` returns None when it stopped early
+        (cancelled), which becomes :class:`Stopped`."""
         job = self.job
         self.stage(stage, done=0, total=None, tokens_per_s=None, eta_s=None)
         started = time.perf_counter()
@@ -99,7 +101,8 @@ class Steps:
         if trained is None:
             raise Stopped()
         self.timed(f"{role} training", started)
-        setattr(job, "reference_model" if role == "ref" else f"{role}_model", model_card(trained))
+        if role in ROLES:
+            setattr(job, "reference_model" if role == "ref" else f"{role}_model", model_card(trained))
         return trained
 
 

@@ -5,4 +5,5 @@
   attention kept inside each
 - :mod:`~scoring.passes.fused`, :mod:`~scoring.passes.cpu_kernels`: fused bf16 CPU kernels for a Llama-style trunk
 - :mod:`~scoring.passes.runner`: ONE chunked, resumable, multi-worker pass runner for both dataset kinds
+- :mod:`~scoring.passes.generate`: greedy answers and whether they contain the computed one (evaluation accuracy)
 """

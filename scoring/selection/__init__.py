@@ -8,4 +8,6 @@
 - :mod:`~scoring.selection.saved`: the rule spec the CLI and the app share, saved selections, comparisons
 - :mod:`~scoring.selection.pairs`: the LossDiff-IRM band rule for preference pairs
 - :mod:`~scoring.selection.influence`: how well the pair scores agree with IF (Spearman, overlap with TIF, auto band)
+- :mod:`~scoring.selection.evaluation`: an evaluation's arms (random subsets matched in size and tokens, the rule
+  turned over) and the paired bootstrap of selection − random with its verdict
 """

@@ -21,7 +21,7 @@ ACTIVE = ("queued", "running")  # a job in one of these states is waited for, ne
 FINISHED = ("done", "failed", "cancelled")
 WAITING = ("queued", "interrupted")  # as list_jobs shows them: what a worker picks up (interrupted: its owner died)
 UNFINISHED = ("queued", "running", "interrupted")  # waiting or running, as list_jobs shows them
-KINDS = ("score", "pair_score", "layout", "influence")
+KINDS = ("score", "pair_score", "layout", "influence", "evaluate")
 ROLES = ("base", "ref", "theta", "val")  # the model passes a job can fill, in the order they run
 
 # The request fields of each kind: what the job id is a fingerprint of (with the scores, sorted).
@@ -32,6 +32,8 @@ REQUEST_FIELDS = {
                    "pass_config", "code_version", "trust_remote_code"),
     "layout": ("kind", "dataset", "base_pass", "code_version"),
     "influence": ("kind", "dataset", "dataset_fingerprint", "source_job", "influence", "code_version"),
+    "evaluate": ("kind", "dataset", "dataset_fingerprint", "model", "model_fingerprint", "source_job", "evaluation",
+                 "pass_config", "code_version", "trust_remote_code"),
 }  # fmt: skip
 
 
@@ -63,6 +65,7 @@ class Job:
     val: dict | None = None  # pairs: {"fraction", "seed"} held out, or {"dataset", "fingerprint"}; + "start"
     source_job: str | None = None  # layout / influence: the score job it reads
     influence: dict | None = None  # influence: {"sample", "seed", "params"}
+    evaluation: dict | None = None  # evaluate: the arms, eval sets and training config (scoring.jobs.evaluate)
     # --- what it produced
     base_pass: str | None = None
     ref_pass: str | None = None
@@ -76,7 +79,7 @@ class Job:
     #                                   by θ, never selectable)
     val_passes: dict | None = None  # pairs with a separate validation dataset: role -> key of its pass over it
     warmups: dict | None = None  # pairs: per warm-up, reward accuracy / margin before and after (scoring.jobs.pairs)
-    result: dict | None = None  # influence: the agreement report (scoring.selection.influence)
+    result: dict | None = None  # influence: the agreement report (scoring.selection.influence); evaluate: the report
     timings: dict | None = None  # seconds per step ("ref pass", "theta training", …) of the run that made them
     # --- its state
     state: str = "queued"  # queued | running | done | failed | cancelled | interrupted (shown, never saved)

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import hashlib
 import json
 import re
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from scoring.ingest.demo import DEFECT_KINDS, FAMILIES, generate_demo, generate_demo_with_sources, write_demo
+from scoring.ingest.demo import (
+    DEFECT_KINDS,
+    FAMILIES,
+    answers_of,
+    generate_demo,
+    generate_demo_with_sources,
+    generate_heldout,
+    write_demo,
+    write_heldout,
+)
+from scoring.passes.generate import answer_correct
 from scoring.scores.reports import auroc_by_defect, format_auroc_table, mann_whitney_auroc
 
 
@@ -46,6 +58,20 @@ def test_deterministic_for_a_seed():
     assert generate_demo() == generate_demo(n_clean=240, seed=0)
 
 
+# sha256 of json.dumps(generate_demo(...)), taken before the task families also returned their answers: the demo
+# (and every golden number computed on it) must not move when the generator code changes. Update only with a reason.
+DEMO_SHA256 = {
+    (240, 0): "58c848e48507292c8c0cffcc517dc979c82a5c445b6240d5b38b7abf8ad16b56",
+    (40, 1): "380020cc781b4a8e361cb09a9508c577f10337323c4a6875454c5c062f132b29",
+}
+
+
+@pytest.mark.parametrize("n_clean, seed", sorted(DEMO_SHA256))
+def test_the_demo_is_pinned(n_clean, seed):
+    text = json.dumps(generate_demo(n_clean=n_clean, seed=seed))
+    assert hashlib.sha256(text.encode()).hexdigest() == DEMO_SHA256[(n_clean, seed)]
+
+
 def test_shape(records):
     assert 280 <= len(records) <= 320
     ids = [r["id"] for r in records]
@@ -60,7 +86,7 @@ def test_shape(records):
     counts = Counter(r["defect"] for r in records)
     assert all(counts[k] >= 5 for k in DEFECT_KINDS), counts
     assert 0.15 <= sum(counts[k] for k in DEFECT_KINDS) / len(records) <= 0.25
-    assert set(r["family"] for r in _clean(records)) == set(FAMILIES)
+    assert {r["family"] for r in _clean(records)} == set(FAMILIES)
     assert min(Counter(r["family"] for r in _clean(records)).values()) >= 20
 
 
@@ -113,7 +139,7 @@ def check_arithmetic(r):
 
 
 def check_unit_conversion(r):
-    (src, dst), factor = next(((s, d), f) for (s, d), f in UNIT_FACTORS.items()
+    (_src, dst), factor = next(((s, d), f) for (s, d), f in UNIT_FACTORS.items()
                               if re.search(rf"\b{d}\b", r["instruction"]) and re.search(rf"\d {s}\b", _prompt(r)))
     value = float(re.search(r"\d+(?:\.\d+)?", _prompt(r))[0])
     assert float(re.findall(r"\d+(?:\.\d+)?", r["output"])[-1]) == value * factor
@@ -201,6 +227,90 @@ def test_phrasing_varies(records):
         templates = {re.sub(r"\d+|'[a-z]+'|[A-Z][a-z]+day", "#", r["instruction"]) for r in rows}
         assert len(templates) >= 2, family
         assert len({re.sub(r"[\d.]+", "#", r["output"])[:8] for r in rows}) >= 2, family
+
+
+# --------------------------------------------------------------------------- held-out tasks
+
+
+def _content(r) -> tuple:
+    """What a task asks about, read back from its prompt (the generator's semantic key, derived independently)."""
+    fam, ins, p = r["family"], r["instruction"], _prompt(r)
+    quoted = re.findall(r"'([a-z]+)'", ins)
+    word = r["input"] if re.fullmatch(r"[a-z]+", r["input"]) else quoted[-1] if quoted else ""
+    if fam == "arithmetic":
+        return fam, *_ints(p), re.search(r"plus|minus|times|[+\-×]", p)[0].replace("plus", "+").replace(
+            "minus", "-").replace("times", "×")  # fmt: skip
+    if fam == "unit_conversion":
+        return fam, re.search(r"(\d+(?:\.\d+)?) ([a-z]+)", p).groups()
+    if fam == "count_letters":
+        return fam, "vowels" if "vowel" in ins else quoted[0], word
+    if fam == "sort_numbers":
+        return fam, tuple(_ints(p)), "largest to smallest" in ins or "descending" in ins
+    if fam == "capital":
+        return fam, r["input"] or re.search(r"of ([A-Z][A-Za-z ]+?)[.?]$", ins)[1]
+    if fam == "word_form":
+        return fam, "plural" in ins, word
+    if fam == "compare_numbers":
+        return fam, frozenset(_ints(p)), "larger" in ins
+    if fam == "day_of_week":
+        return fam, next(d for d in WEEKDAYS if d in ins), *_ints(ins), "after" in ins or "will" in ins
+    return fam, word  # reverse_word
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return generate_heldout()
+
+
+def test_heldout_records(heldout):
+    assert [r["id"] for r in heldout] == [f"heldout-{i:04d}" for i in range(1, 91)]
+    for r in heldout:
+        assert set(r) == {"id", "instruction", "input", "output", "family", "answer"}
+        assert all(isinstance(v, str) and v == v.strip() for v in r.values())
+        assert r["answer"] and r["instruction"] and r["output"]
+        CHECKS[r["family"]](r)  # the output is right, checked independently
+    assert Counter(r["family"] for r in heldout) == {family: 10 for family in FAMILIES}
+    assert len({r["family"] for r in heldout[:30]}) >= 6  # shuffled, not one family after another
+
+
+def test_heldout_is_deterministic():
+    assert generate_heldout() == generate_heldout(n=90, seed=1, exclude_seed=0, exclude_n_clean=240)
+    assert generate_heldout(seed=2) != generate_heldout(seed=1)
+    assert len(generate_heldout(n=20, seed=3)) == 20
+
+
+@pytest.mark.parametrize("n_clean, seed", [(240, 0), (40, 1)])
+def test_heldout_never_in_the_demo(n_clean, seed):
+    held = generate_heldout(n=45, seed=7, exclude_seed=seed, exclude_n_clean=n_clean)
+    demo_rows, sources = generate_demo_with_sources(n_clean, seed)
+    in_demo = demo_rows + list(sources.values())  # the tasks defects were made from count too
+    assert not {_content(r) for r in held} & {_content(r) for r in in_demo}
+    assert not {(r["instruction"], r["input"]) for r in held} & {(r["instruction"], r["input"]) for r in in_demo}
+    assert len({_content(r) for r in held}) == len({(r["instruction"], r["input"]) for r in held}) == len(held)
+
+
+def test_every_family_answer_is_in_its_output():
+    rows = [r for seed in range(1, 6) for r in generate_heldout(seed=seed)]
+    for family in FAMILIES:
+        mine = [r for r in rows if r["family"] == family]
+        assert len(mine) == 50 and len({r["answer"] for r in mine}) >= 3, family
+        for r in mine:
+            assert r["answer"] in r["output"] and answer_correct(r["output"], r["answer"]), r
+            assert not answer_correct(r["output"], r["answer"] + "0"), r  # and only the answer
+
+
+def test_heldout_runs_out_with_a_clear_error():
+    with pytest.raises(ValueError, match="ran out of capital tasks"):
+        generate_heldout(n=len(FAMILIES) * 40)
+
+
+def test_write_heldout_and_answers_of(tmp_path):
+    path = write_heldout(tmp_path / "h" / "held.jsonl", n=18, seed=4)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert rows == generate_heldout(n=18, seed=4)
+    originals = [json.dumps(r, ensure_ascii=False) for r in rows]
+    frame = pd.DataFrame({"original": originals + ['{"output": "x"}', '{"answer": 12}', "not json", "[1, 2]", None]})
+    assert answers_of(frame) == [r["answer"] for r in rows] + [None, "12", None, None, None]
 
 
 # --------------------------------------------------------------------------- defects are defects
@@ -293,7 +403,9 @@ def test_duplicates_use_distinct_clean_rows(demo):
 
 
 def test_auroc_matches_sklearn_with_ties():
-    from sklearn.metrics import roc_auc_score  # imported here: it alone takes most of this file's run time
+    from sklearn.metrics import (
+        roc_auc_score,  # imported here: it alone takes most of this file's run time
+    )
 
     rng = np.random.default_rng(0)
     for trial in range(20):

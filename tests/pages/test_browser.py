@@ -22,8 +22,8 @@ from tests import synthetic
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-PAGES = [("", "Overview"), ("inspect", "Inspect"), ("map", "Map"), ("select", "Select"), ("export", "Export"),
-         ("jobs", "Jobs"), ("pairs", "Pairs")]  # fmt: skip
+PAGES = [("", "Overview"), ("inspect", "Inspect"), ("map", "Map"), ("select", "Select"), ("evaluate", "Evaluate"),
+         ("export", "Export"), ("jobs", "Jobs"), ("pairs", "Pairs")]  # fmt: skip
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +31,32 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
     if os.environ.get("CI") == "true":
         raise RuntimeError("CI needs Chromium for the browser test: run .ci/install (apt chromium chromium-driver)")
     pytest.skip("Chromium / chromedriver not installed (bash .ci/install installs them)", allow_module_level=True)
+
+
+def _finished_sweep(root: Path, dataset: str) -> None:
+    """A finished evaluation record (a sweep of a rule at two budgets) with its report, written as the evaluate job
+    writes it, so the Evaluate page draws its tables and the sweep chart (band, rule line, dashed full line)."""
+    from scoring.store.cache import Cache
+    from scoring.store.jobs import Job, now, save_job
+
+    def point(budget, sel, rnd):
+        return {"budget": budget, "metric": "nll", "selection": sel, "n_examples": 10, "random_mean": rnd,
+                "random_sd": 0.02, "n_seeds": 2, "n_eval": 50, "selection_minus_random": sel - rnd,
+                "ci95": [sel - rnd - 0.03, sel - rnd + 0.03], "verdict": "better than random", "full": 1.7, "also": {}}
+
+    arms = [{"name": name, "role": role, "n_examples": 10, "n_tokens": 500, "steps": 2,
+             "metrics": {"synth-eval": {"nll": value}}}
+            for name, role, value in (("rule@5%", "selection", 1.8), ("random-0@5%", "random", 1.9),
+                                      ("rule@10%", "selection", 1.75), ("random-0@10%", "random", 1.85),
+                                      ("full", "full", 1.7))]  # fmt: skip
+    save_job(Cache(root), Job(
+        id="e0" * 8, kind="evaluate", dataset=dataset, source_job="none", state="done", stage="done", created=now(),
+        evaluation={"selection": None, "rule_of": "top6", "budgets": ["5%", "10%"], "rule": {"scores": ["davir"]},
+                    "against": ["random", "full"], "seeds": 2, "start": "base",
+                    "evals": [{"name": "synth-eval", "fingerprint": "x", "kind": "sft"}], "train": {"epochs": 3.0}},
+        result={"evals": {"synth-eval": ["nll"]}, "notes": ["a note on <b>the</b> eval sets"], "arms": arms,
+                "start": {"name": "base", "metrics": {"synth-eval": {"nll": 2.0}}}, "comparisons": {},
+                "sweep": {"synth-eval": [point("5%", 1.8, 1.9), point("10%", 1.75, 1.85)]}}))  # fmt: skip
 
 
 def _free_port() -> int:
@@ -48,6 +74,7 @@ def server(tmp_path_factory):
                     extra_rows=[{"id": "xss", "prompt": synthetic.XSS_PROMPT, "response": synthetic.XSS_RESPONSE}])
     synthetic.build_pairs(cache, n=100, dataset="pairs", extra_rows=[
         {"id": "xss", "prompt": synthetic.XSS_PROMPT, "chosen": synthetic.XSS_RESPONSE, "rejected": "<b>no</b>"}])
+    _finished_sweep(cache, "synth")
     port = _free_port()
     env = dict(os.environ, DAVIR_CACHE=str(cache), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     log = open(root / "streamlit.log", "wb")
@@ -109,6 +136,16 @@ def _open(driver, url: str, title: str) -> None:
     time.sleep(1.0)  # let charts and late elements settle before looking for error boxes
 
 
+def _body_after(driver, url: str, title: str) -> str:
+    """Open ``url`` and return the page's text once its charts are drawn."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _open(driver, url, title)
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg"))
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
 def test_every_page_renders_without_an_error_box(server, browser):
     from selenium.webdriver.common.by import By
 
@@ -121,6 +158,9 @@ def test_every_page_renders_without_an_error_box(server, browser):
         assert not errors, f"{title}: {[e.text for e in errors]}"
         browser.save_screenshot(str(shots / f"{title.lower()}.png"))
         assert (shots / f"{title.lower()}.png").stat().st_size > 10_000
+    body = _body_after(browser, f"{url}/evaluate?dataset=synth", "Evaluate")  # the synthetic sweep's chart
+    assert "synth-eval: nll vs budget" in body and "a note on <b>the</b> eval sets" in body
+    assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')
     _open(browser, f"{url}/pairs?dataset=pairs&example=xss", "Pairs")  # the pair view, XSS in the chosen reply
     errors = browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"], [data-testid="stAlertContentError"]')
     assert not errors, [e.text for e in errors]
