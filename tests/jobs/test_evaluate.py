@@ -21,6 +21,7 @@ import pytest
 
 from scoring import cli
 from scoring.errors import UserError
+from scoring.export import export_selection
 from scoring.ingest import catalog
 from scoring.jobs import runner
 from scoring.jobs.evaluate import evaluate_request, report, values
@@ -100,6 +101,11 @@ def test_cli_json_is_the_last_line(cache, scored, capsys):
     assert cli.main(["--cache", str(cache.root), "status", "planted"]) == 0
     status = capsys.readouterr().out
     assert f"evaluation {out['job']} of clean on planted-test: nll selection" in status
+    manifest = export_selection(cache, "planted", "clean", "jsonl").manifest  # the export records the evaluation
+    (recorded,) = manifest["evaluations"]
+    assert recorded["job"] == out["job"] and recorded["comparisons"] == out["comparisons"]
+    assert [a["name"] for a in recorded["arms"]] == ["selection", "random-0", "full"]
+    assert all(len(a["model_fingerprint"]) >= 16 for a in recorded["arms"])
 
 
 def test_random_arms_differ_by_seed_and_match_size_and_tokens(cache, scored):
