@@ -286,7 +286,7 @@ def _measured(steps: Steps, name: str, model: ModelRef, evals: list[EvalSet], co
     """{eval: {metric: mean}} of ``model``; the per-example values saved for the comparisons."""
     frames, means = [], {}
     for ev in evals:
-        values = measure(steps, model, ev, config, ref, beta)
+        values = measure(steps, model, ev, config, ref, beta, name)
         means[ev.name] = {m: float(np.mean(v)) for m, v in values.items()}
         frames += [pd.DataFrame({"eval": ev.name, "metric": m, "i": np.arange(len(v)), "value": v})
                    for m, v in values.items()]  # fmt: skip

@@ -24,7 +24,7 @@ import pyarrow as pa
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_kind, dataset_meta, ingest, list_datasets, load_examples
 from scoring.ingest.demo import answers_of
-from scoring.jobs.steps import Steps
+from scoring.jobs.steps import Steps, Stopped
 from scoring.models.loading import ModelRef, load_model, pick_device
 from scoring.passes.engine import PassConfig
 from scoring.passes.generate import answer_correct, greedy_answers
@@ -100,28 +100,30 @@ def eval_set(name: str, fingerprint: str, kind: str, examples: pd.DataFrame) -> 
     return EvalSet(name, fingerprint, kind, rows, answers)
 
 
-def measure(steps: Steps, model: ModelRef, ev: EvalSet, config: PassConfig, ref: ModelRef, beta: float) -> dict:
+def measure(steps: Steps, model: ModelRef, ev: EvalSet, config: PassConfig, ref: ModelRef, beta: float,
+            label: str = "eval") -> dict:  # fmt: skip
     """{metric: (E,) per-example values} of ``model`` on ``ev`` (NaN-free; E = rows of ``ev`` with scored
-    tokens). ``ref`` (π_ref) and ``beta`` are used for pairs only."""
+    tokens). ``ref`` (π_ref) and ``beta`` are used for pairs only; ``label`` names the model in the progress."""
     if ev.kind == "pair":
-        return _pair_metrics(steps, model, ev, config, ref, beta)
-    key = steps.fill("eval", INSTRUCTIONS, model, ev.examples, config, (ev.name, ev.fingerprint), record=False)
+        return _pair_metrics(steps, model, ev, config, ref, beta, label)
+    key = steps.fill(label, INSTRUCTIONS, model, ev.examples, config, (ev.name, ev.fingerprint), record=False)
     losses = read_pass(steps.cache, key, ["idx", "loss_sum", "n_response_tokens"]).set_index("idx")
     losses = losses.loc[ev.examples["idx"]]
     n = losses["n_response_tokens"].to_numpy(dtype=float)
     scored = n > 0
     out = {"nll": (losses["loss_sum"].to_numpy(dtype=float)[scored] / n[scored])}
     if ev.answers:
-        correct = _accuracy(steps, model, ev)
+        correct = _accuracy(steps, model, ev, label)
         out["accuracy"] = correct[scored]
     return out
 
 
-def _pair_metrics(steps: Steps, model: ModelRef, ev: EvalSet, config: PassConfig, ref: ModelRef, beta: float) -> dict:
+def _pair_metrics(steps: Steps, model: ModelRef, ev: EvalSet, config: PassConfig, ref: ModelRef, beta: float,
+                  label: str) -> dict:  # fmt: skip
     where = (ev.name, ev.fingerprint)
     sides = ["idx", "chosen_logp", "rejected_logp", "n_chosen_tokens", "n_rejected_tokens"]
     ref_key = steps.fill("ref", PAIRS, ref, ev.examples, config, where, record=False)
-    key = ref_key if model.fingerprint == ref.fingerprint else steps.fill("eval", PAIRS, model, ev.examples, config,
+    key = ref_key if model.fingerprint == ref.fingerprint else steps.fill(label, PAIRS, model, ev.examples, config,
                                                                           where, record=False)  # fmt: skip
     r = read_pass(steps.cache, ref_key, sides).set_index("idx").loc[ev.examples["idx"]]
     p = read_pass(steps.cache, key, sides).set_index("idx").loc[ev.examples["idx"]]
@@ -131,7 +133,7 @@ def _pair_metrics(steps: Steps, model: ModelRef, ev: EvalSet, config: PassConfig
     return {"preference_accuracy": accuracy, "dpo_loss": np.logaddexp(0.0, -beta * margin)}  # softplus(-βm)
 
 
-def _accuracy(steps: Steps, model: ModelRef, ev: EvalSet) -> np.ndarray:
+def _accuracy(steps: Steps, model: ModelRef, ev: EvalSet, label: str) -> np.ndarray:
     """1.0 / 0.0 per eval example: the greedy answer contains the computed one. Generations are cached by content
     (model, eval set, template, length) under ``<cache>/evaluations/generations/``."""
     cache = steps.cache
@@ -141,13 +143,21 @@ def _accuracy(steps: Steps, model: ModelRef, ev: EvalSet) -> np.ndarray:
     if path.exists():
         texts = pd.read_parquet(path).set_index("idx").loc[ev.examples["idx"], "text"].tolist()
     else:
-        steps.stage(f"greedy answers on {ev.name}", done=0, total=len(ev.examples), eta_s=None, tokens_per_s=None)
+        steps.stage(f"greedy answers ({label} model, on {ev.name})", done=0, total=len(ev.examples), eta_s=None,
+                    tokens_per_s=None)
         conversations = [[m for m in json.loads(ms) if m["role"] != "assistant"] for ms in ev.examples["messages"]]
         net = load_model(model, pick_device(), None, steps.job.trust_remote_code)
         texts = greedy_answers(net, steps.tokenizer, conversations, max_new_tokens=MAX_NEW_TOKENS,
-                               on_progress=lambda n: steps.stage(steps.job.stage, done=n))  # fmt: skip
+                               on_progress=lambda n: _generated(steps, n))  # fmt: skip
         atomic_write_parquet(path, pa.table({"idx": ev.examples["idx"].to_numpy(), "text": texts}))
     return np.array([float(answer_correct(t, a)) for t, a in zip(texts, ev.answers)])
+
+
+def _generated(steps: Steps, n: int) -> None:
+    """Progress of the greedy answers, and the place a cancel request stops them (between two batches)."""
+    steps.stage(steps.job.stage, done=n)
+    if steps.should_stop():
+        raise Stopped()
 
 
 def record_steps(model: ModelRef) -> int | None:
