@@ -29,7 +29,7 @@ from scoring.jobs.requests import score_request
 from scoring.passes.engine import PassConfig
 from scoring.store.cache import read_json
 from scoring.store.jobs import load_job
-from tests.helpers import PLANTED_LR, PLANTED_N_BAD, PLANTED_N_CLEAN, PLANTED_N_KEPT, build_planted
+from tests.helpers import PLANTED_LR, PLANTED_N_BAD, PLANTED_N_CLEAN, PLANTED_N_KEPT, build_planted, planted_rows
 from tests.tiny import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,3 +226,24 @@ def test_pair_evaluation_from_theta_measures_preference_accuracy(cache, tmp_path
     job = runner.run(cache, runner.enqueue(cache, ref)[0].id)
     assert job.state == "done", job.error
     assert report(job)["start"][name]["preference_accuracy"] == 0.5  # π_ref against itself: all ties
+
+
+def test_eval_set_with_answers_measures_greedy_accuracy(cache, scored, tmp_path):
+    """Rows with a computed ``answer`` (the demo's held-out tasks carry one) add exact-match accuracy of greedy
+    answers, judged first; the generations are cached by content, so a second evaluation sharing arms reuses them."""
+    qa = [{**r, "answer": "42"} for r in planted_rows(8, 0, 2, "qa")]
+    (tmp_path / "qa.json").write_text(json.dumps(qa))
+    catalog.ingest(str(tmp_path / "qa.json"), cache, name="planted-qa", progress=False)
+    job = runner.run(cache, runner.enqueue(cache, _request(cache, evals=["planted-qa"], seeds=1, epochs=2,
+                                                           against=["random"]))[0].id)  # fmt: skip
+    assert job.state == "done", job.error
+    c = report(job)["comparisons"]["planted-qa"]
+    assert c["metric"] == "accuracy" and set(c["also"]) == {"nll"} and 0 <= c["selection"] <= 1
+    generations = sorted((cache.root / "evaluations" / "generations").glob("*.parquet"))
+    assert len(generations) == 3  # start, selection, random-0
+    assert all(len(pd.read_parquet(p)) == 8 for p in generations)
+    stamps = [p.stat().st_mtime_ns for p in generations]
+    again = runner.run(cache, runner.enqueue(cache, _request(cache, evals=["planted-qa"], seeds=1, epochs=2,
+                                                             against=["random", "full"]))[0].id)  # fmt: skip
+    assert again.state == "done" and again.id != job.id
+    assert [p.stat().st_mtime_ns for p in generations] == stamps  # reused, not generated again
