@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from scoring.errors import UserError
+from scoring.schema import NEVER_SELECTED
 from scoring.ingest.catalog import dataset_kind
 from scoring.jobs.measure import EvalSet, eval_set, load_eval_set, measure, record_steps, resolve_eval
 from scoring.jobs.pairs import as_pairs, ref_logps, validation_split, with_logps
@@ -155,11 +156,16 @@ def _spec(dataset: str, rule: dict, budget: str | None = None, rules: tuple | No
 # ----------------------------------------------------------------------------------------------------------- arms
 
 
-def pool_of(cache: Cache, job: Job) -> pd.DataFrame:
-    """The selectable rows (id, n_tokens) of the score job's table, minus the evaluation's holdout; and the holdout
-    ids (a seeded share of the selectable rows, by id hash: scoring.jobs.pairs.validation_split)."""
+def pool_of(cache: Cache, job: Job) -> tuple[pd.DataFrame, set]:
+    """The selectable rows (id, n_tokens) of the score job's table -- unflagged, or for a selection made with
+    ``--include-flagged`` every row but validation pairs -- minus the evaluation's holdout; and the holdout ids (a
+    seeded share of the selectable rows, by id hash: scoring.jobs.pairs.validation_split)."""
     table, _ = score_table(cache, job.dataset, job.source_job)
-    pool = table[table["flag"].fillna("") == ""]
+    flags = table["flag"].fillna("")
+    if job.evaluation["rule"].get("include_flagged"):  # the pool the rule chose from: flagged rows too
+        pool = table[[not any(r in f.split(",") for r in NEVER_SELECTED) for f in flags]]
+    else:
+        pool = table[flags == ""]
     tokens = pool["n_prompt_tokens"].fillna(0) + pool["n_response_tokens"].fillna(0)
     pool = pd.DataFrame({"id": pool["id"].astype(str).to_numpy(), "n_tokens": tokens.astype(int).to_numpy()})
     ev = job.evaluation

@@ -3,8 +3,9 @@ scoring.selection.evaluation need them per example, not just the mean).
 
 - Instruction data: ``nll`` = the mean NLL per response token of each eval example's reference response (a pass of
   the model over the eval set, by the same pass runner and cache as scoring, so a repeated measurement is free);
-  where the eval set carries computed answers (the demo's held-out tasks), ``accuracy`` = whether the greedy answer
-  contains the right one (scoring.passes.generate.answer_correct).
+  where the eval set carries computed answers (the demo's held-out tasks: an ``answer`` column that is not the
+  reference reply itself, as GSM8K's is), ``accuracy`` = whether the greedy answer contains the right one
+  (scoring.passes.generate.answer_correct).
 - Preference pairs: ``preference_accuracy`` = whether the policy's implicit reward ranks chosen above rejected
   (margin m = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)] > 0; a tie counts one half, so π_ref
   itself scores 0.5, not 0) and ``dpo_loss`` = −log σ(β m). π_ref is the score job's base model.
@@ -96,8 +97,15 @@ def eval_set(name: str, fingerprint: str, kind: str, examples: pd.DataFrame) -> 
     if not len(rows):
         raise UserError(f"eval set {name!r} has no unflagged example to evaluate on")
     answers = answers_of(rows) if kind == "sft" and "original" in rows else None
-    answers = answers if answers and all(a for a in answers) else None
+    if not answers or not all(answers) or all(a.strip() == _reply(m) for a, m in zip(answers, rows["messages"])):
+        answers = None  # an "answer" column that is the reference reply itself (GSM8K's) is not a computed answer
     return EvalSet(name, fingerprint, kind, rows, answers)
+
+
+def _reply(messages: str) -> str:
+    """The last assistant turn of a conversation (its reference reply), stripped."""
+    turns = [m for m in json.loads(messages) if m.get("role") == "assistant"]
+    return str(turns[-1].get("content", "")).strip() if turns else ""
 
 
 def measure(steps: Steps, model: ModelRef, ev: EvalSet, config: PassConfig, ref: ModelRef, beta: float,

@@ -247,3 +247,24 @@ def test_eval_set_with_answers_measures_greedy_accuracy(cache, scored, tmp_path)
                                                              against=["random", "full"]))[0].id)  # fmt: skip
     assert again.state == "done" and again.id != job.id
     assert [p.stat().st_mtime_ns for p in generations] == stamps  # reused, not generated again
+
+
+def test_the_pool_is_what_the_rule_chose_from(cache, tmp_path, model):
+    """Random and full arms draw from the rows the selection could have kept: unflagged ones, or with
+    ``--include-flagged`` the flagged ones too (never a validation pair)."""
+    from scoring.jobs.evaluate import pool_of
+    from scoring.selection.saved import SelectionSpec, save_spec
+
+    rows = planted_rows(12, 0, 3, "fl")
+    rows += [dict(rows[0], id="fl-dup")]  # an exact duplicate: flagged at ingest
+    (tmp_path / "fl.json").write_text(json.dumps(rows))
+    catalog.ingest(str(tmp_path / "fl.json"), cache, name="fl", progress=False)
+    score = runner.run(cache, runner.enqueue(cache, score_request(cache, "fl", str(model), ["ppl"], PassConfig(
+        chunk_size=16, dtype="fp32", embed=False, max_length=96)))[0].id)  # fmt: skip
+    assert score.state == "done", score.error
+    for name, flagged in (("plain", False), ("all", True)):
+        save_spec(cache, SelectionSpec("fl", ("ppl",), "4", ("bottom",), include_flagged=flagged), name)
+    pools = {name: set(pool_of(cache, evaluate_request(cache, "fl", name, evals=["fl"]))[0]["id"])
+             for name in ("plain", "all")}  # fmt: skip
+    assert pools["all"] - pools["plain"] == {"fl-dup"} or pools["all"] - pools["plain"] == {rows[0]["id"]}
+    assert len(pools["plain"]) == 12 and len(pools["all"]) == 13
