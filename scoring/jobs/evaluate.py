@@ -242,7 +242,7 @@ def run_evaluate_job(cache: Cache, job: Job, should_stop, progress: bool) -> Non
     for i, arm in enumerate(arms):
         if arm.name not in done or not _values_path(cache, job, arm.name).exists():
             steps.stage(f"arm {i + 1}/{len(arms)}: {arm.name} ({len(arm.ids)} examples)")
-            model = _train_arm(steps, kind, arm, first, examples, config)
+            model = _train_arm(steps, kind, arm, first, examples, config, source.ref_pass)
             metrics = _measured(steps, arm.name, model, evals, config, base, beta)
             done[arm.name] = _arm_record(arm, examples, pool, model, metrics)
         result["arms"] = [done[a.name] for a in arms if a.name in done]
@@ -264,8 +264,8 @@ def _notes(job: Job, kind: str, held: set) -> list[str]:
     return notes
 
 
-def _train_arm(steps: Steps, kind: str, arm: Arm, first: ModelRef, examples: pd.DataFrame,
-               config: PassConfig) -> ModelRef:  # fmt: skip
+def _train_arm(steps: Steps, kind: str, arm: Arm, first: ModelRef, examples: pd.DataFrame, config: PassConfig,
+               ref_pass: str | None) -> ModelRef:  # fmt: skip
     """The arm's model: ``first`` trained on the arm's rows (a checkpoint with the same content key is reused)."""
     job, cache = steps.job, steps.cache
     rows = examples[examples["id"].astype(str).isin(set(arm.ids))].sort_values("idx")
@@ -276,11 +276,10 @@ def _train_arm(steps: Steps, kind: str, arm: Arm, first: ModelRef, examples: pd.
         return steps.train(role, what, lambda on_step: train_reference(
             cache, first, steps.tokenizer, messages, fingerprint, steps.template, config.max_length,
             TrainConfig(**job.evaluation["train"]), pick_device(), on_step, steps.should_stop))  # fmt: skip
-    source_ref = pick_job(cache, job.dataset, job.source_job).ref_pass
     return steps.train(role, what, lambda on_step: train_dpo(
         cache, first, steps.tokenizer, as_pairs(rows), steps.template, config.max_length,
         DPOTrainConfig(**job.evaluation["train"]), pick_device(), on_step, steps.should_stop, job.trust_remote_code,
-        ref_logps(rows), f"pair-pass:{source_ref}"))  # fmt: skip
+        ref_logps(rows), f"pair-pass:{ref_pass}"))  # fmt: skip
 
 
 def _values_path(cache: Cache, job: Job, arm: str):
@@ -334,8 +333,10 @@ def _point(cache: Cache, job: Job, sel: Arm, randoms: list[Arm], others: list[Ar
            ev: EvalSet) -> dict:  # fmt: skip
     """The comparison on one eval set: per metric, selection vs random (and every other arm vs the same random
     arms under "others"), full beside it; the primary metric at the top level, the rest under "also"."""
+    read = {a.name: values(cache, job, a.name) for a in [sel, *randoms, *others, *([full] if full else [])]}
+
     def per_example(arm: Arm, metric: str) -> np.ndarray:
-        v = values(cache, job, arm.name)
+        v = read[arm.name]
         return v[(v["eval"] == ev.name) & (v["metric"] == metric)].sort_values("i")["value"].to_numpy()
 
     out = {}
