@@ -6,7 +6,9 @@ runs the page chosen in the navigation. Every number a page shows comes from ``s
 ``scoring.queries`` over a materialised score view); no page re-implements a step of the flow.
 
 Deep links: ``?dataset=NAME`` selects the dataset on any page, ``?example=ID`` opens an example on Inspect (a pair
-on Pairs, for preference-pair datasets).
+on Pairs, for preference-pair datasets). A page also works when Streamlit runs it without this script (a deep link
+on a fresh server): ``pages._ui.ctx`` builds the context then. The app requests nothing beyond its own server: the
+favicon is ``static/favicon.png``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `pages` and `scoring` import from any working folder
 from pages import _ui  # noqa: E402
 
-st.set_page_config(page_title="DavIR Studio", page_icon=":material/filter_alt:", layout="wide")
+# A local icon file, served by this server: a ":material/…" page_icon makes the browser fetch the favicon from
+# fonts.gstatic.com (the icons of st.Page / st.page_link come from Streamlit's bundled Material Symbols font).
+ICON = Path(__file__).resolve().parent / "static" / "favicon.png"
+st.set_page_config(page_title="DavIR Studio", page_icon=str(ICON), layout="wide")
 
 PAGES = [
     st.Page("pages/overview.py", title="Overview", icon=":material/bar_chart:", url_path="overview", default=True),

@@ -140,6 +140,8 @@ def run_round(cache_root: Path, r: int, n_rows: int, out: dict) -> None:
     _timed(at, "map: colour by score", out)
     at.select_slider(key="map_points").set_value(5000 if r % 2 else 50000)
     _timed(at, "map: points drawn", out)
+    at.selectbox(key="map_colour").set_value(f"saved selection: bench{r}")  # kept / dropped by the selection just saved
+    _timed(at, "map: colour by saved selection", out)
 
     at = _page(cache_root, "export", out)
     at.selectbox(key="export_selection").set_value(f"bench{r}")
@@ -148,18 +150,14 @@ def run_round(cache_root: Path, r: int, n_rows: int, out: dict) -> None:
     _page(cache_root, "jobs", out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--cache", default=None, help="where to build the synthetic cache (default /tmp/davir-bench-N)")
-    parser.add_argument("--dim", type=int, default=32, help="embedding width of the synthetic rows")
-    args = parser.parse_args()
-    root = Path(args.cache or f"/tmp/davir-bench-{args.rows}")
+def ensure_cache(root: Path, rows: int, dim: int = 32):
+    """The synthetic cache of ``rows`` scored examples (dataset ``bench``) at ``root``: built once, reused when present;
+    its score view materialised and its embeddings read once. Returns (view, {"build_s", "materialise_s",
+    "embeddings_s"}) -- also used by benchmarks/browser_latency.py."""
     info: dict = {}
     if not (root / "datasets" / "bench" / "meta.json").exists():
         start = time.perf_counter()
-        synthetic.build(root, n=args.rows, dataset="bench", dim=args.dim, part_rows=10_000, seed=0)
+        synthetic.build(root, n=rows, dataset="bench", dim=dim, part_rows=10_000, seed=0)
         info["build_s"] = round(time.perf_counter() - start, 1)
     from scoring.store.cache import Cache
 
@@ -170,6 +168,18 @@ def main() -> None:
     start = time.perf_counter()
     view_reads.embedding_matrix(cache, view)
     info["embeddings_s"] = round(time.perf_counter() - start, 2)
+    return view, info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--cache", default=None, help="where to build the synthetic cache (default /tmp/davir-bench-N)")
+    parser.add_argument("--dim", type=int, default=32, help="embedding width of the synthetic rows")
+    args = parser.parse_args()
+    root = Path(args.cache or f"/tmp/davir-bench-{args.rows}")
+    view, info = ensure_cache(root, args.rows, args.dim)
 
     times, warm = Times(), Times()
     start = time.perf_counter()

@@ -27,6 +27,16 @@ PAGES = [  # (file name, url path + query, page title)
     ("jobs", "jobs?dataset=demo", "Jobs"),
 ]
 
+# Streamlit 1.67 is idle when no status widget shows the running icon (one leaving plays a 200 ms exit transition,
+# "StatusWidget-exit"; the widget also shows other prompts), no element is stale (the previous run's, dimmed until
+# replaced) and no element is still a skeleton (its lazily loaded component code not yet arrived). The same signal as
+# benchmarks/browser_latency.py.
+IDLE = """
+for (const w of document.querySelectorAll('[data-testid="stStatusWidget"]'))
+  if (!/StatusWidget-exit/.test(w.className) && w.querySelector('[data-testid="stStatusWidgetRunningIcon"]')) return false;
+return !document.querySelector('[data-stale="true"], [data-testid="stSkeleton"]');
+"""
+
 
 def _port() -> int:
     with socket.socket() as s:
@@ -71,8 +81,7 @@ def main() -> None:
             driver.get(f"{url}/{path.format(example=args.example)}")
             WebDriverWait(driver, 120).until(
                 lambda d: any(h.text.strip() == title for h in d.find_elements(By.CSS_SELECTOR, "h1")))
-            WebDriverWait(driver, 120).until(
-                lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'))
+            WebDriverWait(driver, 120).until(lambda d: d.execute_script(IDLE))
             if name == "inspect":  # the token view loads the model's tokenizer once: wait for the last section
                 WebDriverWait(driver, 120).until(lambda d: "cosine" in d.find_element(By.TAG_NAME, "body").text)
             time.sleep(2.5)

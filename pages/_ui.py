@@ -10,15 +10,18 @@ import html
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from scoring.env import cache_dir
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_kind, list_datasets
 from scoring.queries.jobs import Progress
 from scoring.queries.jobs import progress as job_progress
+from scoring.queries.view import log_default
 from scoring.scores.tables import pick_job, score_runs
 from scoring.scores.views import View, score_view
 from scoring.store.cache import Cache
@@ -60,6 +63,7 @@ def _run_label(job: Job) -> str:
 def _pick_dataset(names: list[str]) -> str | None:
     """The dataset from the URL on a session's first run (a clear message when unknown), then the selectbox's."""
     wanted = st.query_params.get("dataset")
+    _restore("dataset")
     if "_dataset_init" not in st.session_state:
         st.session_state["_dataset_init"] = True
         if wanted and wanted in names:
@@ -71,18 +75,52 @@ def _pick_dataset(names: list[str]) -> str | None:
     return st.session_state.get("dataset")
 
 
+def _cache_typed() -> None:
+    st.session_state["_cache_typed"] = st.session_state["cache_root"]
+
+
+def _remember(key: str):
+    """Keep a sidebar widget's value under a key of its own (its callback, and after it is drawn). Why: a page that
+    draws the sidebar itself (see :func:`ctx`) registers the widget anew, which would reset it to its default."""
+    st.session_state["_keep_" + key] = st.session_state.get(key)
+    return st.session_state.get(key)
+
+
+def _restore(key: str) -> None:
+    """Before drawing a sidebar widget: its value as last kept by :func:`_remember`."""
+    if "_keep_" + key in st.session_state:
+        st.session_state[key] = st.session_state["_keep_" + key]
+
+
+def _cache_root() -> str:
+    """The folder typed in "Cache folder" when it exists (or is the one the app started with, which the CLI would
+    create too); else an error, and the last good folder stays in use. A typo must not create an empty cache."""
+    start = default_cache_root()
+    typed = str(st.session_state.get("_cache_typed") or "").strip()
+    if typed == start or (typed and Path(typed).expanduser().is_dir()):
+        st.session_state["_cache_good"] = typed
+        return typed
+    good = st.session_state.get("_cache_good", start)
+    st.error(f"No cache at {typed or '(empty)'}: check the path (`streamlit run app.py -- --cache DIR` creates "
+             f"one). Still using {good}.")  # fmt: skip
+    return good
+
+
 def sidebar() -> Ctx:
     """Render the sidebar and store the page context in the session (pages read it with :func:`ctx`)."""
-    if "cache_root" not in st.session_state:
-        st.session_state["cache_root"] = default_cache_root()
+    # What was typed lives in a key of its own (set by the box's callback), so it survives a page that draws the
+    # sidebar itself; the box is refilled from it on every run.
+    st.session_state.setdefault("_cache_typed", default_cache_root())
+    st.session_state["cache_root"] = st.session_state["_cache_typed"]
     with st.sidebar:
-        st.text_input("Cache folder", key="cache_root", help="`streamlit run app.py -- --cache DIR`, or $DAVIR_CACHE")
-        cache = Cache(st.session_state["cache_root"])
+        st.text_input("Cache folder", key="cache_root", on_change=_cache_typed,
+                      help="`streamlit run app.py -- --cache DIR`, or $DAVIR_CACHE")  # fmt: skip
+        cache = Cache(_cache_root())
         names = [m["name"] for m in list_datasets(cache)]
         dataset = _pick_dataset(names)
         if names:
-            st.selectbox("Dataset", names, key="dataset")
-            dataset = st.session_state["dataset"]
+            st.selectbox("Dataset", names, key="dataset", on_change=_remember, args=("dataset",))
+            dataset = _remember("dataset")
             st.query_params["dataset"] = dataset
         else:
             st.info("No dataset yet: start one on the Jobs page, or run `python -m scoring demo --background`.")
@@ -111,11 +149,13 @@ def _context(cache: Cache, dataset: str | None) -> Ctx:
         default = runs[-1].id
     ids = [j.id for j in runs]
     labels = {j.id: _run_label(j) for j in runs}
+    _restore("job_id")
     if st.session_state.get("job_id") not in ids:
         st.session_state["job_id"] = default
     with st.sidebar:
-        st.selectbox("Score run", ids, key="job_id", format_func=lambda i: labels[i])
-    job_id = st.session_state["job_id"]
+        st.selectbox("Score run", ids, key="job_id", format_func=lambda i: labels[i], on_change=_remember,
+                     args=("job_id",))  # fmt: skip
+    job_id = _remember("job_id")
     try:
         stale = STALE_WHILE_RUNNING_S if progress.active else None
         view = score_view(cache, dataset, job_id, max_age_s=stale)
@@ -126,6 +166,8 @@ def _context(cache: Cache, dataset: str | None) -> Ctx:
 
 def _jobs_indicator(cache: Cache) -> None:
     active = [j for j in list_jobs(cache) if j.unfinished]
+    if not active:  # a full run draws every page fresh: only a timer rerun of the fragment refreshes the page, so
+        st.session_state.pop("_had_active", None)  # a click in the run where the last job ended is not swallowed
 
     def body() -> None:
         now_active = [j for j in list_jobs(cache) if j.unfinished]
@@ -146,7 +188,17 @@ def _jobs_indicator(cache: Cache) -> None:
 
 
 def ctx() -> Ctx:
-    """The context the sidebar stored for this run."""
+    """The context the sidebar stored for this run (app.py draws the sidebar before the page).
+
+    A page can also run without app.py: on a fresh server Streamlit serves a deep link such as ``/evaluate`` from
+    its legacy ``pages/`` folder mode until the first ``st.navigation`` call (Streamlit's AppTest does so on every
+    run after ``switch_page``). The page then builds the context itself (draws the sidebar) instead of failing on a
+    missing or stale one, and ends that mode as ``st.navigation`` does, so app.py frames the session's next run."""
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        return sidebar()
+    if "_ctx" not in st.session_state:
+        return sidebar()
     return st.session_state["_ctx"]
 
 
@@ -233,28 +285,47 @@ def facet_lines(df: pd.DataFrame, columns: int = 4) -> dict:
     }
 
 
-def facet_points(x: str, y: str, columns: int = 4, width: int = 190) -> dict:
+def facet_points(x: str, y: str, columns: int = 4, width: int = 190, log: bool = False) -> dict:
     """Scatter panels of ``y`` against ``x`` over a long frame (one row per point and score: id, score, x, y), one
-    panel per score with its own x scale and a shared y."""
+    panel per score with its own x scale and a shared y (``log``: symmetric-log axes, for signed values)."""
+    scale = {"type": "symlog"} if log else {"zero": False}
     return {
         "facet": {"field": "score", "type": "nominal", "title": None},
         "columns": columns,
         "spec": {
             "width": width, "height": 150, "mark": {"type": "point", "filled": True, "opacity": 0.6, "size": 18},
-            "encoding": {"x": {"field": x, "type": "quantitative", "title": None, "scale": {"zero": False}},
-                         "y": {"field": y, "type": "quantitative", "title": y, "scale": {"zero": False}},
+            "encoding": {"x": {"field": x, "type": "quantitative", "title": None, "scale": scale},
+                         "y": {"field": y, "type": "quantitative", "title": y, "scale": scale},
                          "tooltip": [{"field": "id"}, {"field": x, "format": ".4g"}, {"field": y, "format": ".4g"}]},
         },
         "resolve": {"scale": {"x": "independent"}},
     }
 
 
+def log_scores(view: View, scores: list[str], key: str) -> list[str]:
+    """The "Log scale" control of a chart over several scores: those binned / drawn on log10 of their positive
+    values; by default the ppl-like ones (scoring.queries.view.log_default: perplexity by name or heavy-tailed)."""
+    why = "Drawn on log10 of the positive values (bins computed on log10 in DuckDB); values ≤ 0 are left out and " \
+          "counted below the chart."
+    return st.multiselect("Log scale for", scores, default=[s for s in scores if log_default(view, s)], key=key, help=why)
+
+
+def log_note(frame: pd.DataFrame) -> None:
+    """Under a chart drawn on log10 values: how many values ≤ 0 each log-scaled score left out."""
+    skipped = {name: n for name, n in frame.attrs.get("non_positive", {}).items() if n}
+    if skipped:
+        st.caption("Left out of the log scale (values ≤ 0): "
+                   + ", ".join(f"{name} {n:,}" for name, n in skipped.items()) + ".")  # fmt: skip
+
+
 def heatmap(matrix: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     long = matrix.reset_index(names="a").melt(id_vars="a", var_name="b", value_name="spearman")
     spec = {
         "height": 34 * max(len(matrix), 1),
-        "encoding": {"x": {"field": "b", "type": "nominal", "title": None, "sort": list(matrix.columns)},
-                     "y": {"field": "a", "type": "nominal", "title": None, "sort": list(matrix.index)}},
+        "encoding": {"x": {"field": "b", "type": "nominal", "title": None, "sort": list(matrix.columns),
+                           "axis": {"labelOverlap": False, "labelAngle": -45}},
+                     "y": {"field": "a", "type": "nominal", "title": None, "sort": list(matrix.index),
+                           "axis": {"labelOverlap": False}}},
         "layer": [
             {"mark": "rect", "encoding": {"color": {"field": "spearman", "type": "quantitative",
                                                     "scale": {"domain": [-1, 1], "scheme": "redblue"}}}},

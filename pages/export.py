@@ -1,6 +1,11 @@
 """Export: a saved selection to JSONL / Parquet / CSV / a `datasets` folder, with the original columns (and the
 scores if asked) and ``manifest.json`` beside it. Files go under the cache's exports folder only: the name typed
 here is sanitised to one safe folder name. Small files get a download button; the equivalent CLI line is shown.
+
+"Export name" is the export's folder. Its default follows the chosen selection (``<dataset>-<selection>``); a name
+the user typed is remembered for the selection it was typed for, so switching selections never carries one
+selection's folder over to another. An export folder belongs to one selection: the library refuses to write
+another selection into it (scoring.export), and that refusal, like every other error, is shown with st.error.
 """
 from __future__ import annotations
 
@@ -37,16 +42,43 @@ def safe_name(text: str) -> str:
     return re.sub(r"\.{2,}", ".", cleaned)[:80]
 
 
+def default_name(selection: str) -> str:
+    return f"{ctx.dataset}-{selection}"
+
+
+def name_for(selection: str) -> None:
+    """Set the "Export name" box for ``selection`` before it is drawn: the name typed for it, else its default.
+
+    A value that changed since the last run was typed by the user, for the selection now chosen; it is kept as
+    that selection's name. Otherwise a change of selection puts that selection's own name in the box."""
+    state = st.session_state
+    typed = state.setdefault("export_names_typed", {})
+    key = (ctx.dataset, selection)
+    current = state.get("export_name")
+    if current is not None and current != state.get("export_name_seen"):
+        typed[key] = current
+    if current is None or state.get("export_name_for") != key:
+        state["export_name"] = typed.get(key, default_name(selection))
+    state["export_name_for"] = key
+
+
 names = [s["name"] for s in saved]
 selection = st.selectbox("Saved selection", names, key="export_selection")
 record = next(s for s in saved if s["name"] == selection)
 st.caption(f"{record.get('n_kept', 0):,} rows kept of {record.get('n_total', 0):,} — scores {record.get('scores')}, "
            f"rule {record.get('rule')}, budget {record.get('budget')}")  # fmt: skip
+if record.get("partial"):
+    st.warning(f"Partial selection: saved while its scores were being computed ({record['partial'].get('scored', 0):,} "
+               f"of {record['partial'].get('rows', 0):,} rows scored). Its export says so in manifest.json.")
 c1, c2, c3 = st.columns(3)
 fmt = c1.radio("Format", FORMATS, horizontal=True, key="export_format",
                format_func=lambda f: "datasets folder" if f == "hf" else f)  # fmt: skip
 with_scores = c2.checkbox("Add score columns", key="export_scores")
-folder = safe_name(c3.text_input("Export name", value=f"{ctx.dataset}-{selection}", key="export_name")) or "export"
+name_for(selection)
+typed_name = c3.text_input("Export name", key="export_name", help="the export's folder under the cache's exports "
+                           "folder; one folder per selection")  # fmt: skip
+st.session_state["export_name_seen"] = typed_name
+folder = safe_name(typed_name) or safe_name(default_name(selection)) or "export"
 out = ctx.cache.exports_dir() / folder / (f"{ctx.dataset}-{selection}{EXTENSIONS[fmt]}" if fmt != "hf" else "data")
 command = (f"python -m scoring --cache {shlex.quote(str(ctx.cache.root))} export {shlex.quote(ctx.dataset)} "
            f"{shlex.quote(selection)} --format {fmt} --out {shlex.quote(str(out))}"

@@ -1,4 +1,5 @@
-"""Inspect: a sortable, filterable table paged in SQL; choosing a row opens the example.
+"""Inspect: a sortable, filterable table paged in SQL (the id, then the sorted-by score, then the other scores);
+choosing a row opens the example in the same run.
 
 The example panel shows the prompt and response as plain text (dataset text is untrusted), every score with its
 percentile, the response tokens coloured by loss reduction (base - reference), and the nearest neighbours in
@@ -15,6 +16,18 @@ from scoring.queries.tokens import token_view
 from scoring.queries.view import TableFilter, example, find_example, flag_counts, neighbours, table_page
 
 PAGE_SIZE = 50
+
+
+def open_picked(picked_id: str | None) -> None:
+    """Open the row just picked in the table, in this run. The "Open example by id" box keeps its own state (its
+    ``value=`` counts only on its first run), so a new pick is written into that state before the box is drawn;
+    while the pick stays the same, whatever the user types there wins. On a session's first run the box starts
+    from ``?example=``."""
+    if picked_id and picked_id != st.session_state.get("_inspect_picked"):
+        st.session_state["inspect_open"] = picked_id
+    st.session_state["_inspect_picked"] = picked_id
+    if "inspect_open" not in st.session_state:
+        st.session_state["inspect_open"] = st.query_params.get("example", "")
 
 ctx = _ui.ctx()
 st.title("Inspect")
@@ -42,16 +55,17 @@ page_no = st.number_input(f"Page (of {pages:,}; {total:,} rows match)", min_valu
                           key="inspect_page")  # fmt: skip
 rows = first_page if page_no == 1 else table_page(ctx.cache, view, filt, sort, descending, page_no - 1,
                                                           PAGE_SIZE)[0]  # fmt: skip
+first = ["id", sort, *(c for c in scores if c != sort)]  # the sorted-by column sits next to the id, in view
 event = st.dataframe(
     rows, hide_index=True, on_select="rerun", selection_mode="single-row", key="inspect_table",
     column_config={c: st.column_config.NumberColumn(format="%.4g") for c in scores}, height=320,
+    column_order=[*first, *(c for c in rows.columns if c not in first)],
 )  # fmt: skip
 picked = event.selection.rows if event and hasattr(event, "selection") else []
-if picked:
-    st.query_params["example"] = str(rows["id"].iloc[picked[0]])
+open_picked(str(rows["id"].iloc[picked[0]]) if picked and picked[0] < len(rows) else None)
 
 # ---------------------------------------------------------------- one example
-wanted = st.text_input("Open example by id", value=st.query_params.get("example", ""), key="inspect_open")
+wanted = st.text_input("Open example by id", key="inspect_open").strip()
 if not wanted:
     st.caption("Choose a row above (or type an id) to open an example.")
     st.stop()

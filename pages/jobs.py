@@ -1,6 +1,6 @@
 """Jobs: start a scoring job (ingest a file, folder or hub id first when given one; for preference pairs, the DPO
 objective of the warm-ups and what θ_val trains from), see the queue with progress,
-ETA and log tail, cancel, and start a worker when none is running. The page refreshes itself while jobs run.
+ETA and each job's own log tail, cancel, and start a worker when none is running. The page refreshes itself while jobs run.
 """
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ def queue() -> None:
             if job.error:
                 head.error(job.error)
             with head.expander("Log tail"):
-                st.code(log_tail(ctx.cache, job.id) or "(empty)", language=None)
+                st.code(log_tail(ctx.cache, job.id) or "(no log for this job: it has not run on a background "
+                        "worker yet, or it ran in a terminal)", language=None)  # fmt: skip
 
 
 active = any(j.unfinished for j in list_jobs(ctx.cache))

@@ -1,4 +1,4 @@
-"""Pairs: a preference-pair dataset's margin distributions, the AUROC of each pair score when the dataset has
+"""Pairs: a preference-pair dataset's margin distributions (a log-scale control on each chart), the AUROC of each pair score when the dataset has
 planted swap labels, the DPO warm-ups (reward accuracy and margin before and after each, the job's step timings),
 the LossDiff vs IRM scatter with its adjustable percentile band (what it keeps and drops; save it as a selection),
 the influence check (how well each score tracks the pairs' influence IF: Spearman, overlap with TIF, the auto band;
@@ -29,16 +29,16 @@ from scoring.queries.influence import (
     warmup_frame,
 )
 from scoring.queries.pairs import (
+    DIST_SCORES,
     SCATTER_POINTS,
     band_command,
     band_summary,
-    distributions,
     has_band_scores,
     n_with_band_scores,
     pair_detail,
     scatter,
 )
-from scoring.queries.view import auroc, find_example
+from scoring.queries.view import auroc, find_example, histograms
 from scoring.selection.pairs import DEFAULT_BAND
 from scoring.selection.saved import save_spec
 
@@ -57,10 +57,13 @@ m3.metric("Score run", view.job.id[:8], help=f"model {view.job.model}, state {vi
 
 # ---------------------------------------------------------------- margin distributions and AUROC
 st.subheader("Margin distributions")
-hist = distributions(view)
+margins = [s for s in DIST_SCORES if s in view.score_columns]
+hist = histograms(view, margins, log=_ui.log_scores(view, margins, "pairs_log") if margins else ())
 if len(hist):
-    st.caption("Histograms binned in DuckDB (40 equal-width bins per score) over the scored pairs.")
+    st.caption("Histograms binned in DuckDB (40 equal-width bins per score, on log10 values for the scores on a "
+               "log scale) over the scored pairs.")  # fmt: skip
     st.vega_lite_chart(hist, _ui.facet_bars(hist, columns=4), width="content")
+    _ui.log_note(hist)
 else:
     st.caption("No margin score is computed yet.")
 table = auroc(view)
@@ -118,20 +121,25 @@ points = scatter(view, SCATTER_POINTS, summary.result.kept_pos)
 total = n_with_band_scores(view)
 st.caption(f"{len(points):,} of {total:,} pairs drawn with a fixed seed (the same pairs every time). Shaded: each "
            "score's percentile band; kept pairs lie where the two overlap.")  # fmt: skip
+symlog = st.toggle("Log scale (symmetric log: keeps the sign, linear near 0)", key="pairs_scatter_log",
+                   help="for the LossDiff-IRM and influence scatters, whose scores are signed")  # fmt: skip
+# Every layer names the same axis title: Vega-Lite would otherwise join the layers' fields ("lo, hi, lossdiff").
+X_AXIS = {"type": "quantitative", "title": "lossdiff (LossDiff)", **({"scale": {"type": "symlog"}} if symlog else {})}
+Y_AXIS = {"type": "quantitative", "title": "irm (IRM)", **({"scale": {"type": "symlog"}} if symlog else {})}
 rects = []
 if "lossdiff" in summary.edges:
     lo, hi = summary.edges["lossdiff"]
     rects.append({"mark": {"type": "rect", "opacity": 0.12, "color": "#1f77b4"},
                   "data": {"values": [{"lo": lo, "hi": hi}]},
-                  "encoding": {"x": {"field": "lo", "type": "quantitative"}, "x2": {"field": "hi"}}})  # fmt: skip
+                  "encoding": {"x": {"field": "lo", **X_AXIS}, "x2": {"field": "hi"}}})  # fmt: skip
 if "irm" in summary.edges:
     lo, hi = summary.edges["irm"]
     rects.append({"mark": {"type": "rect", "opacity": 0.12, "color": "#ff7f0e"},
                   "data": {"values": [{"lo": lo, "hi": hi}]},
-                  "encoding": {"y": {"field": "lo", "type": "quantitative"}, "y2": {"field": "hi"}}})  # fmt: skip
+                  "encoding": {"y": {"field": "lo", **Y_AXIS}, "y2": {"field": "hi"}}})  # fmt: skip
 st.vega_lite_chart(points, {"height": 420, "layer": [*rects, {
     "mark": {"type": "point", "filled": True, "opacity": 0.6, "size": 18},
-    "encoding": {"x": {"field": "lossdiff", "type": "quantitative"}, "y": {"field": "irm", "type": "quantitative"},
+    "encoding": {"x": {"field": "lossdiff", **X_AXIS}, "y": {"field": "irm", **Y_AXIS},
                  "color": {"field": "rows", "type": "nominal", "title": None,
                            "scale": {"domain": ["kept", "dropped"], "range": ["#1f77b4", "#b0b0b0"]}},
                  "tooltip": [{"field": "id"}, {"field": "lossdiff", "format": ".4g"}, {"field": "irm", "format": ".4g"}]},
@@ -147,9 +155,11 @@ with r2:
     command = band_command(ctx.cache, summary.spec, name.strip())
     st.markdown("Equivalent command:")
     st.code(command, language="bash")
+    replace = st.checkbox("Replace a saved selection of this name", key="pairs_replace",
+                          help="Without it, saving under a taken name is refused and says what is there")
     if st.button("Save selection", key="pairs_save"):
         try:
-            save_spec(ctx.cache, summary.spec, name.strip())
+            save_spec(ctx.cache, summary.spec, name.strip(), replace=replace)
             st.success(f"Saved {name.strip()}: {summary.n_kept:,} pairs kept. Export it on the **Export** page.")
         except UserError as error:
             st.error(str(error))
@@ -182,7 +192,7 @@ else:
     points = influence_points(ctx.cache, view, check)
     if len(points):
         st.caption("Each score (x) against IF (y) on the sampled pairs; hover a point for its pair id.")
-        st.vega_lite_chart(points, _ui.facet_points("value", "influence"), width="content",
+        st.vega_lite_chart(points, _ui.facet_points("value", "influence", log=symlog), width="content",
                            key="pairs_influence_scatter")  # fmt: skip
     best = facts["auto_band"]
     if best:

@@ -32,7 +32,7 @@ from scoring.jobs.requests import pass_config_for, score_request
 from scoring.jobs.runner import enqueue, run
 from scoring.jobs.worker import ensure_worker
 from scoring.scores.tables import score_table
-from scoring.selection.rules import SelectionResult
+from scoring.selection.rules import SelectionResult, default_budget, missing_budget_error
 from scoring.selection.saved import SelectionSpec, load_selection, run_selection, save_spec
 from scoring.store.cache import Cache
 from scoring.store.jobs import Job
@@ -115,22 +115,31 @@ def scores(dataset: str, *, job: str | None = None, cache=None) -> pd.DataFrame:
     return table
 
 
-def select(dataset: str, *, scores: list[str], budget: str, rule: str | list[str] = "top", combine: str = "and",
-           include_flagged: bool = False, quota: str | None = None, dedup: float | None = None,
-           job: str | None = None, save: str | None = None, cache=None) -> SelectionResult:
-    """Keep what the rule picks within the budget (the semantics: scoring.selection.engine); ``save`` names it."""
+def select(dataset: str, *, scores: list[str], budget: str | None = None, rule: str | list[str] = "top",
+           combine: str = "and", include_flagged: bool = False, quota: str | None = None, dedup: float | None = None,
+           job: str | None = None, save: str | None = None, replace: bool = False, cache=None) -> SelectionResult:
+    """Keep what the rule picks within the budget (the semantics: scoring.selection.engine); ``save`` names it.
+
+    ``budget`` may be left out when every rule is a band or a value rule (band:, band-values:, above:, below:): it
+    is then "all". Saving refuses to replace a selection of the same name unless ``replace``; ``result.partial``
+    is set when the score run had not finished."""
     cache = open_cache(cache)
     rules = (rule,) if isinstance(rule, str) else tuple(rule)
+    budget = budget or default_budget(rules)
+    if not budget:
+        raise missing_budget_error("budget=", "rule")
     spec = SelectionSpec(dataset=dataset, scores=tuple(scores), budget=budget, rules=rules, combine=combine,
                          include_flagged=include_flagged, quota=quota, dedup=dedup, job=job)  # fmt: skip
     if save:
-        return save_spec(cache, spec, save)[1]
+        return save_spec(cache, spec, save, replace=replace)[1]
     return run_selection(cache, spec)[0]
 
 
 def export(dataset: str, selection: str, *, format: str = "jsonl", out: str | os.PathLike | None = None,
            with_scores: bool = False, command: str | None = None, cache=None) -> ExportResult:
-    """Write a saved selection's examples with a manifest that reproduces them (scoring.export)."""
+    """Write a saved selection's examples with a manifest that reproduces them, in this cache and from the source
+    in any other (scoring.export). A UserError when the selection kept no rows, when ``out`` is another selection's
+    export folder, or when the folder cannot be created or written."""
     cache = open_cache(cache)
     table = None
     if with_scores:

@@ -210,11 +210,10 @@ def test_empty_selection_and_mixed_columns(cache):
             "budget": "1", "include_flagged": False, "runs": [], "name": "none"}
     save_selection(cache, DATASET, "none", SelectionResult([], {f"ex{i}": "below_cut:davir" for i in range(N)}, N, 0),
                    spec)
-    res = export_selection(cache, DATASET, "none", "csv")
-    assert res.n_rows == 0 and res.path.read_text().splitlines() == [",".join(record(0))]  # header only
-    assert res.manifest["kept_ids_sha256"] == sha([])
-    with pytest.raises(UserError):
-        export_selection(cache, DATASET, "none", "hf")
+    for fmt in FORMATS:  # a selection that kept nothing is refused (defect 6), whatever the format
+        with pytest.raises(UserError, match="kept no rows"):
+            export_selection(cache, DATASET, "none", fmt)
+    assert not cache.exports_dir().exists()
 
     # A column whose values mix kinds (int / str) or hold empty dicts still exports (as JSON text in parquet).
     import pyarrow.parquet as pq
@@ -227,3 +226,209 @@ def test_empty_selection_and_mixed_columns(cache):
     rows = read_back("parquet", export_selection(cache, DATASET, "all", "parquet").path)
     assert [r["a"] for r in rows[:2]] == ["s", "1"] and rows[0]["e"] == "{}" and list(rows[1]["l"]) == [1, 1]
     assert read_back("jsonl", export_selection(cache, DATASET, "all", "jsonl").path)[1] == {"a": 1, "e": {}, "l": [1, 1]}
+
+
+# ---------------------------------------------------------------- issue 14: defects 4, 5, 6 and 11 (export half)
+
+
+def save_other(cache, name: str = "other", budget: str = "2") -> None:
+    result = select(score_table(), ["davir"], parse_rule("top"), parse_budget(budget))
+    spec = {"dataset": DATASET, "dataset_fingerprint": "fp-mini", "scores": ["davir"], "rule": "top",
+            "budget": budget, "include_flagged": False, "runs": ["run-1"], "name": name}
+    save_selection(cache, DATASET, name, result, spec)
+
+
+def test_an_export_folder_belongs_to_one_selection(cache, saved, tmp_path):
+    """Defect 4: a second selection written into the first one's folder would sit beside its manifest, and a third
+    export replaced that manifest. Now it is refused, naming the folder, its selection and another --out."""
+    save_other(cache)
+    folder = tmp_path / "shared"
+    first = export_selection(cache, DATASET, "top", "jsonl", out=folder / "top.jsonl")
+    before = first.manifest_path.read_text()
+    with pytest.raises(UserError) as err:
+        export_selection(cache, DATASET, "other", "jsonl", out=folder / "other.jsonl")
+    message = str(err.value)
+    assert str(folder) in message and "'top'" in message and "--out" in message
+    assert str(tmp_path / f"{DATASET}-other") in message  # a suggested folder of its own
+    assert not (folder / "other.jsonl").exists() and first.manifest_path.read_text() == before
+    with pytest.raises(UserError):  # the same for any format, and for a folder given as --out
+        export_selection(cache, DATASET, "other", "csv", out=folder)
+    assert first.manifest_path.read_text() == before
+
+    again = export_selection(cache, DATASET, "top", "csv", out=folder / "top.csv")  # same selection: replaces
+    assert json.loads(again.manifest_path.read_text())["format"] == "csv"
+
+    default = export_selection(cache, DATASET, "other", "jsonl")  # the default: a folder of its own
+    assert default.path.parent == cache.exports_dir() / f"{DATASET}-other"
+
+
+def test_an_hf_folder_or_a_foreign_manifest_is_not_replaced(cache, saved, tmp_path):
+    save_other(cache)
+    hf = export_selection(cache, DATASET, "top", "hf", out=tmp_path / "hf")
+    with pytest.raises(UserError, match="'top'"):
+        export_selection(cache, DATASET, "other", "hf", out=tmp_path / "hf")
+    assert json.loads(hf.manifest_path.read_text())["selection"] == "top"
+    export_selection(cache, DATASET, "top", "hf", out=tmp_path / "hf")  # the same selection may re-export
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text("not json")
+    with pytest.raises(UserError, match="not an export manifest"):
+        export_selection(cache, DATASET, "top", "jsonl", out=foreign / "x.jsonl")
+    assert (foreign / "manifest.json").read_text() == "not json" and not (foreign / "x.jsonl").exists()
+    other_dataset = tmp_path / "od"
+    other_dataset.mkdir()
+    (other_dataset / "manifest.json").write_text(json.dumps({"dataset": "elsewhere", "selection": "top"}))
+    with pytest.raises(UserError, match="'elsewhere'"):  # same selection name, another dataset
+        export_selection(cache, DATASET, "top", "jsonl", out=other_dataset / "x.jsonl")
+
+
+def test_a_folder_that_cannot_be_written_is_a_user_error(cache, saved, tmp_path):
+    """Defect 5: an OSError creating the folder or writing is a UserError naming the path and the reason."""
+    with pytest.raises(UserError) as err:
+        export_selection(cache, DATASET, "top", "jsonl", out="/proc/nope/x.jsonl")
+    assert str(err.value) == "cannot write the export to /proc/nope/x.jsonl: No such file or directory"
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="cannot write the export to .*a-file/x.csv: (File exists|Not a directory)"):
+        export_selection(cache, DATASET, "top", "csv", out=tmp_path / "a-file" / "x.csv")
+
+
+def test_an_unscored_selection_is_refused_with_the_reason(cache):
+    """Defect 6: a selection saved before its scores existed kept nothing; exporting it wrote 0 rows, exit 0."""
+    from scoring.selection.rules import SelectionResult
+
+    spec = {"dataset": DATASET, "dataset_fingerprint": "fp-mini", "scores": ["davir"], "rule": "top",
+            "budget": "6%", "include_flagged": False, "runs": ["run-1"], "name": "early"}
+    reasons = {f"ex{i}": "unscored" for i in range(N)} | {"ex2": "flagged:too_long"}
+    save_selection(cache, DATASET, "early", SelectionResult([], reasons, N, 0), spec)
+    with pytest.raises(UserError) as err:
+        export_selection(cache, DATASET, "early", "jsonl")
+    message = str(err.value)
+    assert message.startswith("selection 'early' of dataset 'mini' kept no rows (")
+    assert "scores were not computed yet" in message and message.endswith("nothing exported.")
+    assert not cache.exports_dir().exists()
+
+    save_selection(cache, DATASET, "mid", SelectionResult([], reasons, N, 0),
+                   dict(spec, name="mid", partial={"scored": 0, "rows": N}))
+    with pytest.raises(UserError, match="saved while its scores were being computed"):
+        export_selection(cache, DATASET, "mid", "jsonl")
+
+
+def test_a_partial_selection_exports_and_says_so(cache):
+    from scoring.selection.rules import SelectionResult
+
+    spec = {"dataset": DATASET, "dataset_fingerprint": "fp-mini", "scores": ["davir"], "rule": "top",
+            "budget": "2", "include_flagged": False, "runs": ["run-1"], "name": "mid",
+            "partial": {"scored": 3, "rows": N}}
+    save_selection(cache, DATASET, "mid", SelectionResult(["ex0", "ex4"], {"ex1": "unscored"}, N, 20), spec)
+    res = export_selection(cache, DATASET, "mid", "jsonl")
+    assert res.n_rows == 2 and res.manifest["partial"] == {"scored": 3, "rows": N}
+    assert json.loads(res.manifest_path.read_text())["partial"] == {"scored": 3, "rows": N}
+
+
+def ingest_small(cache_root, folder, kind: str) -> tuple[Cache, str]:
+    """A small JSONL ingested through the CLI (sft: Alpaca rows; pair: prompt / chosen / rejected)."""
+    from tests.helpers import ok
+
+    source = folder / f"small-{kind}.jsonl"
+    if kind == "sft":
+        rows = [{"question": f"q {i}", "answer": f"a {i}", "junk": i} for i in range(12)]
+        source.write_text("\n".join(json.dumps(r) for r in rows))
+        ok("--cache", str(cache_root), "ingest", str(source), "--name", "small", "--limit", "10",
+           "--map", "prompt=question", "--map", "response=answer")
+    else:
+        rows = [{"prompt": f"p {i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(12)]
+        source.write_text("\n".join(json.dumps(r) for r in rows))
+        ok("--cache", str(cache_root), "ingest", str(source), "--name", "small")
+    return Cache(cache_root), str(source)
+
+
+@pytest.mark.parametrize("kind", ["sft", "pair"])
+def test_reproduce_anywhere_rebuilds_the_same_score_job_in_another_cache(tmp_path, tiny_model, kind, monkeypatch):
+    """Defect 11: the manifest's reproduce line named a cache-local job id. ``reproduce_anywhere`` gives the source,
+    the ingest and score commands with the model and every option, and select / export without --job; run in a
+    fresh cache, the ingest and score commands ask for the very same score job (its id fingerprints the request)."""
+    import shlex
+    from dataclasses import replace
+
+    from scoring.cli import build_parser, commands
+    from scoring.jobs.requests import pass_config_for, score_request
+    from scoring.jobs.runner import enqueue
+    from scoring.selection.rules import SelectionResult
+    from scoring.train.dpo import DPOTrainConfig
+    from scoring.train.sft import TrainConfig
+    from tests.helpers import ok
+
+    monkeypatch.setenv("DAVIR_DEVICE", "cpu")
+    cache, source = ingest_small(tmp_path / "a", tmp_path, kind)
+    config = pass_config_for(kind, 96, 4096, False, "off")
+    job = score_request(cache, "small", str(tiny_model), ["ppl", "ifd"] if kind == "sft" else ["irm", "margin_base"],
+                        config, train=replace(TrainConfig(), method="lora", epochs=2.0),
+                        dpo=replace(DPOTrainConfig(), beta=0.25, epochs=0.5, objective="davir-dpo"),
+                        val_fraction=0.25, val_start="ref")  # fmt: skip
+    enqueue(cache, job)
+    spec = {"dataset": "small", "scores": ["ppl"], "rule": "bottom", "budget": "3", "runs": [job.id], "name": "s"}
+    ids = [str(r["id"]) for r in pq_ids(cache, "small")][:3]
+    save_selection(cache, "small", "s", SelectionResult(ids, {}, 10, 0), spec)
+    res = export_selection(cache, "small", "s", "jsonl", out=tmp_path / "out" / "s.jsonl")
+
+    block = res.manifest["reproduce_anywhere"]
+    assert res.manifest["reproduce"].count(job.id) == 1  # the same-cache line is kept as it was
+    assert job.id not in json.dumps({k: block[k] for k in ("ingest", "score", "select", "export", "line")})
+    assert block["source"]["source"] == source and block["source"]["format"] == "jsonl"
+    assert block["model"] == {"name": str(tiny_model), "fingerprint": job.model_fingerprint}
+    assert f"--model {shlex.quote(str(tiny_model))}" in block["score"]
+    assert block["steps"] == [block["ingest"], block["score"], block["select"], block["export"]]
+    assert block["line"] == " && ".join(block["steps"]) and "--job" not in block["select"]
+    assert block["select"].startswith("python -m scoring select small --score ppl")
+    if kind == "sft":
+        assert block["source"]["options"] == {"limit": 10, "field_map": {"prompt": "question", "response": "answer"}}
+
+    parser = build_parser()
+    fresh = tmp_path / "b"
+    for step in block["steps"]:
+        argv = shlex.split(step)
+        assert argv[:3] == ["python", "-m", "scoring"]
+        parser.parse_args(argv[3:])  # every step parses
+    ok("--cache", str(fresh), *shlex.split(block["ingest"])[3:])  # the ingest step runs in a fresh cache
+    args = parser.parse_args(["--cache", str(fresh), *shlex.split(block["score"])[3:]])
+    assert commands._request(Cache(fresh), args).id == job.id  # the same request, so the same job
+
+
+def pq_ids(cache: Cache, dataset: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(cache.examples_path(dataset), columns=["id"]).to_pylist()
+
+
+def test_cli_export_errors_and_warnings(cache, saved, tmp_path):
+    """Through ``python -m scoring export``: an unwritable --out, an empty selection and another selection's
+    folder print ``error: …`` and exit 2 (no traceback); a partial selection exports with a plain warning line."""
+    from scoring.selection.rules import SelectionResult
+    from tests.helpers import run
+
+    root = ["--cache", str(cache.root)]
+    code, out, err = run(*root, "export", DATASET, "top", "--format", "jsonl", "--out", "/proc/nope/x.jsonl")
+    assert (code, out) == (2, "")
+    assert err == "error: cannot write the export to /proc/nope/x.jsonl: No such file or directory\n"
+
+    spec = {"dataset": DATASET, "dataset_fingerprint": "fp-mini", "scores": ["davir"], "rule": "top",
+            "budget": "6%", "include_flagged": False, "runs": ["run-1"], "name": "early"}
+    save_selection(cache, DATASET, "early", SelectionResult([], {f"ex{i}": "unscored" for i in range(N)}, N, 0), spec)
+    code, out, err = run(*root, "export", DATASET, "early", "--format", "jsonl")
+    assert code == 2 and err.startswith("error: selection 'early' of dataset 'mini' kept no rows (")
+    assert "nothing exported" in err
+
+    save_other(cache)
+    ok_code, _, first_err = run(*root, "export", DATASET, "top", "--format", "jsonl", "--out", str(tmp_path / "one" / "top.jsonl"))
+    assert ok_code == 0, first_err
+    code, out, err = run(*root, "export", DATASET, "other", "--format", "jsonl", "--out",
+                         str(tmp_path / "one" / "other.jsonl"))
+    assert code == 2 and "'top'" in err and "--out" in err and "Traceback" not in err
+
+    save_selection(cache, DATASET, "mid", SelectionResult(["ex0"], {"ex1": "unscored"}, N, 10),
+                   dict(spec, name="mid", partial={"scored": 3, "rows": N}))
+    code, out, err = run(*root, "export", DATASET, "mid", "--format", "csv")
+    assert code == 0 and "wrote 1 rows" in out
+    assert err.strip() == ("warning: selection mid was saved while its scores were being computed (3 of 6 rows "
+                           "scored): this is a partial export")

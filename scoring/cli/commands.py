@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import replace
@@ -15,8 +14,8 @@ from scoring.cli.evaluate import print_evaluations
 from scoring.cli.pairs import print_influence, print_pair_status, select_pairs
 from scoring.cli.registry import arg, command, print_counts
 from scoring.errors import UserError
-from scoring.ingest.catalog import IngestResult, dataset_kind, dataset_meta, ingest, kind_of, list_datasets
-from scoring.ingest.demo import HELDOUT_NAME, write_demo, write_heldout, write_planted_pairs
+from scoring.ingest.catalog import dataset_kind, dataset_meta, ingest, ingest_heldout, kind_of, list_datasets
+from scoring.ingest.demo import HELDOUT_NAME, write_demo, write_planted_pairs
 from scoring.ingest.sources import resolve_source
 from scoring.jobs.influence import DEFAULT_SAMPLE, influence_request
 from scoring.jobs.pairs import VAL_STARTS
@@ -27,7 +26,8 @@ from scoring.scores.registry import FIRST_SCORE, parse_scores
 from scoring.scores.reports import auroc_report, flag_counts, format_auroc_table, rank_agreement
 from scoring.scores.tables import pick_job, score_table
 from scoring.selection.pairs import PAIR_RULE
-from scoring.store.cache import Cache, scratch_dir
+from scoring.selection.rules import default_budget, missing_budget_error
+from scoring.store.cache import Cache
 from scoring.store.jobs import ACTIVE, Job, list_jobs
 from scoring.train.dpo import DPOTrainConfig
 from scoring.train.dpo_config import OBJECTIVES
@@ -248,9 +248,11 @@ def cmd_scores(cache: Cache, args) -> int:
     "select",
     arg("name"),
     arg("--score", action="append", help="score to rank by; repeat to intersect (not with lossdiff-irm)"),
-    arg("--budget", required=True, help="6%% | 3000 | 2M-tokens"),
-    arg("--rule", action="append", help="top (default) | bottom | band:LO-HI (percentiles); once for all scores or "
-        "once per --score; lossdiff-irm (preference pairs, no --score)"),
+    arg("--budget", help="6%% | 3000 | 2M-tokens | all; may be left out (= all) when every --rule is a band or a "
+        "value rule"),
+    arg("--rule", action="append", help="top (default) | bottom | band:LO-HI (percentiles) | above:V | below:V | "
+        "band-values:LO-HI (score values); once for all scores or once per --score; lossdiff-irm (preference pairs, "
+        "no --score)"),
     arg("--band", metavar="LO-HI", help="--rule lossdiff-irm: percentile band of both lossdiff and irm "
         "(default 12-88), or 'auto': the band the latest `influence` check found closest to TIF"),
     arg("--combine", choices=["and", "or"], default="and", help="several scores: and = intersection (default), or "
@@ -260,6 +262,7 @@ def cmd_scores(cache: Cache, args) -> int:
     arg("--dedup", type=float, metavar="TAU", help="skip an example whose embedding cosine to one already kept "
         "exceeds TAU (e.g. 0.95)"),
     arg("--save", required=True, help="selection name"),
+    arg("--replace", action="store_true", help="overwrite a saved selection of the same name"),
     arg("--include-flagged", action="store_true", help="let flagged rows be selected"),
     arg("--job", help="score job to read (default: the latest finished one)"),
 )  # fmt: skip
@@ -270,15 +273,28 @@ def cmd_select(cache: Cache, args) -> int:
     an example whose embedding cosine to one already kept exceeds TAU. Flagged rows are excluded unless
     --include-flagged. Every dropped row gets a reason. The app's Select page runs exactly this.
 
+    A cut can be a score value: --rule above:0.731 keeps davir >= 0.731, below:V keeps value <= V, band-values:LO-HI
+    keeps LO <= value <= HI. With only band or value rules --budget may be left out: it keeps every row they admit
+    (--budget all). An existing selection of the same name is replaced only with --replace.
+
     example: python -m scoring select alpaca --score davir --budget 6% --rule top --save davir-top6
+    example: python -m scoring select alpaca --score davir --rule above:0.731 --save davir-above
     """
     if args.rule == [PAIR_RULE] or not args.score:  # preference pairs (and the message for a missing --score)
+        args.budget = args.budget or "all"  # the LossDiff-IRM rule is a band of two scores
         return select_pairs(cache, args)
-    result = api.select(args.name, scores=args.score, budget=args.budget, rule=args.rule or ["top"],
-                        combine=args.combine, include_flagged=args.include_flagged, quota=args.quota,
-                        dedup=args.dedup, job=args.job, save=args.save, cache=cache)  # fmt: skip
+    rules = args.rule or ["top"]
+    budget = args.budget or default_budget(rules)
+    if not budget:
+        raise missing_budget_error()
+    result = api.select(args.name, scores=args.score, budget=budget, rule=rules, combine=args.combine,
+                        include_flagged=args.include_flagged, quota=args.quota, dedup=args.dedup, job=args.job,
+                        save=args.save, replace=args.replace, cache=cache)  # fmt: skip
     print(f"{args.save}: kept {len(result.kept_ids)} of {result.n_total} rows, {result.tokens_kept} tokens")
     print_counts("dropped", result.reason_counts())
+    if result.partial:
+        print(f"partial selection: scores for {result.partial['scored']} of {result.partial['rows']} rows; re-run "
+              "select when the job has finished")
     return 0
 
 
@@ -292,7 +308,8 @@ def cmd_select(cache: Cache, args) -> int:
 )
 def cmd_export(cache: Cache, args) -> int:
     """Write a saved selection's examples (original columns, plus scores with --with-scores) as JSONL, Parquet,
-    CSV or a `datasets` folder, with a manifest.json that records how to reproduce it.
+    CSV or a `datasets` folder, with a manifest.json that records how to reproduce it (here, and from the source in
+    any cache). An export folder belongs to one selection; a selection that kept no rows is refused.
 
     example: python -m scoring export alpaca davir-top6 --format jsonl --out curated/alpaca.jsonl --with-scores
     """
@@ -300,6 +317,11 @@ def cmd_export(cache: Cache, args) -> int:
     line = "python -m scoring " + " ".join(shlex.quote(a) for a in argv) if argv else None
     result = api.export(args.name, args.selection, format=args.format, out=args.out, with_scores=args.with_scores,
                         command=line, cache=cache)  # fmt: skip
+    partial = result.manifest.get("partial")
+    if partial:
+        print(f"warning: selection {args.selection} was saved while its scores were being computed "
+              f"({partial.get('scored')} of {partial.get('rows')} rows scored): this is a partial export",
+              file=sys.stderr)  # fmt: skip
     print(f"wrote {result.n_rows} rows to {result.path}; manifest {result.manifest_path}")
     return 0
 
@@ -397,22 +419,6 @@ def cmd_demo(cache: Cache, args) -> int:
     print(f"{'pairs' if args.pairs else 'demo'} scored in {time.perf_counter() - started:.0f} s")
     args.name = name
     return cmd_status(cache, args)
-
-
-def ingest_heldout(cache: Cache, n: int, name: str = HELDOUT_NAME, **kwargs) -> IngestResult:
-    """Write ``generate_heldout(n, **kwargs)`` to a scratch folder under the cache's tmp/ and ingest it as ``name``,
-    replacing what that name held. Ingest keeps the fields it does not map (family, answer) in each example's
-    ``original`` JSON: ``scoring.ingest.demo.answers_of`` reads the answers back from the examples table."""
-    if n < 1:
-        raise UserError(f"--heldout {n}: must be a positive number of tasks")
-    folder = scratch_dir(cache)
-    try:
-        path = write_heldout(folder / f"{name}.jsonl", n=n, **kwargs)
-        return ingest(str(path), cache, name=name, replace=True, progress=False)
-    except ValueError as error:  # more tasks than the families hold outside the demo
-        raise UserError(f"--heldout {n}: {error}") from None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @command(

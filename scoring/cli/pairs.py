@@ -29,7 +29,7 @@ def select_pairs(cache: Cache, args) -> int:
     else:
         lo, hi = parse_band(args.band)
     spec = lossdiff_irm_spec(args.name, (lo, hi), args.budget, args.include_flagged, args.job, note)
-    _, result = save_spec(cache, spec, args.save)
+    _, result = save_spec(cache, spec, args.save, replace=getattr(args, "replace", False))
     print(f"{args.save}: kept {len(result.kept_ids)} of {result.n_total} pairs (lossdiff and irm both inside the "
           f"{lo:g}-{hi:g} percentile band), {result.tokens_kept} tokens")
     if note:

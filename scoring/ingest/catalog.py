@@ -14,6 +14,7 @@ see and filter them.
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -24,13 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scoring.errors import UserError
+from scoring.ingest.demo import HELDOUT_NAME, write_heldout
 from scoring.ingest.layouts import LayoutSpec, detect_layout, instruction_row
 from scoring.ingest.pairs import PairSpec, detect_pair_layout, pair_row
 from scoring.ingest.sources import read_records, record_columns, resolve_source
 from scoring.ingest.tables import Built, Kind, build_table
 from scoring.ingest.turns import dumps
 from scoring.schema import EXAMPLES, PAIR_EXAMPLES
-from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet, read_json
+from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet, read_json, scratch_dir
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -159,3 +161,20 @@ def load_examples(cache: Cache, name: str, columns: list[str] | None = None) -> 
     except (OSError, pa.ArrowException) as e:
         raise UserError(f"dataset {name!r}: cannot read its examples ({e}); ingest it again") from None
     return table.to_pandas()
+
+
+def ingest_heldout(cache: Cache, n: int, name: str = HELDOUT_NAME, **kwargs) -> IngestResult:
+    """Write ``generate_heldout(n, **kwargs)`` (scoring.ingest.demo) to a scratch folder under the cache's tmp/ and
+    ingest it as ``name``, replacing what that name held (``demo --heldout N``). Ingest keeps the fields it does not
+    map (family, answer) in each example's ``original`` JSON: ``scoring.ingest.demo.answers_of`` reads the answers
+    back from the examples table."""
+    if n < 1:
+        raise UserError(f"--heldout {n}: must be a positive number of tasks")
+    folder = scratch_dir(cache)
+    try:
+        path = write_heldout(folder / f"{name}.jsonl", n=n, **kwargs)
+        return ingest(str(path), cache, name=name, replace=True, progress=False)
+    except ValueError as error:  # more tasks than the families hold outside the demo
+        raise UserError(f"--heldout {n}: {error}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

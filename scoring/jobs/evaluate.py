@@ -21,7 +21,7 @@ asking again for a finished evaluation returns its report at once.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -147,10 +147,9 @@ def _train_config(kind: str, source: Job, epochs: float | None, objective: str |
 
 
 def _spec(dataset: str, rule: dict, budget: str | None = None, rules: tuple | None = None) -> SelectionSpec:
-    return SelectionSpec(dataset=dataset, scores=tuple(rule["scores"]), budget=budget or rule["budget"],
-                         rules=tuple(rules or rule["rules"] or ("top",)), combine=rule.get("combine") or "and",
-                         include_flagged=bool(rule.get("include_flagged")), quota=rule.get("quota"),
-                         dedup=rule.get("dedup"), job=(rule.get("runs") or [None])[0])  # fmt: skip
+    """The evaluation's rule record as a spec, at ``budget`` and with ``rules`` when given."""
+    spec = SelectionSpec.from_record({**rule, "dataset": dataset})
+    return replace(spec, budget=budget or spec.budget, rules=tuple(rules) if rules else spec.rules)
 
 
 # ----------------------------------------------------------------------------------------------------------- arms

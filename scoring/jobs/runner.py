@@ -117,6 +117,7 @@ def _run_owned(cache: Cache, job: Job, progress: bool) -> None:
         job.progress(state="failed", error=str(error), finished=now())
     except Exception as error:  # recorded for status; the worker keeps serving other jobs
         job.progress(state="failed", error=f"{type(error).__name__}: {error}", finished=now())
-        log = cache.logs_dir() / f"job-{job.id}.log"
+        log = cache.logs_dir() / f"job-{job.id}.log"  # appended: a worker's job log holds the job's output
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(traceback.format_exc())
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(traceback.format_exc())

@@ -3,9 +3,14 @@
 ``score`` (without ``--wait``) queues a job and starts one background worker unless one is alive; the worker
 serves the queue and exits after ``$DAVIR_WORKER_IDLE_EXIT`` idle seconds. Each registers itself as
 ``<cache>/workers/<pid>.json``; a file whose process is gone is removed by the next look.
+
+Logs: while a worker runs a job, everything the job writes (print, logging, progress bars, C extensions, child
+processes) goes to that job's own ``<cache>/logs/job-<id>.log`` (appended); the worker's own lines -- one per job
+finished -- stay in ``logs/worker.log``, where a background worker's output goes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -54,6 +59,33 @@ def ensure_worker(cache: Cache) -> int | None:
     return proc.pid
 
 
+def job_log_path(cache: Cache, job_id: str) -> Path:
+    return cache.logs_dir() / f"job-{job_id}.log"
+
+
+@contextlib.contextmanager
+def job_output(cache: Cache, job_id: str):
+    """Send this process's stdout and stderr -- Python's streams and file descriptors 1 and 2, so output from C
+    code and child processes too -- to the job's own log while the block runs; restore both after."""
+    path = job_log_path(cache, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a", buffering=1, encoding="utf-8", errors="replace") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield path
+        finally:
+            log.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def runnable(cache: Cache) -> list[Job]:
     """Queued jobs, and running ones whose owner died (to resume), oldest first."""
     return [j for j in list_jobs(cache) if j.state in WAITING]
@@ -69,7 +101,8 @@ def worker(cache: Cache, idle_exit: float = 0.0, poll: float = 1.0, once: bool =
             ran = False
             for job in runnable(cache):
                 try:
-                    result = run(cache, job.id)
+                    with job_output(cache, job.id):
+                        result = run(cache, job.id)
                 except UserError:  # someone else took it first
                     continue
                 print(f"{now()} job {job.id} {result.state} {result.error or ''}", flush=True)

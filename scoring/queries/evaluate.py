@@ -301,11 +301,6 @@ def evaluate_command(dataset: str, selection: str | None, options: dict, cache: 
 # ---------------------------------------------------------------- the Select page's verdict
 
 
-def _norm_rules(rules, n: int) -> tuple[str, ...]:
-    rules = tuple(str(r).strip().lower() for r in (rules or ("top",)))
-    return rules * n if len(rules) == 1 and n > 1 else rules
-
-
 def _budget_key(text) -> tuple | None:
     try:
         budget = parse_budget(text)
@@ -316,15 +311,12 @@ def _budget_key(text) -> tuple | None:
 
 def _same_rule(rule: dict, spec: SelectionSpec) -> bool:
     """Whether a saved rule record (scoring.jobs.evaluate's ``rule``, or a saved selection's record) states
-    ``spec``'s rule, budget and score job aside."""
-    scores = tuple(rule.get("scores") or ())
-    dedup = rule.get("dedup")
-    return (scores == tuple(spec.scores)
-            and _norm_rules(rule.get("rules"), len(scores)) == _norm_rules(spec.rules, len(spec.scores))
-            and (len(scores) < 2 or (rule.get("combine") or "and") == spec.combine)
-            and bool(rule.get("include_flagged")) == bool(spec.include_flagged)
-            and (rule.get("quota") or None) == (spec.quota or None)
-            and (None if dedup is None else float(dedup)) == (None if spec.dedup is None else float(spec.dedup)))
+    ``spec``'s rule, budget and score job aside (SelectionSpec.rule_key)."""
+    try:
+        other = SelectionSpec.from_record({**rule, "dataset": spec.dataset})
+    except (UserError, TypeError, ValueError):  # a record this version cannot read states no rule of ours
+        return False
+    return other.rule_key() == spec.rule_key()
 
 
 def _score_job_id(cache: Cache, spec: SelectionSpec) -> str | None:

@@ -1,4 +1,4 @@
-"""What the app reads about jobs: the progress banner of a dataset being scored, and a job's log."""
+"""What the app reads about jobs: the progress banner of a dataset being scored, and a job's own log."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,15 +31,15 @@ def progress(cache: Cache, dataset: str) -> Progress:
 
 
 def log_tail(cache: Cache, job_id: str | None = None, lines: int = 30) -> str:
-    """The last lines of a job's log (its traceback when it failed), else of the worker log."""
-    paths = [cache.logs_dir() / f"job-{job_id}.log"] if job_id else []
-    paths.append(cache.logs_dir() / "worker.log")
-    for path in paths:
-        if path.exists():
-            with open(path, "rb") as fh:
-                fh.seek(0, 2)
-                size = fh.tell()
-                fh.seek(max(0, size - 64 * 1024))
-                text = fh.read().decode("utf-8", "replace")
-            return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
-    return ""
+    """The last lines of a job's own log (what it wrote while a worker ran it, and its traceback when it failed);
+    without a job id, of the worker log. A job never shows another's lines: "" when it has no log (it has not run
+    on a worker yet, or it ran in a terminal, where its output went)."""
+    path = cache.logs_dir() / (f"job-{job_id}.log" if job_id else "worker.log")
+    if not path.exists():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - 64 * 1024))
+        text = fh.read().decode("utf-8", "replace")
+    return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])

@@ -29,7 +29,7 @@ from scoring.scores.view_reads import (
     search_text,
     sorted_scores,
 )
-from scoring.scores.views import View
+from scoring.scores.views import HIST_BINS, View
 from scoring.store.cache import Cache
 
 _LOCAL = threading.local()
@@ -66,27 +66,86 @@ def _ident(name: str, allowed: list[str]) -> str:
 # ---------------------------------------------------------------- distributions (Overview)
 
 
-def histograms(view: View, scores: list[str]) -> pd.DataFrame:
-    """Equal-width bins per score (binned in DuckDB when the view was built): columns score, lo, hi, count."""
-    frames = []
+LOG_NAMES = ("ppl", "perplexity")  # a score whose name contains one of these is drawn on a log axis by default
+LOG_SPREAD = 100.0  # ...and so is any all-positive score whose max is over 100 times its median (heavy-tailed)
+
+
+def log_default(view: View, name: str) -> bool:
+    """Whether ``name`` is ppl-like, so its charts start on a log scale: its name says perplexity (ppl, perplexity),
+    or its values say heavy tail (every value > 0 and max / median > LOG_SPREAD, read off the view's ECDF)."""
+    if any(word in name.lower() for word in LOG_NAMES):
+        return True
+    values = (view.stats.get("ecdf") or {}).get(name)
+    if not values:
+        return False
+    low, median, high = values[0], values[len(values) // 2], values[-1]
+    return low > 0 and median > 0 and high / median > LOG_SPREAD
+
+
+def log_label(name: str) -> str:
+    """The panel title of a score drawn on log10 values."""
+    return f"{name} (log10)"
+
+
+def _log_bins(view: View, name: str) -> dict | None:
+    """HIST_BINS equal-width bins of log10(value) over the positive values of one score, counted in DuckDB:
+    {lo, hi (log10 units), counts, non_positive (finite values <= 0, left out)}; None when no value is positive."""
+    bins = HIST_BINS
+    con = _con()
+    con.register("v_all", arrow(view))
+    col = "v." + _ident(name, view.score_columns)
+    positive = f"isfinite({col}) AND {col} > 0"
+    lo, hi, skipped = con.execute(
+        f"SELECT min(log10({col})) FILTER (WHERE {positive}), max(log10({col})) FILTER (WHERE {positive}), "
+        f"count(*) FILTER (WHERE isfinite({col}) AND {col} <= 0) FROM v_all v").fetchone()  # fmt: skip
+    if lo is None:
+        return None
+    rows = con.execute(
+        f"SELECT least(floor((log10({col}) - ?) / ? * {bins}), {bins - 1})::INT AS b, count(*) FROM v_all v "
+        f"WHERE {positive} GROUP BY b", [lo, (hi - lo) or 1.0]).fetchall()  # fmt: skip
+    counts = np.zeros(bins, dtype=np.int64)
+    for b, c in rows:
+        counts[int(b or 0)] = c
+    return {"lo": float(lo), "hi": float(hi), "counts": counts.tolist(), "non_positive": int(skipped)}
+
+
+def histograms(view: View, scores: list[str], log: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:
+    """Equal-width bins per score (binned in DuckDB when the view was built): columns score, lo, hi, count.
+
+    Scores named in ``log`` are binned on log10 of their positive values instead (in DuckDB, once per view): their
+    ``score`` is ``"NAME (log10)"``, lo / hi are log10 units, and ``frame.attrs["non_positive"]`` maps NAME to the
+    number of values <= 0 left out (say so next to the chart)."""
+    frames, skipped = [], {}
     for name in scores:
-        h = (view.stats.get("histograms") or {}).get(name)
+        h = memo(view, ("log_bins", name), lambda n=name: _log_bins(view, n)) if name in log else \
+            (view.stats.get("histograms") or {}).get(name)  # fmt: skip
         if not h:
             continue
+        if name in log:
+            skipped[name] = h["non_positive"]
         counts = np.asarray(h["counts"])
         edges = np.linspace(h["lo"], h["hi"], len(counts) + 1) if h["hi"] > h["lo"] else \
             h["lo"] + np.arange(len(counts) + 1) * 1e-9
-        frames.append(pd.DataFrame({"score": name, "lo": edges[:-1], "hi": edges[1:], "count": counts}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["score", "lo", "hi", "count"])
+        label = log_label(name) if name in log else name
+        frames.append(pd.DataFrame({"score": label, "lo": edges[:-1], "hi": edges[1:], "count": counts}))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["score", "lo", "hi", "count"])
+    out.attrs["non_positive"] = skipped
+    return out
 
 
-def ecdf(view: View, scores: list[str]) -> pd.DataFrame:
-    """The empirical CDF of each score as (score, value, fraction) at evenly spaced fractions."""
+def ecdf(view: View, scores: list[str], log: tuple[str, ...] | list[str] = ()) -> pd.DataFrame:
+    """The empirical CDF of each score as (score, value, fraction) at evenly spaced fractions. Scores named in
+    ``log`` give log10(value) at the fractions whose value is positive, under ``"NAME (log10)"``."""
     frames = []
     for name in scores:
         values = (view.stats.get("ecdf") or {}).get(name)
-        if values:
-            frames.append(pd.DataFrame({"score": name, "value": values, "fraction": np.linspace(0, 1, len(values))}))
+        if not values:
+            continue
+        frame = pd.DataFrame({"score": name, "value": values, "fraction": np.linspace(0, 1, len(values))})
+        if name in log:
+            frame = frame[frame["value"] > 0].assign(score=log_label(name))
+            frame["value"] = np.log10(frame["value"])
+        frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["score", "value", "fraction"])
 
 
@@ -106,7 +165,13 @@ def spearman(view: View) -> pd.DataFrame:
 
 
 def flag_counts(view: View) -> dict[str, int]:
+    """Rows per flag reason (a row flagged for two reasons counts under both)."""
     return dict(view.stats.get("flag_counts") or {})
+
+
+def flagged_rows(view: View) -> int:
+    """Rows with any flag (each row once, however many reasons it has)."""
+    return int(memo(view, "flagged_rows", lambda: int(pd.Series(column(view, "flag")).fillna("").ne("").sum())))
 
 
 def auroc(view: View) -> pd.DataFrame | None:

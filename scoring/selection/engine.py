@@ -16,41 +16,60 @@ Semantics, in the order they apply:
    column the table does not have at all is a :class:`UserError` naming the columns it does have.
 2. **Percentiles.** For each score, a row's percentile is its rank among the *eligible* rows scaled to 0..100:
    ``(rank - 1) * 100 / (m - 1)`` with average ranks for ties (lowest 0, highest 100; 50 when m == 1).
-3. **Rules**, one for all scores or one per score. Each gives a row a *goodness* per score and may exclude it:
+3. **Rules**, one for all scores or one per score. Each gives a row a *goodness* per score (on one 0..100 scale)
+   and may exclude it:
 
    - ``top``: goodness = percentile; ``bottom``: 100 - percentile; neither excludes anything.
    - ``band:LO-HI``: excludes rows whose percentile is outside [LO, HI]; goodness falls with the distance to the
      band centre (100 at the centre, 0 at the edges).
+   - ``above:V``: excludes rows whose score value is below V (value >= V is kept, V itself included); ranks like
+     ``top`` (goodness = percentile among the eligible rows, so higher values first).
+   - ``below:V``: excludes rows whose value is above V (value <= V kept); ranks like ``bottom`` (100 - percentile).
+   - ``band-values:LO-HI``: excludes rows whose value is outside [LO, HI] (edges included; no tolerance, the
+     values are the user's); goodness falls with the distance to the band centre ON THE VALUE AXIS:
+     100 * (1 - 2|value - (LO+HI)/2| / (HI - LO)), 100 at the centre and 0 at the edges, like a percentile band.
 
-   When every score has the same rule the goodness is computed in exact integers (ties compare exactly).
+   Value cuts compare the score values themselves; the percentiles that rank rows are still among all eligible rows.
+   When every rule ranks the same way (all top / above, or all bottom / below, or one percentile band for all) the
+   goodness is computed in exact integers (ties compare exactly).
 4. **Combining scores.** ``and`` (intersection, the default): a row is a candidate when no score's rule excludes
    it; its combined goodness is the MIN over the scores, so the best k rows are the intersection of every score's
    top set, grown until the budget is hit. ``or`` (union): a candidate when at least one rule admits it; the
-   combined goodness is the MAX over the admitting scores. Non-candidates are dropped with
-   ``outside_band:<first score outside>`` (and) or ``outside_band:all`` (or). Candidates are ranked by combined
-   goodness descending (ties: idx ascending) and kept while within budget; the rest are dropped with
-   ``below_cut:<score>``, the score that limited the row (and: the lowest goodness, or: the highest; the first
-   requested one on ties), or ``over_budget`` when every rule is a band.
+   combined goodness is the MAX over the admitting scores. Non-candidates are dropped, with ``and``, by the first
+   score whose rule excludes them: ``outside_band:<score>`` (band: and band-values:), ``below_value:<score>``
+   (above:), ``above_value:<score>`` (below:); with ``or`` (every rule excludes them) by the rules' shared reason
+   with ``:all`` (``outside_band:all``, ``below_value:all``, ``above_value:all``), ``outside_rules:all`` when the
+   rules differ. Candidates are ranked by combined goodness descending (ties: idx ascending) and kept while within
+   budget; the rest are dropped by the score that limited the row (and: the lowest goodness, or: the highest; the
+   first requested one on ties), whose rule names the side: ``below_cut:<score>`` for top and above: (the row ranks
+   below the cut), ``above_cut:<score>`` for bottom and below: (it lies above the cut), ``below_cut:<score>`` for a
+   band among other rules; ``over_budget`` when every rule is a band (band: or band-values:).
 5. **Budgets.** ``count`` keeps at most N rows; ``fraction`` keeps at most ``round_half_up(fraction * n_total)``
    rows, where n_total counts ALL rows of the table (flagged and unscored included), so "6%" means 6 % of the
-   dataset; ``tokens`` walks the ranked rows and keeps them while the running sum of
-   ``n_prompt_tokens + n_response_tokens`` stays within the budget, stopping at the first row that would exceed
-   it (skip-and-stop, so the kept set is always a prefix of the ranking). Missing token counts count as 0.
+   dataset (``all`` is the fraction 1: every candidate); ``tokens`` walks the ranked rows and keeps them while
+   the running sum of ``n_prompt_tokens + n_response_tokens`` stays within the budget, stopping at the first row
+   that would exceed it (skip-and-stop, so the kept set is always a prefix of the ranking). Missing token counts
+   count as 0.
 6. **Quotas** (optional, ``groups``: one label per row, e.g. a category column or a map cluster). The budget is
    split over the groups in proportion to each group's share of the candidates (rows; for a token budget, tokens;
    largest remainder for counts), and each group keeps its own best rows within its share (skip-and-stop for
    tokens), so the kept set has the candidates' group mix. Rows a quota stops: ``over_quota:<group>``.
 7. **Near-duplicate filter** (optional, ``dedup`` = tau with unit ``embeddings``): walking the ranking best first, a
    row whose cosine to a row already kept exceeds tau is skipped with ``near_duplicate`` and the walk goes on, so
-   the budget is still filled with distinct rows. It costs about kept x walked x dim multiply-adds.
+   the budget is still filled with distinct rows. ``SelectionResult.duplicate_of`` names, per skipped row, the
+   table position of its kept twin: the first kept row (in kept order) whose cosine exceeded tau. It costs about
+   kept x walked x dim multiply-adds.
 
 Without quotas or the filter everything is vectorised (numpy sort, rank, cumsum): a million rows with two scores
 select in a fraction of a second. The only per-row Python work is the filter's accept / skip loop.
 
-Budgets, rules and the result type are in :mod:`scoring.selection.rules`; the prepared score table
+Budgets, rules and the result type are in :mod:`scoring.selection.rules`; rules turned into goodness, exclusions
+and reason labels in :mod:`scoring.selection.goodness`; reading a result back (a row's reason in words, kept rows
+per quota group) in :mod:`scoring.selection.explain`; the prepared score table
 (:class:`~scoring.selection.table.SelectTable`) in :mod:`scoring.selection.table`; the rank and partial-sort helpers
 in :mod:`scoring.selection.ranking`; quotas and the near-duplicate walk in :mod:`scoring.selection.groups`; saved
-selections, the rule spec shared by the CLI and the app, and comparisons in :mod:`scoring.selection.saved`.
+selections, the rule spec shared by the CLI and the app, and comparisons in :mod:`scoring.selection.saved` (the
+files themselves: :mod:`scoring.selection.files`).
 """
 from __future__ import annotations
 
@@ -61,6 +80,7 @@ import numpy as np
 import pandas as pd
 
 from scoring.errors import UserError
+from scoring.selection.goodness import cut_labels, excluded_by_all_label, excluded_labels, goodness, rules_for
 from scoring.selection.groups import group_codes, quotas_for, walk_dedup
 from scoring.selection.ranking import ordered_prefix, prefix_within_tokens
 from scoring.selection.rules import (
@@ -68,69 +88,13 @@ from scoring.selection.rules import (
     BUDGET_EXAMPLES,
     COMBINES,
     NEXT_AFTER_CUT,
-    RULE_EXAMPLES,
     Budget,
     DroppedReasons,
     Rule,
     SelectionResult,
     Taken,
-    parse_rule,
 )
 from scoring.selection.table import SelectTable
-
-_EPS = 1e-9  # tolerance on band edges, so 30.000000000000004 is inside [30, 70]
-
-
-def _rules_for(rule, scores: list[str]) -> list[Rule]:
-    """One Rule per score: a single Rule (or a one-item list) applies to every score."""
-    rules = list(rule) if isinstance(rule, (list, tuple)) else [rule]
-    rules = [parse_rule(r) if isinstance(r, str) else r for r in rules]
-    if len(rules) == 1:
-        rules = rules * len(scores)
-    if len(rules) != len(scores):
-        raise UserError(f"Give one rule for all scores or one per score: {len(rules)} rules for {len(scores)} scores "
-                        f"({', '.join(scores)}).")
-    for r in rules:
-        if r.kind not in ("top", "bottom", "band"):
-            raise UserError(f"Unknown rule kind {r.kind!r}. Valid forms: {RULE_EXAMPLES}.")
-    return rules
-
-
-def _goodness(r2: np.ndarray, rules: list[Rule], m: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(goodness, allowed), (m, k) each: larger goodness is better; ``allowed`` is False outside a band (None when
-    no rule is a band, so nothing is excluded).
-
-    When every score has the same rule the goodness is an exact integer (twice the rank, or minus a scaled
-    distance to the band centre), so ties compare exactly. Mixed rules need one scale for all: 0..100, where a
-    top score's goodness is its percentile, a bottom score's 100 - percentile, and a band score's 100 at the band
-    centre falling to 0 at its edges.
-    """
-    same = all((r.kind, r.lo, r.hi) == (rules[0].kind, rules[0].lo, rules[0].hi) for r in rules)
-    first = rules[0]
-    if same and first.kind == "top":
-        return r2, None
-    if same and first.kind == "bottom":
-        return 2 * (m + 1) - r2, None
-    pct = (r2 - 2) * 50.0 / (m - 1) if m > 1 else np.full(r2.shape, 50.0)  # (m, k) percentiles 0..100
-    allowed = np.ones(r2.shape, dtype=bool)
-    for j, r in enumerate(rules):
-        if r.kind == "band":
-            allowed[:, j] = (pct[:, j] >= r.lo - _EPS) & (pct[:, j] <= r.hi + _EPS)
-    if same:  # one band for all: |pct - centre| * 2(m-1) = |(r2 - 2) * 100 - twice_c|, exact when twice_c is whole
-        twice_c = (first.lo + first.hi) * (m - 1)
-        if float(twice_c).is_integer() and abs(twice_c) < 2**52:
-            return -np.abs((r2 - 2) * 100 - int(twice_c)), allowed
-        return -np.abs(pct - (first.lo + first.hi) / 2.0), allowed
-    good = np.empty(r2.shape, dtype=float)
-    for j, r in enumerate(rules):
-        if r.kind == "top":
-            good[:, j] = pct[:, j]
-        elif r.kind == "bottom":
-            good[:, j] = 100.0 - pct[:, j]
-        else:
-            good[:, j] = 100.0 * (1.0 - 2.0 * np.abs(pct[:, j] - (r.lo + r.hi) / 2.0) / (r.hi - r.lo))
-    return good, allowed if any(r.kind == "band" for r in rules) else None
-
 
 def _rows_all(mask: np.ndarray) -> np.ndarray:
     """mask.all(axis=1) for a few columns, a column at a time (much faster than an axis-1 reduction at 1M rows)."""
@@ -238,7 +202,7 @@ def _checked_request(prepared: SelectTable, scores, rule, budget: Budget, combin
     if missing:
         raise UserError(f"missing_score:{missing[0]} -- the score table has no column {missing[0]!r}. "
                         f"Available scores: {', '.join(available) or 'none'}.")
-    rules = _rules_for(rule, scores)
+    rules = rules_for(rule, scores)
     combine = str(combine).strip().lower()
     if combine not in COMBINES:
         raise UserError(f"Combine must be 'and' (intersection) or 'or' (union), not {combine!r}.")
@@ -279,62 +243,73 @@ def _candidates(prepared: SelectTable, scores: list[str], rules: list[Rule], com
     elig = np.flatnonzero(eligible)  # (m,) table positions
     m, k = len(elig), len(scores)
     r2 = np.column_stack([prepared.ranks(s, eligible) for s in scores]) if m else np.empty((0, k), np.int64)
-    good, allowed = _goodness(r2, rules, m)  # (m, k) each; allowed is None when no rule is a band
+    read: dict[int, np.ndarray] = {}
+
+    def values(j: int) -> np.ndarray:  # score j's values among the eligible rows (value rules only)
+        if j not in read:
+            v = prepared.values(scores[j])
+            read[j] = v if m == prepared.n else v[elig]
+        return read[j]
+
+    good, allowed = goodness(r2, values, rules, m)  # (m, k) each; allowed is None when no rule excludes a row
     if combine == "and":
-        ok, best, limiting = _combine_and(good, allowed, scores, elig, reasons)
+        ok, best, limiting = _combine_and(good, allowed, excluded_labels(rules, scores), elig, reasons)
     else:
-        ok, best, limiting = _combine_or(good, allowed, elig, reasons)
+        ok, best, limiting = _combine_or(good, allowed, excluded_by_all_label(rules), elig, reasons)
     pool = None if ok is None or ok.all() else np.flatnonzero(ok)  # None: every eligible row is a candidate
     return _Pool(elig, pool, m == prepared.n), best, limiting
 
 
-def _combine_and(good, allowed, scores, elig, reasons: _Reasons):
+def _combine_and(good, allowed, labels: list[str], elig, reasons: _Reasons):
     """Intersection: (candidate mask or None when all are, MIN goodness, its score). A row some rule excludes is
-    dropped with ``outside_band:<first score outside>``."""
+    dropped with the first excluding score's label (``labels``: one per score, e.g. ``outside_band:<score>``)."""
     ok = None if allowed is None else _rows_all(allowed)
     best, limiting = _rows_best(good, np.less)
     if ok is not None:
         out = np.flatnonzero(~ok)
-        out_labels = reasons.labels_for(f"outside_band:{s}" for s in scores)
+        out_labels = reasons.labels_for(labels)
         reasons.codes[elig[out]] = out_labels[(~allowed[out]).argmax(axis=1)]
     return ok, best, limiting
 
 
-def _combine_or(good, allowed, elig, reasons: _Reasons):
+def _combine_or(good, allowed, label: str, elig, reasons: _Reasons):
     """Union: (candidate mask or None when all are, MAX goodness over the admitting scores, its score). A row every
-    rule excludes is dropped with ``outside_band:all``."""
+    rule excludes is dropped with ``label`` (e.g. ``outside_band:all``)."""
     if allowed is None:
         ok, masked = None, good
     else:
         floor = -np.inf if good.dtype.kind == "f" else np.iinfo(np.int64).min
         masked = np.where(allowed, good, floor)
         ok = _rows_any(allowed)
-        reasons.codes[elig[np.flatnonzero(~ok)]] = reasons.label("outside_band:all")
+        reasons.codes[elig[np.flatnonzero(~ok)]] = reasons.label(label)
     best, limiting = _rows_best(masked, np.greater)
     return ok, best, limiting
 
 
 def _cut_reasons(rules: list[Rule], scores: list[str], limiting, p: int, reasons: _Reasons) -> np.ndarray:
     """(p,) the reason of each candidate should the budget stop it: ``over_budget`` when every rule is a band, else
-    ``below_cut:<score>`` (``limiting``: the index of the limiting score per candidate, None for one score)."""
-    if all(r.kind == "band" for r in rules):
+    the limiting score's ``below_cut:<score>`` / ``above_cut:<score>`` (``limiting``: the index of the limiting
+    score per candidate, None for one score)."""
+    texts = cut_labels(rules, scores)
+    if texts is None:
         return np.full(p, reasons.label("over_budget"), dtype=np.int32)
-    cut_labels = reasons.labels_for(f"below_cut:{s}" for s in scores)
-    return np.full(p, cut_labels[0], dtype=np.int32) if limiting is None else cut_labels[limiting]
+    codes = reasons.labels_for(texts)
+    return np.full(p, codes[0], dtype=np.int32) if limiting is None else codes[limiting]
 
 
 def _budget_cut(key, tie, pool_tokens, cut_codes, pool: _Pool, reasons: _Reasons, budget: Budget, n: int, groups,
-                embeddings, dedup) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+                embeddings, dedup) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple | None]:  # fmt: skip
     """The budget (point 5), with the quotas and the near-duplicate filter when asked for (points 6 and 7).
 
     ``key`` then ``tie`` ascending ranks the candidates best first. Returns (the kept candidate positions best first,
-    the reason code of every candidate with -1 for a kept one, the best few candidates just below the cut)."""
+    the reason code of every candidate with -1 for a kept one, the best few candidates just below the cut, and with
+    the filter (the near duplicates, the kept twin of each) as candidate positions, else None)."""
     limit = int(budget.value) if budget.kind == "count" else math.floor(budget.value * n + 0.5)
-    next_rel = ranked = None
+    next_rel = ranked = twins = None
     if groups is None and dedup is None:
         kept_rel, next_rel = _plain_cut(key, tie, pool_tokens, budget, limit)
     else:
-        kept_rel, cut_codes, ranked = _select_constrained(
+        kept_rel, cut_codes, ranked, twins = _select_constrained(
             key, tie, pool_tokens, budget, limit, cut_codes, reasons.label,
             None if groups is None else group_codes(groups, n), pool.positions(),
             None if dedup is None else (embeddings, float(dedup)),
@@ -343,7 +318,7 @@ def _budget_cut(key, tie, pool_tokens, cut_codes, pool: _Pool, reasons: _Reasons
     cut_codes[kept_rel] = -1
     if next_rel is None:
         next_rel = _next_after_cut(key, tie, cut_codes, ranked)
-    return kept_rel, cut_codes, next_rel
+    return kept_rel, cut_codes, next_rel, twins
 
 
 def _plain_cut(key, tie, pool_tokens, budget: Budget, limit: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -371,7 +346,7 @@ def _next_after_cut(key, tie, cut_codes: np.ndarray, ranked: np.ndarray | None) 
 
 
 def _result(prepared: SelectTable, ids: np.ndarray, tokens: np.ndarray, kept_pos: np.ndarray, next_pos: np.ndarray,
-            reasons: _Reasons, by_row: bool) -> SelectionResult:  # fmt: skip
+            reasons: _Reasons, by_row: bool, duplicate_of: np.ndarray | None) -> SelectionResult:  # fmt: skip
     """The SelectionResult; ``by_row``: the caller keeps the SelectTable, so the Arrow ids are worth building once
     and the result carries the reason code of every row for saving."""
     codes, labels = reasons.codes, reasons.labels
@@ -380,7 +355,19 @@ def _result(prepared: SelectTable, ids: np.ndarray, tokens: np.ndarray, kept_pos
     dropped = DroppedReasons(Taken(ids, drop, arrow_ids), None, codes=(codes[drop], labels))
     kept_ids = ids[kept_pos].tolist()
     return SelectionResult(kept_ids, dropped, prepared.n, int(tokens[kept_pos].sum()), kept_pos=kept_pos,
-                           next_pos=next_pos, by_row=None if arrow_ids is None else (arrow_ids, codes, labels))
+                           next_pos=next_pos, by_row=None if arrow_ids is None else (arrow_ids, codes, labels),
+                           duplicate_of=duplicate_of, rows=(ids, codes, labels))  # fmt: skip
+
+
+def _duplicate_of(pool: _Pool, n: int, twins: tuple | None) -> np.ndarray | None:
+    """(n,) the table position of each near duplicate's kept twin, -1 elsewhere; None without the filter."""
+    if twins is None:
+        return None
+    out = np.full(n, -1, dtype=np.int64)
+    dups, kept = twins
+    if len(dups):
+        out[pool.table_pos(dups)] = pool.table_pos(kept)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -417,16 +404,16 @@ def select(
     pool, best, limiting = _candidates(prepared, scores, rules, combine, eligible, reasons)
     key, tie, pool_tokens = -pool.take(best), pool.take_rows(idx), pool.take_rows(tokens)  # key: smaller is better
     cut_codes = _cut_reasons(rules, scores, None if limiting is None else pool.take(limiting), len(key), reasons)
-    kept_rel, cut_codes, next_rel = _budget_cut(key, tie, pool_tokens, cut_codes, pool, reasons, budget, prepared.n,
-                                                groups, embeddings, dedup)  # fmt: skip
+    kept_rel, cut_codes, next_rel, twins = _budget_cut(key, tie, pool_tokens, cut_codes, pool, reasons, budget,
+                                                       prepared.n, groups, embeddings, dedup)  # fmt: skip
     reasons.set_candidates(pool, cut_codes)
     return _result(prepared, ids, tokens, pool.table_pos(kept_rel), pool.table_pos(next_rel), reasons,
-                   by_row=isinstance(table, SelectTable))
+                   by_row=isinstance(table, SelectTable), duplicate_of=_duplicate_of(pool, prepared.n, twins))
 
 
 def _select_constrained(key, tie, pool_tokens, budget, limit, cut_codes, label, grouping, pool_pos, dedup):
     """Budget with quotas and / or the near-duplicate filter. Returns (kept pool positions in order, cut codes, the
-    ranked prefix the filter walked or None).
+    ranked prefix the filter walked or None, (near duplicates, their kept twins) as pool positions or None).
 
     Rows a quota stops are dropped with ``over_quota:<group>``; rows the filter skips with ``near_duplicate``.
     """
@@ -453,22 +440,29 @@ def _select_constrained(key, tie, pool_tokens, budget, limit, cut_codes, label, 
                 order = ordered_prefix(key[members], tie[members], n_keep)
             parts.append(members[order[:n_keep]])
         kept = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-        return kept[np.lexsort((tie[kept], key[kept]))], cut_codes, None
+        return kept[np.lexsort((tie[kept], key[kept]))], cut_codes, None, None
+    kept, dups, twins, order = _dedup_walk(key, tie, pool_tokens, budget, gcodes, quotas, pool_pos, dedup)
+    if len(dups):
+        cut_codes = cut_codes.copy()
+        cut_codes[dups] = label("near_duplicate")
+    return kept, cut_codes, order, (dups, twins)
+
+
+def _dedup_walk(key, tie, pool_tokens, budget: Budget, gcodes, quotas, pool_pos, dedup):
+    """The near-duplicate walk over a long enough prefix of the ranking: (kept, near duplicates, their kept twins,
+    the ranked prefix walked), pool positions."""
     emb, tau = dedup
     if getattr(emb, "ndim", 0) != 2:
         raise UserError("The embeddings for the near-duplicate filter must be a (rows, dim) matrix.")
     # Walk a prefix of the ranking long enough for the budget plus some duplicates; when the walk runs off its end
     # before every quota is spent, take a 4x longer prefix and walk again (the result is the same as walking the
     # whole ranking, which would need a full sort).
+    p = len(key)
     per_row = max(float(pool_tokens.mean()), 1.0) if budget.kind == "tokens" and p else 1.0
     k = int(quotas.sum() / per_row * 2) + 1024
     while True:
         order = ordered_prefix(key, tie, k) if k < p else np.lexsort((tie, key))
-        kept, dups, done = walk_dedup(order, gcodes, quotas, pool_tokens, budget.kind, emb, pool_pos, tau)
+        kept, dups, twins, done = walk_dedup(order, gcodes, quotas, pool_tokens, budget.kind, emb, pool_pos, tau)
         if done or len(order) >= p:
-            break
+            return kept, dups, twins, order
         k *= 4
-    if len(dups):
-        cut_codes = cut_codes.copy()
-        cut_codes[dups] = label("near_duplicate")
-    return kept, cut_codes, order

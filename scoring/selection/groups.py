@@ -75,8 +75,9 @@ def quotas_for(budget: Budget, limit: int, gcodes: np.ndarray, n_groups: int, to
 
 def walk_dedup(order, gcodes, quotas, tokens, budget_kind, emb, rows_of, tau, block: int = 512):
     """Greedy walk down the ranking: keep a row unless its group's quota is spent or its embedding's cosine to a
-    row already kept exceeds ``tau``. Returns (kept positions in order, near-duplicate positions, whether every
-    group's quota was spent before the ranking ran out).
+    row already kept exceeds ``tau``. Returns (kept positions in order, near-duplicate positions, for each of them
+    the position of its kept twin: the first kept row whose cosine exceeded tau, whether every group's quota was
+    spent before the ranking ran out).
 
     ``order`` indexes the pool; ``rows_of`` maps a pool position to its row of ``emb``. Quotas are row counts, or
     token budgets with skip-and-stop (a group stops at its first row that would overflow).
@@ -92,28 +93,29 @@ def _walk(order, gcodes, quotas, tokens, budget_kind, emb, rows_of, tau, block):
     stopped = left <= 0
     kept: list[int] = []
     dups: list[int] = []
+    twins: list[int] = []  # per near duplicate: its index in ``kept``
     kept_vecs = np.empty((0, emb.shape[1]), dtype=np.float32)
     for start in range(0, len(order), block):
         if stopped.all():
             break
         rows = order[start:start + block]
-        take = rows_of[rows]
-        sort = np.argsort(take)  # ascending reads are much faster on a memory-mapped matrix
-        vecs = np.empty((len(rows), emb.shape[1]), dtype=np.float32)
-        vecs[sort] = emb[take[sort]]  # (B, d)
-        prev = (vecs @ kept_vecs.T).max(axis=1) > tau if len(kept_vecs) else np.zeros(len(rows), bool)  # (B,)
+        vecs = _block_vectors(emb, rows_of[rows])  # (B, d)
+        prev = _first_close(vecs @ kept_vecs.T, tau) if len(kept_vecs) else np.full(len(rows), -1)  # (B,)
         inner = vecs @ vecs.T  # (B, B)
-        # close[i]: some row kept earlier in this block has inner[i, j] > tau. Updated with column j when j is kept,
-        # so it reads the very entries inner[i, mine].max() would (that max is NaN-poisoned: keep it when NaN).
+        # twin[i]: the first row kept earlier in this block with inner[i, j] > tau, as an index in ``kept``. Updated
+        # with column j when j is kept, so it reads the very entries inner[i, mine].max() would (that max is
+        # NaN-poisoned: keep the row when NaN, so NaN blocks take the exact path).
         exact = bool(np.isnan(inner).any())
-        close = np.zeros(len(rows), dtype=bool)
+        twin = np.full(len(rows), -1, dtype=np.int64)
         mine: list[int] = []
         for i, row in enumerate(rows.tolist()):
             g = gcodes[row]
             if stopped[g]:
                 continue
-            if prev[i] or (mine and (inner[i, mine].max() > tau if exact else close[i])):
+            near = prev[i] if prev[i] >= 0 else (_exact_twin(inner[i], mine, tau, len(kept)) if exact else twin[i])
+            if near >= 0:
                 dups.append(row)
+                twins.append(int(near))
                 continue
             cost = tokens[row] if budget_kind == "tokens" else 1.0
             if cost > left[g]:
@@ -125,7 +127,37 @@ def _walk(order, gcodes, quotas, tokens, budget_kind, emb, rows_of, tau, block):
             kept.append(row)
             mine.append(i)
             if not exact:
-                close |= inner[:, i] > tau
+                twin[(inner[:, i] > tau) & (twin < 0)] = len(kept) - 1
         if mine:
             kept_vecs = np.vstack([kept_vecs, vecs[mine]])
-    return np.asarray(kept, dtype=np.int64), np.asarray(dups, dtype=np.int64), bool(stopped.all())
+    kept_arr = np.asarray(kept, dtype=np.int64)
+    return kept_arr, np.asarray(dups, dtype=np.int64), kept_arr[np.asarray(twins, dtype=np.int64)], bool(stopped.all())
+
+
+def _block_vectors(emb, take: np.ndarray) -> np.ndarray:
+    """emb[take] as float32, read in ascending row order (much faster on a memory-mapped matrix)."""
+    sort = np.argsort(take)
+    vecs = np.empty((len(take), emb.shape[1]), dtype=np.float32)
+    vecs[sort] = emb[take[sort]]
+    return vecs
+
+
+def _first_close(sims: np.ndarray, tau: float) -> np.ndarray:
+    """(B,) for each row of ``sims`` (B, K), the first column above tau, -1 when none (or when the row's max is NaN,
+    as ``sims.max(axis=1) > tau`` reads it)."""
+    out = np.full(len(sims), -1, dtype=np.int64)
+    close = np.flatnonzero(sims.max(axis=1) > tau)
+    if len(close):
+        out[close] = (sims[close] > tau).argmax(axis=1)
+    return out
+
+
+def _exact_twin(inner_row: np.ndarray, mine: list[int], tau: float, n_kept: int) -> int:
+    """The NaN-aware path: the ``kept`` index of the first of this block's kept rows above tau, -1 when none or when
+    one of them compares as NaN (the max is NaN then, and the row is kept)."""
+    if not mine:
+        return -1
+    sims = inner_row[mine]
+    if not sims.max() > tau:
+        return -1
+    return n_kept - len(mine) + int((sims > tau).argmax())

@@ -1,8 +1,11 @@
 """Selection, the vocabulary: budgets, rules, and the result (kept ids and a reason for every dropped one).
 
-Budgets: "6%" / "6.5%" (a share of ALL rows), "3000" (rows), "2M-tokens" (prompt + response tokens). Rules, one
-for all scores or one per score: "top", "bottom", or "band:LO-HI" (a percentile band). The exact semantics of
-applying them are in :mod:`scoring.selection.engine`.
+Budgets: "6%" / "6.5%" (a share of ALL rows), "3000" (rows), "2M-tokens" (prompt + response tokens), "all" (every
+candidate). Rules, one for all scores or one per score: "top", "bottom", "band:LO-HI" (a percentile band), or a cut
+set as a score value: "above:V" (value >= V), "below:V" (value <= V), "band-values:LO-HI" (LO <= value <= HI; the
+values may be negative or in scientific notation, e.g. "band-values:-0.5--0.1", "band-values:1e-3-2.5e1"). A band
+or value rule excludes rows by itself, so its budget may be left out (:func:`default_budget`: "all"). The exact
+semantics of applying them are in :mod:`scoring.selection.engine`.
 """
 from __future__ import annotations
 
@@ -22,8 +25,14 @@ from scoring.errors import UserError
 # Columns of a score table that are not scores.
 BASE_COLUMNS = ("idx", "id", "flag", "n_prompt_tokens", "n_response_tokens")
 
-BUDGET_EXAMPLES = '"6%" or "6.5%" (share of all rows), "3000" (row count), "2M-tokens", "500k-tokens", "1200-tokens"'
-RULE_EXAMPLES = '"top", "bottom" or "band:25-75" (percentile band, 0 <= LO < HI <= 100)'
+BUDGET_EXAMPLES = ('"6%" or "6.5%" (share of all rows), "3000" (row count), "2M-tokens", "500k-tokens", "1200-tokens", '
+                   '"all" (every candidate)')
+RULE_EXAMPLES = ('"top", "bottom", "band:25-75" (percentile band, 0 <= LO < HI <= 100), "above:0.731" / "below:-2.5" '
+                 '(score value at least / at most V), "band-values:-0.5--0.1" or "band-values:1e-3-2.5e1" '
+                 '(LO <= score value <= HI, LO < HI)')
+# Rules that exclude rows by themselves (a percentile band or a score value): with only these the budget may be "all".
+EXCLUDING_RULES = ("band", "vband", "above", "below")
+VALUE_RULES = ("vband", "above", "below")
 COMBINES = ("and", "or")
 NEXT_AFTER_CUT = 5  # candidates just below the cut reported with a result (the app shows them)
 SELECTION_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -48,10 +57,13 @@ _TOKEN_UNITS = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000, "g": 1_00
 
 
 def parse_budget(text: str) -> Budget:
-    """Parse "6%" / "6.5%" (fraction), "3000" (count) or "2M-tokens" / "500k-tokens" / "1200-tokens" (tokens)."""
+    """Parse "6%" / "6.5%" (fraction), "3000" (count), "2M-tokens" / "500k-tokens" / "1200-tokens" (tokens) or
+    "all" (every candidate: the fraction 1.0)."""
     raw = str(text).strip()
     s = raw.lower().replace(" ", "").replace("_", "")
     problem = "is not understood"
+    if s == "all":
+        return Budget("fraction", 1.0, raw)
     if m := re.fullmatch(_NUM + r"%", s):
         if 0 < float(m.group(1)) <= 100:
             return Budget("fraction", float(m.group(1)) / 100.0, raw)
@@ -69,7 +81,10 @@ def parse_budget(text: str) -> Budget:
 
 @dataclass(frozen=True)
 class Rule:
-    """Which end of the score distribution to keep: "top", "bottom", or a percentile "band" [lo, hi]."""
+    """Which part of the score distribution to keep.
+
+    ``kind``: "top", "bottom", a percentile "band" [lo, hi] (0..100), or by score value: "above" (value >= lo),
+    "below" (value <= hi), "vband" (lo <= value <= hi). A field a kind does not use keeps its default."""
 
     kind: str
     lo: float = 0.0
@@ -77,8 +92,12 @@ class Rule:
     text: str = "top"
 
 
+_VALUE = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?)"  # a score value: sign and exponent allowed
+
+
 def parse_rule(text: str) -> Rule:
-    """Parse "top", "bottom" or "band:LO-HI" (percentiles, 0 <= LO < HI <= 100)."""
+    """Parse "top", "bottom", "band:LO-HI" (percentiles, 0 <= LO < HI <= 100), "above:V", "below:V" or
+    "band-values:LO-HI" (score values, LO < HI; e.g. "band-values:-0.5--0.1", "band-values:1e-3-2.5e1")."""
     raw = str(text).strip()
     s = raw.lower().replace(" ", "")
     if s in ("top", "bottom"):
@@ -88,7 +107,35 @@ def parse_rule(text: str) -> Rule:
         if 0 <= lo < hi <= 100:
             return Rule("band", lo, hi, raw)
         raise UserError(f"Rule {raw!r}: the band needs 0 <= LO < HI <= 100. Valid forms: {RULE_EXAMPLES}.")
+    if m := re.fullmatch(r"(above|below):" + _VALUE, s):
+        value = float(m.group(2))
+        return Rule("above", lo=value, text=raw) if m.group(1) == "above" else Rule("below", hi=value, text=raw)
+    if s.startswith("band-values:"):
+        m = re.fullmatch(r"band-values:" + _VALUE + "-" + _VALUE, s)
+        if m is None:
+            raise UserError(f"Rule {raw!r}: expected band-values:LO-HI with two score values, e.g. "
+                            f"band-values:0.2-0.8, band-values:-0.5--0.1 or band-values:1e-3-2.5e1.")
+        lo, hi = float(m.group(1)), float(m.group(2))
+        if not lo < hi:
+            raise UserError(f"Rule {raw!r}: the value band needs LO < HI (got LO {lo:g}, HI {hi:g}), e.g. "
+                            f"band-values:0.2-0.8 or band-values:-0.5--0.1.")
+        return Rule("vband", lo, hi, raw)
     raise UserError(f"Rule {raw!r} is not understood. Valid forms: {RULE_EXAMPLES}.")
+
+
+def default_budget(rules) -> str | None:
+    """"all" when every rule (texts or Rules) is a band or a value rule, which excludes rows by itself; None when
+    some rule needs a budget to cut at ("top", "bottom"). A text that is no rule raises its UserError."""
+    rules = [rules] if isinstance(rules, (str, Rule)) else list(rules or ["top"])
+    kinds = [r.kind if isinstance(r, Rule) else parse_rule(r).kind for r in rules]
+    return "all" if kinds and all(k in EXCLUDING_RULES for k in kinds) else None
+
+
+def missing_budget_error(budget: str = "--budget", rule: str = "--rule") -> UserError:
+    """The message when no budget is given and a rule needs one (``budget`` / ``rule``: how the caller spells the
+    options)."""
+    return UserError(f"{budget} is required unless every {rule} is a band or a value rule (band:, band-values:, "
+                     f"above:, below:). Valid forms: {BUDGET_EXAMPLES}.")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -205,6 +252,13 @@ class SelectionResult:
     next_pos: np.ndarray | None = None  # the best few candidates just below the cut, in ranking order
     # (Arrow ids, reason code per table row (-1: kept), labels) when made by select: saving writes them as they are
     by_row: tuple | None = field(default=None, repr=False, compare=False)
+    # (n,) int64: for a row the near-duplicate filter skipped, the table position of the kept row whose cosine
+    # exceeded tau (the first such kept row); -1 elsewhere. None when the filter was off.
+    duplicate_of: np.ndarray | None = field(default=None, compare=False)
+    # (ids (n,), reason code per row (-1: kept), labels) in table order, for scoring.selection.explain.reason_of
+    rows: tuple | None = field(default=None, repr=False, compare=False)
+    # {"scored": k, "rows": n} when the score run had not finished: the scores covered k of the n rows
+    partial: dict | None = field(default=None, compare=False)
 
     def reason_counts(self) -> dict[str, int]:
         """Dropped rows per reason, most common first (ties by name)."""

@@ -5,18 +5,17 @@ rule" holds by construction when both build a spec and call :func:`run_selection
 materialised score view (:mod:`scoring.scores.views`), the same quota groups and the same embeddings, then calls
 :func:`scoring.selection.engine.select`. The spec also writes the CLI line that reproduces it.
 
-Saved selections live under ``cache.selections_dir(dataset)``: ``<name>.json`` (the spec plus counts and
-``kept_sha256``) and ``<name>.parquet`` (id, kept, order, reason for every row).
+Saved selections on disk (``<name>.json`` + ``<name>.parquet``) are :mod:`scoring.selection.files`, re-exported
+here. :func:`save_spec` never replaces a selection of the same name unless asked to (``replace=True``,
+``select --replace``), refuses a selection over scores that do not exist yet, and marks one made while the score
+run is unfinished as ``partial``.
 """
 from __future__ import annotations
 
-import os
 import shlex
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +28,26 @@ from scoring.ingest.catalog import dataset_meta
 from scoring.scores.view_reads import embedding_matrix, frame, group_values, memo
 from scoring.scores.views import View, score_view
 from scoring.selection.engine import select
-from scoring.selection.rules import (
-    COMBINES,
-    SELECTION_NAME_RE,
-    DroppedReasons,
-    SelectionResult,
-    parse_budget,
-    parse_rule,
+from scoring.selection.files import (
+    already_saved_message,
+    check_name,
+    delete_selection,
+    list_selections,
+    load_selection,
+    load_selection_record,
+    save_selection,
+    selection_exists,
+    selection_paths,
 )
+from scoring.selection.rules import COMBINES, SelectionResult, parse_budget, parse_rule
 from scoring.selection.table import SelectTable
-from scoring.store.cache import Cache, atomic_write_json, read_json, tmp_path
+from scoring.store.cache import Cache
+
+__all__ = [  # the file layer (scoring.selection.files) is re-exported: callers import saved selections from here
+    "Comparison", "SelectionSpec", "already_saved_message", "compare_selections", "delete_selection",
+    "list_selections", "load_selection", "load_selection_record", "reproduce_command", "run_selection",
+    "save_selection", "save_spec", "scored_rows", "select_table", "selection_exists",
+]  # fmt: skip
 
 # --------------------------------------------------------------------------------------------------------------
 # The rule spec
@@ -76,6 +85,28 @@ class SelectionSpec:
     def rule_text(self) -> str:
         """One rule for all scores as one string, else the per-score rules joined by ","."""
         return self.rules[0] if len(set(self.rules)) == 1 else ",".join(self.rules)
+
+    @classmethod
+    def from_record(cls, record: dict) -> SelectionSpec:
+        """The spec a saved selection's record states (also an evaluation's rule record, given a ``dataset``): its
+        scores, rules, budget, combine, flagged rows, quota, filter, score job (``runs[0]``) and ``band_auto``."""
+        rules = record.get("rules") or str(record.get("rule") or "top").split(",")
+        dedup = record.get("dedup")
+        return cls(dataset=str(record["dataset"]), scores=tuple(record.get("scores") or ()),
+                   budget=str(record.get("budget") or "all"), rules=tuple(rules),
+                   combine=record.get("combine") or "and",
+                   include_flagged=bool(record.get("include_flagged")), quota=record.get("quota") or None,
+                   dedup=None if dedup is None else float(dedup), job=(record.get("runs") or [None])[0],
+                   band_auto=record.get("band_auto") or None)  # fmt: skip
+
+    def rule_key(self) -> tuple:
+        """What two specs must share to state the same rule, budget, score job, name and band_auto aside: the
+        scores, the rules (one per score, lower case), combine (when there are several scores), flagged rows,
+        quota and the near-duplicate filter."""
+        rules = tuple(str(r).strip().lower() for r in self.rules)
+        rules = rules * len(self.scores) if len(rules) == 1 and len(self.scores) > 1 else rules
+        return (tuple(self.scores), rules, self.combine if len(self.scores) > 1 else "and",
+                bool(self.include_flagged), self.quota or None, None if self.dedup is None else float(self.dedup))
 
     def record(self, job_id: str, fingerprint: str, name: str | None) -> dict:
         """The JSON saved with a selection (keys the export manifest and reproduce_command read)."""
@@ -116,6 +147,8 @@ def run_selection(cache: Cache, spec: SelectionSpec, view: View | None = None) -
                             "near-duplicate filter; drop --dedup")
     result = select(table, list(spec.scores), rules, parse_budget(spec.budget), spec.include_flagged,
                     combine=spec.combine, groups=groups, embeddings=embeddings, dedup=spec.dedup)  # fmt: skip
+    if view.job.state != "done":  # parts may still be landing: say how much of the table the scores cover
+        result.partial = {"scored": scored_rows(table, spec.scores), "rows": table.n}
     with _RESULTS_LOCK:
         _RESULTS[memo_key] = result
         while len(_RESULTS) > 8:
@@ -123,13 +156,58 @@ def run_selection(cache: Cache, spec: SelectionSpec, view: View | None = None) -
     return result, view
 
 
-def save_spec(cache: Cache, spec: SelectionSpec, name: str) -> tuple[Path, SelectionResult]:
-    """Run ``spec`` and save its result as ``name`` (what ``select --save`` and the app's Save button do)."""
-    _check_name(name)
+def scored_rows(table: SelectTable, scores) -> int:
+    """How many rows have a value for every one of ``scores`` (missing columns count as unscored)."""
+    scored = np.ones(table.n, dtype=bool)
+    for name in scores:
+        scored &= ~np.isnan(table.values(name)) if name in table.columns else False
+    return int(scored.sum())
+
+
+def save_spec(cache: Cache, spec: SelectionSpec, name: str, replace: bool = False) -> tuple[Path, SelectionResult]:
+    """Run ``spec`` and save its result as ``name`` (what ``select --save`` and the app's Save button do).
+
+    Refuses (UserError) to replace an existing selection of that name unless ``replace`` -- saving the very same
+    selection again (same rule and budget, same score run, same kept rows, neither partial) replaces nothing and is
+    allowed, so a reproduce line runs twice -- and to save when no row has a value for the requested scores yet.
+    While the score run has not finished it saves, recording ``partial: {scored, rows}`` in the JSON
+    (``result.partial`` says the same)."""
+    check_name(name)
+    existing = None if replace else selection_exists(cache, spec.dataset, name)
     result, view = run_selection(cache, spec)
+    _check_scored(select_table(view), spec, view)
     meta = dataset_meta(cache, spec.dataset)
-    path = save_selection(cache, spec.dataset, name, result, spec.record(view.job.id, meta["fingerprint"], name))
+    record = spec.record(view.job.id, meta["fingerprint"], name)
+    if result.partial:
+        record["partial"] = dict(result.partial)
+    if existing is not None and not _same_selection(existing, record, result):
+        raise UserError(already_saved_message(existing, spec.dataset, name) + "; pass --replace to overwrite it")
+    path = save_selection(cache, spec.dataset, name, result, record)
     return path, result
+
+
+_SPEC_KEYS = ("dataset", "dataset_fingerprint", "scores", "rules", "combine", "budget", "include_flagged", "quota",
+              "dedup", "runs", "band_auto")  # fmt: skip
+
+
+def _same_selection(existing: dict, record: dict, result: SelectionResult) -> bool:
+    """Whether saving ``record`` / ``result`` over ``existing`` would write the same selection again."""
+    return (not existing.get("partial") and not record.get("partial")
+            and existing.get("kept_sha256") == result.kept_sha256
+            and all(existing.get(k) == record.get(k) for k in _SPEC_KEYS))
+
+
+def _check_scored(table: SelectTable, spec: SelectionSpec, view: View) -> None:
+    """A UserError when no row has a value for the requested scores (nothing scored yet)."""
+    if scored_rows(table, spec.scores):
+        return
+    counts = {s: scored_rows(table, [s]) for s in spec.scores}
+    empty = [s for s, k in counts.items() if not k]
+    what = (f"a {empty[0]} score ({counts[empty[0]]} of {table.n} rows scored)" if empty else
+            f"all of {', '.join(spec.scores)} ({', '.join(f'{s}: {k}' for s, k in counts.items())} of {table.n} rows)")
+    raise UserError(f"Nothing to select on yet: no row of dataset {spec.dataset!r} has {what} in score run "
+                    f"{view.job.id} ({view.job.state}). Wait for the score job or pick another score run (--job); "
+                    "nothing was saved.")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -155,7 +233,7 @@ class Comparison:
 def _kept_and_reasons(cache: Cache, dataset: str, name: str) -> tuple[pa.Table, pa.Table]:
     """(kept rows: id, order; dropped rows: id, reason) of a saved selection, read with Arrow (no per-row Python)."""
     load_selection_record(cache, dataset, name)
-    table = pq.read_table(_paths(cache, dataset, name)[1], columns=["id", "kept", "order", "reason"])
+    table = pq.read_table(selection_paths(cache, dataset, name)[1], columns=["id", "kept", "order", "reason"])
     kept = table.filter(table["kept"]).sort_by("order")
     return kept, table.filter(pc.invert(table["kept"]))
 
@@ -179,7 +257,7 @@ def compare_selections(cache: Cache, dataset: str, a: str, b: str, show: int = 2
     Memoised on the two files' identity (inode, size, mtime): a re-saved selection is compared afresh."""
     def stamp(name: str) -> tuple:
         try:
-            st = _paths(cache, dataset, name)[1].stat()
+            st = selection_paths(cache, dataset, name)[1].stat()
         except (FileNotFoundError, TypeError):
             return (name,)
         return (name, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -208,168 +286,19 @@ def _compare(cache: Cache, dataset: str, a: str, b: str, show: int) -> Compariso
                       _reason_counts_for(dropped_b, only_a), _reason_counts_for(dropped_a, only_b))  # fmt: skip
 
 
-def load_selection_record(cache: Cache, dataset: str, name: str) -> dict:
-    """A saved selection's JSON record (spec and counts) without reading its rows."""
-    if not isinstance(name, str) or not SELECTION_NAME_RE.match(name):
-        raise _not_found(cache, dataset, name)
-    record = read_json(_paths(cache, dataset, name)[0])
-    if record is None:
-        raise _not_found(cache, dataset, name)
-    return record
+def reproduce_command(spec: dict, with_job: bool = True) -> str:
+    """The CLI line that rebuilds and saves the selection described by ``spec`` (a saved record or a dict).
 
-
-# --------------------------------------------------------------------------------------------------------------
-# Saved selections
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not SELECTION_NAME_RE.match(name):
-        raise UserError(
-            f"Selection name {name!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', starting with a letter "
-            "or digit (e.g. top6 or davir-band.v2)."
-        )
-    return name
-
-
-def _paths(cache: Cache, dataset: str, name: str) -> tuple[Path, Path]:
-    folder = cache.selections_dir(dataset)
-    return folder / f"{name}.json", folder / f"{name}.parquet"
-
-
-def save_selection(cache: Cache, dataset: str, name: str, result: SelectionResult, spec: dict) -> Path:
-    """Save ``result`` as ``<name>.parquet`` + ``<name>.json`` (spec + counts); return the JSON path.
-
-    The Parquet file is written first, so a reader that finds the JSON always finds its rows.
-    """
-    _check_name(name)
-    json_path, parquet_path = _paths(cache, dataset, name)
-    n_kept = len(result.kept_ids)
-    dropped = result.dropped if isinstance(result.dropped, DroppedReasons) else DroppedReasons(
-        list(result.dropped.keys()), list(result.dropped.values()))
-    n_dropped = len(dropped)
-    table = _rows_in_table_order(result) if result.by_row is not None and result.kept_pos is not None else None
-    if table is None:
-        table = pa.table(
-            {
-                "id": pa.concat_arrays([pa.array(list(result.kept_ids), type=pa.string()),
-                                        dropped.arrow_ids()]),
-                "kept": pa.array(np.arange(n_kept + n_dropped) < n_kept, type=pa.bool_()),
-                "order": pa.array(np.concatenate([np.arange(n_kept), np.full(n_dropped, -1)]).astype(np.int64)),
-                "reason": pa.concat_arrays([pa.array([""] * n_kept, type=pa.string()), dropped.arrow_reasons()]),
-            }
-        )
-    _write_rows(parquet_path, table)
-    record = dict(spec)
-    record.update(
-        name=name,
-        dataset=dataset,
-        n_total=int(result.n_total),
-        n_kept=n_kept,
-        n_dropped=n_dropped,
-        tokens_kept=int(result.tokens_kept),
-        reason_counts=result.reason_counts(),
-        kept_sha256=result.kept_sha256,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-    atomic_write_json(json_path, record)
-    return json_path
-
-
-def _rows_in_table_order(result: SelectionResult) -> pa.Table:
-    """The saved rows (id, kept, order, reason) of a result made by select, one per score-table row in table order.
-
-    Same rows as kept-first order (readers filter on ``kept`` and sort by ``order``), but built from arrays the
-    selection already holds: the Arrow ids as they are, reasons from their codes. At a million rows this takes a
-    few ms where gathering the kept and dropped ids into a new order took ~50 ms."""
-    arrow_ids, codes, labels = result.by_row
-    kept = codes < 0  # (n,)
-    order = np.full(len(codes), -1, dtype=np.int64)
-    order[result.kept_pos] = np.arange(len(result.kept_pos), dtype=np.int64)
-    reason = pa.DictionaryArray.from_arrays(pa.array(np.where(kept, len(labels), codes), pa.int32()),
-                                            pa.array(list(labels) + [""], pa.string())).cast(pa.string())
-    return pa.table({"id": arrow_ids, "kept": pa.array(kept), "order": pa.array(order), "reason": reason})
-
-
-def _write_rows(path: Path, table: pa.Table) -> None:
-    """Temp-then-rename like :func:`scoring.store.cache.atomic_write_parquet`, tuned for a million unique ids: no
-    column statistics and no dictionary for the ids (both cost more than the data is worth here), zstd level 1.
-    About half the time of the defaults, and a smaller file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=["reason"],
-                   write_statistics=False)  # fmt: skip
-    os.replace(tmp, path)
-
-
-def _saved_names(cache: Cache, dataset: str) -> list[str]:
-    folder = cache.selections_dir(dataset)
-    return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith(".")) if folder.is_dir() else []
-
-
-def _not_found(cache: Cache, dataset: str, name: str) -> UserError:
-    names = _saved_names(cache, dataset)
-    have = ", ".join(names) if names else "none yet (save one with: python -m scoring select ... --save NAME)"
-    return UserError(f"No saved selection {name!r} for dataset {dataset!r}. Saved selections: {have}.")
-
-
-def load_selection(cache: Cache, dataset: str, name: str) -> tuple[dict, SelectionResult]:
-    """The saved record (spec + counts) and the :class:`SelectionResult` it describes."""
-    if not isinstance(name, str) or not SELECTION_NAME_RE.match(name):
-        raise _not_found(cache, dataset, name)
-    json_path, parquet_path = _paths(cache, dataset, name)
-    for attempt in range(3):  # a concurrent re-save may swap the parquet between our two reads: retry
-        if attempt:
-            time.sleep(0.05)
-        record = read_json(json_path)
-        if record is None or not parquet_path.exists():
-            raise _not_found(cache, dataset, name)
-        df = pq.read_table(parquet_path).to_pandas()
-        kept = df[df["kept"]].sort_values("order", kind="stable")
-        dropped_rows = df[~df["kept"]]
-        result = SelectionResult(
-            kept_ids=kept["id"].astype(str).tolist(),
-            dropped=DroppedReasons(dropped_rows["id"].astype(str).to_numpy(dtype=object),
-                                   dropped_rows["reason"].astype(str).to_numpy(dtype=object)),
-            n_total=int(record.get("n_total", len(df))),
-            tokens_kept=int(record.get("tokens_kept", 0)),
-        )
-        if record.get("kept_sha256") in (None, result.kept_sha256):
-            return record, result
-    raise UserError(f"Saved selection {name!r} of dataset {dataset!r} is inconsistent (its rows do not match its "
-                    "kept_sha256); save it again.")
-
-
-def list_selections(cache: Cache, dataset: str) -> list[dict]:
-    """Every saved selection record of ``dataset``, sorted by name."""
-    out = []
-    for name in _saved_names(cache, dataset):
-        record = read_json(_paths(cache, dataset, name)[0])
-        if isinstance(record, dict):
-            record.setdefault("name", name)
-            out.append(record)
-    return out
-
-
-def delete_selection(cache: Cache, dataset: str, name: str) -> None:
-    """Remove a saved selection (JSON first, so listings never show a half-deleted one)."""
-    if not isinstance(name, str) or not SELECTION_NAME_RE.match(name):
-        raise _not_found(cache, dataset, name)
-    json_path, parquet_path = _paths(cache, dataset, name)
-    if not json_path.exists():
-        raise _not_found(cache, dataset, name)
-    json_path.unlink(missing_ok=True)
-    parquet_path.unlink(missing_ok=True)
-
-
-def reproduce_command(spec: dict) -> str:
-    """The CLI line that rebuilds and saves the selection described by ``spec`` (a saved record or a dict)."""
+    ``with_job=False`` leaves out ``--job`` (a cache-local score job id): the line then reads the dataset's latest
+    finished score run, e.g. for an export manifest that gives the score command beside it."""
     q = shlex.quote
     parts = ["python -m scoring select", q(str(spec.get("dataset", "DATASET")))]
     for score in spec.get("scores") or []:
         parts += ["--score", q(str(score))]
     budget = spec.get("budget", "")
     budget = getattr(budget, "text", budget)  # Budget objects too
-    parts += ["--budget", q(str(budget))]
+    if budget:
+        parts += ["--budget", q(str(budget))]
     rules = spec.get("rules") or [spec.get("rule") or "top"]
     rules = [getattr(r, "text", r) for r in rules]  # Rule objects too
     if len(set(map(str, rules))) == 1:
@@ -385,7 +314,7 @@ def reproduce_command(spec: dict) -> str:
     if spec.get("include_flagged"):
         parts.append("--include-flagged")
     runs = spec.get("runs") or []
-    if runs:  # a selection reads one score job; the CLI names it with --job
+    if runs and with_job:  # a selection reads one score job; the CLI names it with --job
         parts += ["--job", q(str(runs[0]))]
     if spec.get("name"):
         parts += ["--save", q(str(spec["name"]))]

@@ -207,7 +207,7 @@ def test_map_colours_by_score_and_by_kept(app):
     at.switch_page("pages/map.py").run()
     assert not at.exception
     chart = at.get("plotly_chart")[0]
-    assert "scattergl" in chart.proto.spec
+    assert "\"type\":\"scatter\"" in chart.proto.spec.replace(" ", "")
     assert f"{N + 1:,} points drawn with a fixed seed" in texts(at)
     at.selectbox(key="map_colour").set_value("kept / dropped (current selection)").run()
     assert not at.exception and '"name":"kept"' in at.get("plotly_chart")[0].proto.spec.replace(" ", "")

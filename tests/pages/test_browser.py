@@ -7,6 +7,7 @@ Skips only when Chromium is not installed AND we are not in CI (under CI=true a 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -59,25 +60,28 @@ def _finished_sweep(root: Path, dataset: str) -> None:
                 "sweep": {"synth-eval": [point("5%", 1.8, 1.9), point("10%", 1.75, 1.85)]}}))  # fmt: skip
 
 
+# Streamlit 1.67 is idle when no status widget shows its running icon (one fading out does not count), no element
+# is stale and no widget is still a loading skeleton (docs/take_screenshots.py waits the same way).
+IDLE = """
+for (const w of document.querySelectorAll('[data-testid="stStatusWidget"]'))
+  if (!/StatusWidget-exit/.test(w.className) && w.querySelector('[data-testid="stStatusWidgetRunningIcon"]')) return false;
+return !document.querySelector('[data-stale="true"], [data-testid="stSkeleton"]');
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real `streamlit run app.py` on a free loopback port, over a synthetic cache with an XSS row."""
-    root = tmp_path_factory.mktemp("browser")
-    cache = root / "cache"
-    synthetic.build(cache, n=200, dataset="synth",
-                    extra_rows=[{"id": "xss", "prompt": synthetic.XSS_PROMPT, "response": synthetic.XSS_RESPONSE}])
-    synthetic.build_pairs(cache, n=100, dataset="pairs", extra_rows=[
-        {"id": "xss", "prompt": synthetic.XSS_PROMPT, "chosen": synthetic.XSS_RESPONSE, "rejected": "<b>no</b>"}])
-    _finished_sweep(cache, "synth")
+@contextlib.contextmanager
+def serve(cache: Path):
+    """A real `streamlit run app.py` on a free loopback port over ``cache``; yields its URL, stops it after."""
     port = _free_port()
     env = dict(os.environ, DAVIR_CACHE=str(cache), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    log = open(root / "streamlit.log", "wb")
+    log_path = cache.parent / f"streamlit-{port}.log"
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
          "127.0.0.1", "--server.headless", "true", "--", "--cache", str(cache)],
@@ -93,9 +97,9 @@ def server(tmp_path_factory):
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("streamlit did not start:\n" + (root / "streamlit.log").read_text()[-3000:])
+                raise RuntimeError("streamlit did not start:\n" + log_path.read_text()[-3000:])
             time.sleep(0.5)
-        yield url, root
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -106,12 +110,28 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app over a synthetic cache with an XSS row (SFT and pairs) and a finished evaluation sweep."""
+    root = tmp_path_factory.mktemp("browser")
+    cache = root / "cache"
+    synthetic.build(cache, n=200, dataset="synth",
+                    extra_rows=[{"id": "xss", "prompt": synthetic.XSS_PROMPT, "response": synthetic.XSS_RESPONSE}])
+    synthetic.build_pairs(cache, n=100, dataset="pairs", extra_rows=[
+        {"id": "xss", "prompt": synthetic.XSS_PROMPT, "chosen": synthetic.XSS_RESPONSE, "rejected": "<b>no</b>"}])
+    _finished_sweep(cache, "synth")
+    with serve(cache) as url:
+        yield url, root
+
+
+@pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the pages make (see below)
+    options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1000",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):  # fmt: skip
@@ -132,7 +152,7 @@ def _open(driver, url: str, title: str) -> None:
     driver.get(url)
     WebDriverWait(driver, 60).until(
         lambda d: any(h.text.strip() == title for h in d.find_elements(By.CSS_SELECTOR, "h1")))
-    WebDriverWait(driver, 60).until(lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'))
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script(IDLE))
     time.sleep(1.0)  # let charts and late elements settle before looking for error boxes
 
 
@@ -183,3 +203,58 @@ def test_xss_payload_renders_as_text_and_runs_no_script(server, browser):
     assert browser.execute_script("return document.querySelectorAll('img[onerror]').length") == 0
     assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
     browser.save_screenshot(str(root / "screenshots" / "inspect-xss.png"))
+
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+# Elements whose URL the browser fetches by itself (a link is a fetch too: icon, stylesheet, preload, preconnect).
+FETCHING = ("link[href]", "script[src]", "img[src]", "iframe[src]", "source[src]", "video[src]", "audio[src]",
+            "embed[src]", "object[data]", "image[href]", "use[href]")  # fmt: skip
+
+
+def outside_urls(urls) -> list[str]:
+    """The URLs among ``urls`` that leave this machine: anything but 127.0.0.1 / localhost, data: and blob:."""
+    from urllib.parse import urlsplit
+
+    out = []
+    for url in urls:
+        parts = urlsplit(str(url))
+        if parts.scheme in ("data", "blob", "about", "javascript", "chrome", "chrome-untrusted", "chrome-extension",
+                            "devtools"):  # inline data, or the browser's own pages (its start tab), not the app
+            continue
+        if parts.scheme in ("http", "https", "ws", "wss") and parts.hostname in LOCAL_HOSTS:
+            continue
+        out.append(str(url))
+    return sorted(set(out))
+
+
+def requested_urls(driver, base: str, pages) -> set[str]:
+    """Every URL the app's pages make the browser request, three ways: Chrome's network log (every
+    Network.requestWillBeSent / webSocketCreated, needs the ``goog:loggingPrefs`` performance log), each page's
+    Resource Timing entries, and the URLs of fetching elements in each page's DOM (a favicon link, which a headless
+    browser may never fetch, is caught there)."""
+    import json
+
+    driver.get_log("performance")  # drop what earlier tests logged
+    urls: set[str] = set()
+    for path, title in pages:
+        _open(driver, f"{base}/{path}", title)
+        urls.update(driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)"))
+        urls.update(driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.href?.baseVal ?? e.href ?? e.src ?? "
+            "e.data).filter(u => typeof u === 'string' && u)", ", ".join(FETCHING)))
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.add(message["params"]["request"]["url"])
+        elif message.get("method") == "Network.webSocketCreated":
+            urls.add(message["params"]["url"])
+    return urls
+
+
+def test_the_app_requests_nothing_beyond_this_machine(server, browser):
+    """Issue 14: the app makes no request beyond 127.0.0.1 on any page (a ``:material/…`` page_icon made the browser
+    fetch the favicon from fonts.gstatic.com)."""
+    url, _ = server
+    urls = requested_urls(browser, url, [(f"{path}?dataset=synth", title) for path, title in PAGES])
+    assert any("/_stcore/" in u for u in urls), "the network log saw none of the app's own requests"
+    assert outside_urls(urls) == []

@@ -127,8 +127,8 @@ def test_bottom_with_two_scores():
     res = select(t, ["a", "b"], BOTTOM, parse_budget("1"))
     # 100 - pct: a: e0 0, e1 25, e2 50, e3 75, e4 100 ; b: e0 100, e1 0, e2 25, e3 50, e4 75 ; min: e4 75 best
     assert res.kept_ids == ids(4)
-    assert res.dropped["e1"] == "below_cut:b"
-    assert res.dropped["e0"] == "below_cut:a"
+    assert res.dropped["e1"] == "above_cut:b"  # bottom keeps the low end: the dropped rows are above the cut
+    assert res.dropped["e0"] == "above_cut:a"
 
 
 def test_band_keeps_middle_closest_to_centre_first():
@@ -295,7 +295,8 @@ def test_save_load_list_delete_round_trip(tmp_path):
     assert record["scores"] == ["davir"] and record["runs"] == ["run-abc"] and record["created"]
 
     frame = pd.read_parquet(cache.selections_dir("alpaca") / "top40.parquet")
-    assert list(frame.columns) == ["id", "kept", "order", "reason"]
+    assert list(frame.columns) == ["id", "kept", "order", "reason", "duplicate_of"]
+    assert set(frame["duplicate_of"]) == {""}  # no near-duplicate filter
     assert frame.set_index("id").loc["e4", "order"] == 0 and frame.set_index("id").loc["e3", "reason"] == "flagged:dup"
     assert frame.set_index("id").loc["e0", "order"] == -1
 

@@ -3,19 +3,26 @@
 Rows are the kept examples in their original dataset order (idx ascending); columns are the original record's
 columns (``json.loads(original)``), so an export of a JSONL file looks like that file with rows removed. With
 ``scores`` (a DataFrame with ``id`` + score columns; an ``idx`` column is ignored) each score is added under its own
-name, or as ``score_<name>`` when the original record already has a column of that name.
+name, or as ``score_<name>`` when the original record already has a column of that name. A selection that kept no
+rows is refused (saying why, e.g. its scores were not computed yet): nothing is written.
 
 Formats: ``jsonl`` (one object per line, UTF-8, not ASCII-escaped), ``parquet`` (nested values kept),
 ``csv`` (nested lists / dicts written as JSON text) and ``hf`` (a ``datasets.Dataset.save_to_disk`` folder).
-Everything is written under a temporary name and renamed into place, so a reader never sees half a file.
+Everything is written under a temporary name and renamed into place, so a reader never sees half a file; a folder
+that cannot be created or written is a UserError naming the path and the reason, never a traceback.
 
 The manifest is ``manifest.json`` beside the output: in the file's folder, or inside an hf folder. The default
-output is a folder of its own per export (``<cache>/exports/<dataset>-<selection>/``), so manifests never collide;
-two exports written by hand into one folder share (and overwrite) one manifest.
+output is a folder of its own per export (``<cache>/exports/<dataset>-<selection>/``). An export folder belongs to
+one selection: writing into a folder whose manifest.json records another (dataset, selection), or is not an
+export manifest, is refused, so no export's manifest is ever replaced by another's; exporting the same selection
+there again replaces its files and manifest.
 It records the dataset fingerprint, the score runs, the rule and budget, counts by drop reason, a sha256 of the
-kept ids and the command lines that reproduce the selection and this export; for preference pairs also the
-validation pairs the score job held out (``validation.held_out_ids``) and, for ``--band auto``, how the band was
-chosen (``band_auto``).
+kept ids and the command lines that reproduce the selection and this export: ``reproduce`` (one line for this
+cache: it names the score job by id) and ``reproduce_anywhere`` (for any cache: the dataset's source as ingest
+recorded it, and the ingest, score, select and export commands, with the model and every option of the score job,
+no job id). For preference pairs also the validation pairs the score job held out (``validation.held_out_ids``)
+and, for ``--band auto``, how the band was chosen (``band_auto``); for a selection saved while its scores were
+still being computed, ``partial`` ({"scored", "rows"}).
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scoring.errors import UserError
+from scoring.export.reproduce import reproduce_anywhere
 from scoring.selection.rules import SelectionResult, kept_sha256
 from scoring.selection.saved import load_selection, reproduce_command
 from scoring.store.cache import Cache, atomic_write_json, read_json, tmp_path
@@ -232,10 +240,31 @@ def _checked_selection(cache: Cache, dataset: str, selection: str) -> tuple[dict
     return meta, record, result
 
 
-def _export_rows(cache: Cache, dataset: str, selection: str, fmt: str, meta: dict, record: dict,
-                 result: SelectionResult, scores: pd.DataFrame | None) -> tuple[list[dict], list[str], list[str], str]:
+def _why_empty(record: dict, result: SelectionResult) -> str:
+    """Why a saved selection kept nothing, in words: no scores yet, a partial save, or its drop reasons."""
+    reasons = result.reason_counts()
+    unscored = reasons.get("unscored", 0)
+    flagged = sum(n for reason, n in reasons.items() if reason.startswith("flagged:"))
+    partial = record.get("partial") or {}
+    if result.n_total == 0:
+        return "the dataset had no rows"
+    if partial:
+        return (f"it was saved while its scores were being computed, with {partial.get('scored', 0):,} of "
+                f"{partial.get('rows', result.n_total):,} rows scored; select again when the score job is done")
+    if unscored and unscored + flagged >= result.n_total:
+        return (f"its scores were not computed yet: {unscored:,} of {result.n_total:,} rows have no score; score "
+                "the dataset (python -m scoring status shows the job), then select again")
+    top = ", ".join(f"{n:,} {reason}" for reason, n in list(reasons.items())[:3])
+    return f"all {result.n_total:,} rows were dropped: {top}; select with a larger budget or another rule"
+
+
+def _export_rows(cache: Cache, dataset: str, selection: str, record: dict, result: SelectionResult,
+                 scores: pd.DataFrame | None) -> tuple[list[dict], list[str], list[str], str]:
     """(the kept records in dataset order, their columns with the score columns last, the score columns' names, the
-    sha256 of the kept ids), after checking the rows found are exactly the selection's kept ids."""
+    sha256 of the kept ids), after checking the selection kept rows and they are exactly its kept ids."""
+    if not result.kept_ids:
+        raise UserError(f"selection {selection!r} of dataset {dataset!r} kept no rows ({_why_empty(record, result)}); "
+                        "nothing exported.")
     ids, rows = _kept_rows(cache, dataset, result.kept_ids)
     sha = kept_sha256(ids)
     expected = record.get("kept_sha256") or result.kept_sha256
@@ -243,11 +272,6 @@ def _export_rows(cache: Cache, dataset: str, selection: str, fmt: str, meta: dic
         raise UserError(f"The exported rows of selection {selection!r} do not match its kept ids (sha256 {sha} != "
                         f"{expected}); the dataset has duplicate or changed ids. Run the selection again.")
     columns = _columns(rows)
-    if not rows:
-        if fmt == "hf":  # datasets cannot load back a saved dataset of zero rows
-            raise UserError(f"Selection {selection!r} keeps no rows; an hf folder cannot hold an empty dataset. "
-                            "Export it as jsonl, parquet or csv, or select with a larger budget.")
-        columns = [str(c) for c in meta.get("columns") or []]  # an empty file still has the dataset's header
     score_columns = _add_scores(ids, rows, columns, scores) if scores is not None else []
     columns += score_columns
     return rows, columns, score_columns, sha
@@ -332,6 +356,44 @@ def _write_export(fmt: str, path: Path, manifest_path: Path, rows: list[dict], c
             tmp.unlink()
 
 
+def _check_folder_owner(manifest_path: Path, dataset: str, selection: str, fmt: str) -> None:
+    """Refuse to write where manifest.json is another export's: an export folder belongs to one selection."""
+    if not manifest_path.exists():
+        return
+    try:
+        other = read_json(manifest_path)
+    except ValueError:  # not JSON: not ours to replace
+        other = "?"
+    if (isinstance(other, dict)
+                         and (other.get("dataset"), other.get("selection")) == (dataset, selection)):
+        return
+    owner = (f"selection {other.get('selection')!r} of dataset {other.get('dataset')!r}" if isinstance(other, dict)
+             else "something that is not an export manifest")
+    folder = manifest_path.parent
+    name = f"{dataset}-{selection}"
+    suggestion = folder.parent / name / (name + EXTENSIONS[fmt] if fmt != "hf" else "")
+    raise UserError(f"The export folder {folder} belongs to {owner}: its manifest.json is there. An export folder "
+                    f"holds one selection's export, so selection {selection!r} of dataset {dataset!r} is not written "
+                    f"into it. Give another --out (in the app: another export name), e.g. {suggestion}.")
+
+
+def _target(cache: Cache, dataset: str, selection: str, fmt: str, out: str | Path | None) -> tuple[Path, Path]:
+    """(the output path, its manifest's path), the folder created, after checking the folder is free for this
+    selection."""
+    path = _resolve_out(cache, dataset, selection, fmt, out)
+    if fmt != "hf" and path.is_dir():
+        raise UserError(f"--out {path} is a folder; give a file path for {fmt}.")
+    manifest_path = path / "manifest.json" if fmt == "hf" else path.parent / "manifest.json"
+    _check_folder_owner(manifest_path, dataset, selection, fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, manifest_path
+
+
+def _cannot_write(out: str | Path | None, path: Path | None, error: OSError) -> UserError:
+    where = path if path is not None else Path(out).expanduser().absolute() if out else "the cache's exports folder"
+    return UserError(f"cannot write the export to {where}: {error.strerror or error}")
+
+
 def export_selection(
     cache: Cache,
     dataset: str,
@@ -346,14 +408,14 @@ def export_selection(
     if fmt not in FORMATS:
         raise UserError(f"Unknown export format {fmt!r}. Choose one of: {', '.join(FORMATS)}.")
     meta, record, result = _checked_selection(cache, dataset, selection)
-    rows, columns, score_columns, sha = _export_rows(cache, dataset, selection, fmt, meta, record, result, scores)
+    rows, columns, score_columns, sha = _export_rows(cache, dataset, selection, record, result, scores)
 
-    path = _resolve_out(cache, dataset, selection, fmt, out)
-    if fmt != "hf" and path.is_dir():
-        raise UserError(f"--out {path} is a folder; give a file path for {fmt}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    manifest_path = path / "manifest.json" if fmt == "hf" else path.parent / "manifest.json"
+    try:
+        path, manifest_path = _target(cache, dataset, selection, fmt, out)
+    except OSError as error:
+        raise _cannot_write(out, None, error) from None
     spec = dict(record, dataset=dataset, name=selection)
+    export_line = _export_command(dataset, selection, fmt, path, scores is not None)
     manifest = {
         **_selection_manifest(dataset, selection, meta.get("fingerprint"), record, result, sha),
         **_validation(cache, record),
@@ -364,8 +426,13 @@ def export_selection(
         "n_rows_written": len(rows),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "reproduce": reproduce_command(spec) + " && "
-        + _export_command(dataset, selection, fmt, path, scores is not None),
+        "reproduce": reproduce_command(spec) + " && " + export_line,
+        "reproduce_anywhere": reproduce_anywhere(cache, meta, record, reproduce_command(dict(spec, runs=[])),
+                                                 export_line),
+        **({"partial": record["partial"]} if record.get("partial") else {}),
     }
-    _write_export(fmt, path, manifest_path, rows, columns, manifest)
+    try:
+        _write_export(fmt, path, manifest_path, rows, columns, manifest)
+    except OSError as error:
+        raise _cannot_write(out, path, error) from None
     return ExportResult(path=path, manifest_path=manifest_path, n_rows=len(rows), manifest=manifest)
