@@ -4,7 +4,8 @@ view (a box on the scatter, a lasso on the map) are marked on the others; clicki
 place. Below them: the rows at each edge of the cut and why each row went.
 
 Only rendering and event handling live here; every number comes from ``scoring.queries``. Figures are built as
-plain dicts (no figure-object validation on our side) over small aggregated frames or fixed-seed samples.
+plain dicts wrapped unvalidated in a ``go.Figure`` (Streamlit validates a bare dict in full) over small aggregated
+frames or fixed-seed samples drawn as SVG (a new WebGL context costs ~1 s in a browser without a GPU).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _select_state as S
@@ -28,22 +30,27 @@ from scoring.queries.select import (
     scatter_points,
     spec_rules,
 )
-from scoring.queries.map import map_points
+from scoring.errors import UserError
+from scoring.queries.map import map_points, save_hand_picked
 from scoring.queries.view import example, log_default, neighbours, rows_at
 from scoring.scores.view_reads import column
 from scoring.selection.explain import group_counts, reason_of
 
 KEPT, DROPPED, MARKED = "#1f77b4", "#c8c8c8", "#ff7f0e"
-SCATTER_POINTS = 3000
+SCATTER_POINTS = 1000  # drawn as SVG: a new WebGL context costs ~1 s in a browser without a GPU
 MAP_POINTS = 1000  # the Map page's default sample: SVG, cheap to redraw on every rule change
 MARK_LIST = 200  # marked rows listed under the views
 
 
 def marked(view) -> np.ndarray | None:
-    """Positions marked on one of the views (a box, a lasso), or None."""
+    """Positions marked on one of the views (a box, a lasso; a box or lasso on the Map page counts too), or None."""
     mark = st.session_state.get("sel_marked")
     if not mark or mark.get("view") != (view.dataset, view.job.id):
-        return None
+        chosen_on_map = st.session_state.get("map_chosen")
+        if not chosen_on_map or (chosen_on_map.get("dataset"), chosen_on_map.get("job")) != (view.dataset, view.job.id):
+            return None
+        set_marked(view, chosen_on_map["pos"], "a box or lasso on the Map page")
+        mark = st.session_state["sel_marked"]
     return np.asarray(mark["pos"], dtype=np.int64)
 
 
@@ -110,7 +117,8 @@ def histograms(ctx, view, spec, result) -> None:
             bins = kept_bins(view, score, result.kept_pos, log=log, marked=marks)
             if bins.attrs.get("left_out"):
                 st.caption(f"{bins.attrs['left_out']:,} rows at or below 0 are not on the log axis.")
-            fig = histogram_figure(bins, score, log, cut_shapes(view, spec, result, score, log), marks is not None)
+            fig = go.Figure(histogram_figure(bins, score, log, cut_shapes(view, spec, result, score, log),
+                                             marks is not None), _validate=False)  # fmt: skip
             key = f"sel_hist_{score}"
             event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("box",), width="stretch")
             box = (selection_of(event).get("box") or [None])[0]
@@ -150,17 +158,18 @@ def reset_widgets() -> None:
 
 
 def points_figure(frame: pd.DataFrame, x: str, y: str, xlog: bool = False, ylog: bool = False) -> dict:
-    """A WebGL scatter: dropped under kept, the marked rows ringed on top; customdata is the table position."""
+    """An SVG scatter (a fixed-seed sample of SCATTER_POINTS rows): dropped under kept, the marked rows ringed on top;
+    customdata is the table position."""
     traces = []
     for name, hue, part in (("dropped", DROPPED, frame[frame["rows"] == "dropped"]),
                             ("kept", KEPT, frame[frame["rows"] == "kept"])):  # fmt: skip
-        traces.append({"type": "scattergl", "mode": "markers", "name": name, "x": part[x].tolist(),
+        traces.append({"type": "scatter", "mode": "markers", "name": name, "x": part[x].tolist(),
                        "y": part[y].tolist(), "customdata": part["pos"].tolist(),
                        "text": [html.escape(str(i)) for i in part["id"]], "marker": {"color": hue, "size": 5},
                        "hovertemplate": "%{text}<br>" + f"{x} %{{x:.4g}}<br>{y} %{{y:.4g}}<extra>{name}</extra>"})
     ring = frame[frame["marked"]]
     if len(ring):
-        traces.append({"type": "scattergl", "mode": "markers", "name": "marked", "x": ring[x].tolist(),
+        traces.append({"type": "scatter", "mode": "markers", "name": "marked", "x": ring[x].tolist(),
                        "y": ring[y].tolist(), "customdata": ring["pos"].tolist(), "hoverinfo": "skip",
                        "marker": {"color": "rgba(0,0,0,0)", "size": 9, "line": {"color": MARKED, "width": 2}}})
     return {"data": traces, "layout": {
@@ -190,7 +199,10 @@ def scatter(ctx, view, spec, result) -> None:
         return
     st.caption(f"{len(frame):,} rows drawn with a fixed seed. Click a point to open it below; with the box tool "
                "(toolbar) mark every row inside the box, with the lasso the drawn points inside.")  # fmt: skip
-    fig = points_figure(frame, x, y, log_default(view, x), log_default(view, y))
+    l1, l2 = st.columns(2)
+    xlog = l1.toggle(f"log {x}", value=log_default(view, x), key=f"sel_sc_xlog_{x}")
+    ylog = l2.toggle(f"log {y}", value=log_default(view, y), key=f"sel_sc_ylog_{y}")
+    fig = go.Figure(points_figure(frame, x, y, xlog, ylog), _validate=False)
     event = st.plotly_chart(fig, key="sel_scatter", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             width="stretch")  # fmt: skip
     pos, box, click = chosen_points(event)
@@ -199,11 +211,7 @@ def scatter(ctx, view, spec, result) -> None:
     if click:
         st.session_state["sel_open"] = pos[0]
     elif box:
-        xr, yr = box["x"], box["y"]
-        if log_default(view, x):
-            xr = [10**v for v in xr]
-        if log_default(view, y):
-            yr = [10**v for v in yr]
+        xr, yr = box["x"], box["y"]  # in score units, on log axes too (Plotly reports data values)
         set_marked(view, in_box(view, x, y, xr, yr), f"a box on {x} × {y}", {"x": x, "y": y, "xr": xr, "yr": yr})
     elif pos:
         set_marked(view, pos, f"a lasso on {x} × {y}")
@@ -243,6 +251,7 @@ def marked_panel(ctx, view, spec, result) -> None:
     b1, b2 = st.columns(2)
     if b1.button("Clear the marks", key="sel_mark_clear"):
         st.session_state.pop("sel_marked", None)
+        st.session_state.pop("map_chosen", None)
         st.rerun()
     box = mark.get("box")
     if box and b2.button(f"Make the box the rule ({box['x']} and {box['y']} value bands)", key="sel_mark_rule"):
@@ -253,7 +262,22 @@ def marked_panel(ctx, view, spec, result) -> None:
         st.session_state["sel"] = state
         reset_widgets()
         st.rerun()
+    save_marked(ctx, view, spec, marks, mark["source"])
     table(ctx, view, result, marks[:MARK_LIST], spec.scores, key="sel_marked_rows")
+
+
+def save_marked(ctx, view, spec, marks, source: str) -> None:
+    """The marked rows as a saved, hand-picked selection (its record says so: no rule rebuilds it)."""
+    m1, m2, m3 = st.columns([2, 1, 1], vertical_alignment="bottom")
+    name = m1.text_input("Save the marked rows as", key="sel_mark_name", placeholder="e.g. hand-picked-1")
+    replace = m2.checkbox("Replace", key="sel_mark_replace", help="overwrite a saved selection of this name")
+    if m3.button("Save marked", key="sel_mark_save") and name:
+        try:
+            _, saved = save_hand_picked(ctx.cache, view, name.strip(), marks, order_by=spec.scores[0],
+                                        replace=replace, source=source)  # fmt: skip
+            st.success(f"Saved {name.strip()}: {len(saved.kept_ids):,} hand-picked rows.")
+        except UserError as error:
+            st.error(str(error))
 
 
 def reasoned_rows(ctx, view, result, positions, scores) -> pd.DataFrame:
@@ -313,10 +337,17 @@ def example_panel(ctx, view) -> None:
     near = neighbours(ctx.cache, view, idx)
     if len(near):
         right.markdown("**Nearest neighbours**")
-        near["open"] = [_ui.example_link(view.dataset, i) for i in near["id"]]
-        right.dataframe(near[["id", "cosine", "prompt", "open"]], hide_index=True, column_config={
-            "cosine": st.column_config.NumberColumn(format="%.3f"),
-            "open": st.column_config.LinkColumn(display_text="open")})  # fmt: skip
+        near["inspect"] = [_ui.example_link(view.dataset, i) for i in near["id"]]
+        with right:
+            st.caption("Click a neighbour to open it here; 'inspect' opens it on the Inspect page.")
+            event = st.dataframe(near[["id", "cosine", "prompt", "inspect"]], hide_index=True, on_select="rerun",
+                                 selection_mode="single-row", key=f"sel_near_{pos}", column_config={
+                                     "cosine": st.column_config.NumberColumn(format="%.3f"),
+                                     "inspect": st.column_config.LinkColumn(display_text="inspect")})  # fmt: skip
+        picked = event.selection.rows if event and hasattr(event, "selection") else []
+        if picked:
+            st.session_state["sel_open"] = int(np.searchsorted(column(view, "idx"), near["idx"].iloc[picked[0]]))
+            st.rerun()
         if right.button("Mark the neighbours on the views", key="sel_mark_near"):
             pos_near = np.searchsorted(column(view, "idx"), near["idx"].to_numpy())
             set_marked(view, np.r_[pos, pos_near], f"the neighbours of {ex['id']}")

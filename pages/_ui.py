@@ -193,9 +193,13 @@ def ctx() -> Ctx:
     A page can also run without app.py: on a fresh server Streamlit serves a deep link such as ``/evaluate`` from
     its legacy ``pages/`` folder mode until the first ``st.navigation`` call (Streamlit's AppTest does so on every
     run after ``switch_page``). The page then builds the context itself (draws the sidebar) instead of failing on a
-    missing or stale one, and ends that mode as ``st.navigation`` does, so app.py frames the session's next run."""
+    missing or stale one, and ends that mode as ``st.navigation`` does, so app.py frames the session's next run. In a
+    browser (a real session has request headers; AppTest's has none and must not rerun, or a click it simulates is
+    lost) the page reruns at once, so even the first view of a shared link has app.py's navigation, not the folder's."""
     if getattr(PagesManager, "uses_pages_directory", False):
         PagesManager.uses_pages_directory = False
+        if st.context.headers:
+            st.rerun()
         return sidebar()
     if "_ctx" not in st.session_state:
         return sidebar()

@@ -1,5 +1,6 @@
 """Inspect: a sortable, filterable table paged in SQL (the id, then the sorted-by score, then the other scores);
-choosing a row opens the example in the same run.
+choosing a row opens the example in the same run. When the Select page holds a rule for this score run, a "reason"
+column says why that rule keeps or drops each row.
 
 The example panel shows the prompt and response as plain text (dataset text is untrusted), every score with its
 percentile, the response tokens coloured by loss reduction (base - reference), and the nearest neighbours in
@@ -13,7 +14,9 @@ import streamlit as st
 
 from pages import _ui
 from scoring.queries.tokens import token_view
-from scoring.queries.view import TableFilter, example, find_example, flag_counts, neighbours, table_page
+from scoring.queries.view import TableFilter, example, find_example, flag_counts, neighbours, positions, table_page
+from scoring.selection.explain import reason_of
+from scoring.selection.saved import run_selection
 
 PAGE_SIZE = 50
 
@@ -55,7 +58,12 @@ page_no = st.number_input(f"Page (of {pages:,}; {total:,} rows match)", min_valu
                           key="inspect_page")  # fmt: skip
 rows = first_page if page_no == 1 else table_page(ctx.cache, view, filt, sort, descending, page_no - 1,
                                                           PAGE_SIZE)[0]  # fmt: skip
+rule = st.session_state.get("selection_spec")  # the Select page's current rule: why it keeps or drops each row
+if rule is not None and (rule.dataset, rule.job) == (view.dataset, view.job.id) and len(rows):
+    kept_by_rule, _ = run_selection(ctx.cache, rule, view)
+    rows.insert(1, "reason", reason_of(kept_by_rule, positions(view, rows["idx"].to_numpy())))
 first = ["id", sort, *(c for c in scores if c != sort)]  # the sorted-by column sits next to the id, in view
+first = ["id", "reason", *first[1:]] if "reason" in rows.columns else first
 event = st.dataframe(
     rows, hide_index=True, on_select="rerun", selection_mode="single-row", key="inspect_table",
     column_config={c: st.column_config.NumberColumn(format="%.4g") for c in scores}, height=320,

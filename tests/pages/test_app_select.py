@@ -153,3 +153,12 @@ def test_bottom_rule_drops_above_the_cut(app):
     reasons = set().union(*(set(t.value["reason"]) for t in at.table
                             if "reason" in getattr(t.value, "columns", [])))  # fmt: skip
     assert any(r.startswith("above_cut:davir") for r in reasons) and not any(r.startswith("below_cut") for r in reasons)
+
+
+def test_inspect_shows_why_the_current_rule_keeps_or_drops_each_row(app):
+    """'A reason column in every table': Inspect reads the Select page's current rule."""
+    at = app()
+    at.switch_page("pages/inspect.py").run()
+    table = at.dataframe[0].value
+    assert "reason" in table.columns and table["reason"].iloc[0] == "kept"  # sorted by davir, the rule's top
+    assert any(r.startswith("below_cut:davir") for r in table["reason"])

@@ -153,3 +153,18 @@ def test_a_lasso_on_the_map_marks_its_points(server, browser):
     _tool(browser, drag, "lasso")
     _drag(browser, drag, [(-0.4, -0.4), (0.4, -0.4), (0.4, 0.4), (-0.4, 0.4), (-0.4, -0.38)])
     _body_has(browser, "rows marked by a lasso on the map")
+
+
+def test_a_box_on_a_log_axis_is_read_in_score_units(server, browser):
+    """On a log axis Plotly reports the box in score units: reading them as log10 marked 17 of 241 rows."""
+    import re
+
+    _open_select(browser, f"{server}/select?dataset=synth&scores=ppl&rules=top&budget=10%25")
+    scatter = _chart(browser, 1)
+    assert browser.execute_script(
+        "return arguments[0].closest('.js-plotly-plot')._fullLayout.xaxis.type", scatter) == "log"  # ppl: log on
+    _tool(browser, scatter, "select")
+    _drag(browser, scatter, [(-0.48, -0.48), (0.0, 0.0), (0.48, 0.48)])
+    body = _body_has(browser, "rows marked by a box on ppl")
+    marked = int(re.search(r"([\d,]+) rows marked by a box on ppl", body).group(1).replace(",", ""))
+    assert marked >= 150  # nearly every one of the 200 rows lies inside a box over nearly the whole plot
