@@ -170,7 +170,8 @@ def points_figure(frame: pd.DataFrame, x: str, y: str, xlog: bool = False, ylog:
     ring = frame[frame["marked"]]
     if len(ring):
         traces.append({"type": "scatter", "mode": "markers", "name": "marked", "x": ring[x].tolist(),
-                       "y": ring[y].tolist(), "customdata": ring["pos"].tolist(), "hoverinfo": "skip",
+                       "y": ring[y].tolist(), "customdata": ring["pos"].tolist(),
+                       "hoverinfo": "skip",
                        "marker": {"color": "rgba(0,0,0,0)", "size": 9, "line": {"color": MARKED, "width": 2}}})
     return {"data": traces, "layout": {
         "height": 380, "margin": {"l": 50, "r": 10, "t": 10, "b": 40}, "dragmode": "zoom",

@@ -25,7 +25,9 @@ from scoring.selection.saved import SelectionSpec, list_selections, reproduce_co
 
 def seed(key: str, value):
     """``key`` for a widget, its state seeded from the page's own state when Streamlit has forgotten it."""
-    if key not in st.session_state:
+    try:
+        st.session_state[key]  # a lookup: `key in st.session_state` copies the whole state on every call
+    except KeyError:
         st.session_state[key] = value
     return key
 
