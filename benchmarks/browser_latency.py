@@ -393,7 +393,8 @@ class Bench:
             self.skipped.setdefault("map: colour by score", f"{COLOUR_LABEL!r} opened no options")
             return
         kept = [i for i, n in enumerate(names) if n.startswith("kept")]
-        scores = [i for i, n in enumerate(names) if not n.startswith("kept") and n != current]
+        scores = [i for i, n in enumerate(names)  # a score (not kept / dropped, not a saved selection's colouring)
+                  if not n.startswith(("kept", "saved selection")) and n != current]
         if not kept:
             self.skipped.setdefault("map: colour by kept/dropped",
                                     "no 'kept / dropped' option (needs a current selection from Select)")

@@ -7,8 +7,9 @@ Why it is built the way it is (each point measured in headless Chromium and on t
   chart in the browser instead of updating the old one. A WebGL plot's first draw costs a GL context (about 1 s in
   a browser without a GPU, like a headless Chromium or a remote desktop), an SVG plot's only its points. So up to
   :data:`SVG_MAX` points are drawn as SVG and only larger samples in WebGL.
-- The figure is a ``go.Figure`` built without validation from numpy arrays: coordinates and colours go to the
-  browser as float32 typed arrays (base64), positions as int32; the only per-point strings are the hover texts.
+- The figure is a plain spec handed to Streamlit as it is (:class:`pages._ui.Prebuilt`: no deep copy, no
+  validation) built from numpy arrays: coordinates and colours go to the browser as float32 typed arrays (base64),
+  positions as int32; the only per-point strings are the hover texts.
 - Dataset text is untrusted and Plotly renders hover text as HTML-like markup: hover texts come escaped from
   :func:`scoring.queries.map.map_points` (memoised with the sample) or are escaped here; names are escaped too.
 
@@ -23,8 +24,7 @@ import math
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-
+from pages._ui import Prebuilt
 from scoring.queries.map import hover_html
 
 KEPT, DROPPED, OTHERS, NO_VALUE = "#1f77b4", "#c0c0c0", "#dcdcdc", "#9a9a9a"
@@ -102,7 +102,7 @@ def _kept_traces(kind: str, points: pd.DataFrame, names: tuple[str, str], size: 
 
 def map_figure(points: pd.DataFrame, colour: str, highlight=None, log: bool = False, *,
                names: tuple[str, str] = ("kept", "dropped"), height: int = 520, gl: bool | None = None,
-               highlight_name: str = "highlighted", dragmode: str = "pan") -> go.Figure:  # fmt: skip
+               highlight_name: str = "highlighted", dragmode: str = "pan") -> Prebuilt:  # fmt: skip
     """The map of ``points`` (a frame from :func:`scoring.queries.map.map_points`: pos, id, x, y, snippet and the
     colour column) coloured by ``colour``.
 
@@ -140,7 +140,7 @@ def map_figure(points: pd.DataFrame, colour: str, highlight=None, log: bool = Fa
         "xaxis": {"visible": False}, "yaxis": {"visible": False}, "showlegend": True,
         "legend": {"orientation": "h", "x": 0.0, "xanchor": "left", "y": -0.02, "yanchor": "top"},
     }  # fmt: skip
-    return go.Figure({"data": traces, "layout": layout}, _validate=False)
+    return Prebuilt({"data": traces, "layout": layout})
 
 
 # ---------------------------------------------------------------- selection events

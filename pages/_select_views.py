@@ -3,9 +3,9 @@ cut or band), a two-score scatter and the map, all coloured kept / dropped by th
 view (a box on the scatter, a lasso on the map) are marked on the others; clicking a point opens that example in
 place. Below them: the rows at each edge of the cut and why each row went.
 
-Only rendering and event handling live here; every number comes from ``scoring.queries``. Figures are built as
-plain dicts wrapped unvalidated in a ``go.Figure`` (Streamlit validates a bare dict in full) over small aggregated
-frames or fixed-seed samples drawn as SVG (a new WebGL context costs ~1 s in a browser without a GPU).
+Only rendering and event handling live here; every number comes from ``scoring.queries``. Figures are plain
+dicts handed to Streamlit as they are (:class:`pages._ui.Prebuilt`) over small aggregated frames or fixed-seed samples
+drawn as SVG (a new WebGL context costs ~1 s in a browser without a GPU).
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from pages import _select_state as S
@@ -117,8 +116,8 @@ def histograms(ctx, view, spec, result) -> None:
             bins = kept_bins(view, score, result.kept_pos, log=log, marked=marks)
             if bins.attrs.get("left_out"):
                 st.caption(f"{bins.attrs['left_out']:,} rows at or below 0 are not on the log axis.")
-            fig = go.Figure(histogram_figure(bins, score, log, cut_shapes(view, spec, result, score, log),
-                                             marks is not None), _validate=False)  # fmt: skip
+            fig = _ui.Prebuilt(histogram_figure(bins, score, log, cut_shapes(view, spec, result, score, log),
+                                                marks is not None))  # fmt: skip
             key = f"sel_hist_{score}"
             event = st.plotly_chart(fig, key=key, on_select="rerun", selection_mode=("box",), width="stretch")
             box = (selection_of(event).get("box") or [None])[0]
@@ -180,10 +179,19 @@ def points_figure(frame: pd.DataFrame, x: str, y: str, xlog: bool = False, ylog:
         "legend": {"orientation": "h", "y": -0.18, "x": 0}}}  # fmt: skip
 
 
-def chosen_points(event) -> tuple[list[int], dict | None, bool]:
-    """(positions of the chosen points, the box if one was drawn, whether it was a single click)."""
+def on_points(view, key: str, event, source: str, mark_box=None) -> None:
+    """A new selection event of a points chart: a click opens the example in place; a box goes to ``mark_box`` when
+    given (else it marks the drawn points inside, like a lasso); a lasso marks the drawn points inside it."""
+    if not fresh(key, selection_of(event)):
+        return
     pos, click = chosen(event)
-    return pos, (selection_of(event).get("box") or [None])[0], click
+    box = (selection_of(event).get("box") or [None])[0]
+    if click:
+        st.session_state["sel_open"] = pos[0]
+    elif box and mark_box is not None:
+        mark_box(box)
+    elif pos:
+        set_marked(view, pos, source)
 
 
 def scatter(ctx, view, spec, result) -> None:
@@ -203,19 +211,14 @@ def scatter(ctx, view, spec, result) -> None:
     l1, l2 = st.columns(2)
     xlog = l1.toggle(f"log {x}", value=log_default(view, x), key=f"sel_sc_xlog_{x}")
     ylog = l2.toggle(f"log {y}", value=log_default(view, y), key=f"sel_sc_ylog_{y}")
-    fig = go.Figure(points_figure(frame, x, y, xlog, ylog), _validate=False)
+    fig = _ui.Prebuilt(points_figure(frame, x, y, xlog, ylog))
     event = st.plotly_chart(fig, key="sel_scatter", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             width="stretch")  # fmt: skip
-    pos, box, click = chosen_points(event)
-    if not fresh("sel_scatter", selection_of(event)):
-        return
-    if click:
-        st.session_state["sel_open"] = pos[0]
-    elif box:
-        xr, yr = box["x"], box["y"]  # in score units, on log axes too (Plotly reports data values)
+    def mark_box(box: dict) -> None:  # every row inside, in score units (on log axes too: Plotly reports values)
+        xr, yr = box["x"], box["y"]
         set_marked(view, in_box(view, x, y, xr, yr), f"a box on {x} × {y}", {"x": x, "y": y, "xr": xr, "yr": yr})
-    elif pos:
-        set_marked(view, pos, f"a lasso on {x} × {y}")
+
+    on_points(view, "sel_scatter", event, f"a lasso on {x} × {y}", mark_box)
 
 
 def map_view(ctx, view, spec, result) -> None:
@@ -231,13 +234,7 @@ def map_view(ctx, view, spec, result) -> None:
                "mark the points inside.")  # fmt: skip
     event = st.plotly_chart(fig, key="sel_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             width="stretch")  # fmt: skip
-    pos, box, click = chosen_points(event)
-    if not fresh("sel_map", selection_of(event)):
-        return
-    if click:
-        st.session_state["sel_open"] = pos[0]
-    elif pos:
-        set_marked(view, pos, "a lasso on the map")
+    on_points(view, "sel_map", event, "a lasso on the map")
 
 
 def marked_panel(ctx, view, spec, result) -> None:
@@ -328,13 +325,7 @@ def example_panel(ctx, view) -> None:
     if ex["flag"]:
         st.warning(f"Flagged: {ex['flag']}")
     left, right = st.columns([3, 2])
-    left.markdown("**Prompt**")
-    left.code(ex["prompt"], language=None, wrap_lines=True)
-    left.markdown("**Response**")
-    left.code(ex["response"], language=None, wrap_lines=True)
-    right.dataframe(ex["scores"], hide_index=True, column_config={
-        "value": st.column_config.NumberColumn(format="%.4g"),
-        "percentile": st.column_config.ProgressColumn(min_value=0, max_value=100, format="%.0f")})  # fmt: skip
+    _ui.example_body(ex, left, right)
     near = neighbours(ctx.cache, view, idx)
     if len(near):
         right.markdown("**Nearest neighbours**")

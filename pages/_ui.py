@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
@@ -237,6 +238,18 @@ def token_html(tokens, values, tips) -> str:
     return '<div style="font-family:monospace;line-height:1.9">' + "".join(spans) + "</div>"
 
 
+def example_body(ex: dict, left, right) -> None:
+    """An example's prompt and response as plain text in ``left`` (dataset text is untrusted: never HTML) and its
+    scores with their percentiles in ``right`` (the Inspect, Map and Select panels)."""
+    left.markdown("**Prompt**")
+    left.code(ex["prompt"], language=None, wrap_lines=True)
+    left.markdown("**Response**")
+    left.code(ex["response"], language=None, wrap_lines=True)
+    right.dataframe(ex["scores"], hide_index=True, column_config={
+        "value": st.column_config.NumberColumn(format="%.4g"),
+        "percentile": st.column_config.ProgressColumn(min_value=0, max_value=100, format="%.0f")})  # fmt: skip
+
+
 def need_view(context: Ctx) -> View:
     """The score view, or a clear message and stop when there is none yet."""
     if context.view is not None:
@@ -344,3 +357,21 @@ def example_link(dataset: str, example_id: str) -> str:
     from urllib.parse import urlencode
 
     return "/inspect?" + urlencode({"dataset": dataset, "example": example_id})
+
+
+class Prebuilt(go.Figure):
+    """A Plotly figure spec (a plain dict of known-good parts) that ``st.plotly_chart`` draws as it is.
+
+    Why: given a ``go.Figure``, Streamlit calls its ``to_dict()``, which deep-copies every array and merges the
+    default template (~30-60 ms per chart of 1,000 points, three charts per rerun on Select); given a dict, it
+    validates it in full, which costs more. This Figure skips both: ``to_dict()`` returns the spec. Build specs
+    only from numbers and escaped strings, as the pages do."""
+
+    def __init__(self, spec: dict):  # no go.Figure.__init__: nothing to validate, nothing to copy
+        object.__setattr__(self, "_spec", spec)
+
+    def to_dict(self) -> dict:
+        return self._spec
+
+    def __repr__(self) -> str:
+        return f"Prebuilt({len(self._spec.get('data', []))} traces)"

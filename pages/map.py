@@ -166,13 +166,7 @@ def example_panel(ctx, view) -> None:
         st.session_state.pop("map_open", None)
         st.rerun()
     left, right = st.columns([3, 2])
-    left.markdown("**Prompt**")
-    left.code(ex["prompt"], language=None, wrap_lines=True)
-    left.markdown("**Response**")
-    left.code(ex["response"], language=None, wrap_lines=True)
-    right.dataframe(ex["scores"], hide_index=True, column_config={
-        "value": st.column_config.NumberColumn(format="%.4g"),
-        "percentile": st.column_config.ProgressColumn(min_value=0, max_value=100, format="%.0f")})  # fmt: skip
+    _ui.example_body(ex, left, right)
     near = neighbours(ctx.cache, view, ex["idx"])
     if not len(near):
         return

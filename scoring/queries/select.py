@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from scoring.scores.reports import defect_labels, mann_whitney_auroc
-from scoring.scores.view_reads import column, memo, sample_order
+from scoring.scores.view_reads import column, memo, sample_order, sorted_scores
 from scoring.scores.views import View
 from scoring.selection.rules import Rule, SelectionResult, parse_rule
 from scoring.selection.saved import SelectionSpec
@@ -85,15 +85,38 @@ def cuts(view: View, spec: SelectionSpec, result: SelectionResult) -> list[Cut]:
 def edge_rows(view: View, score: str, edge: float, kept_pos, n: int = EDGE_ROWS) -> tuple[np.ndarray, np.ndarray]:
     """(inside, outside): table positions of the ``n`` kept rows whose ``score`` is nearest ``edge`` and of the ``n``
     dropped rows (with a value) nearest it, nearest first. What "just above / below the cut" means for any rule:
-    for a band it is read at each of its two edges."""
+    for a band it is read at each of its two edges.
+
+    Reads a window of the score's sort order around the edge (memoised per view), widened until it holds ``n`` of
+    each, so a million rows cost a binary search and a few thousand comparisons, not a pass over every row."""
     values = column(view, score)
+    order = memo(view, ("value_order", score), lambda: _finite_order(values))  # finite rows, by value
     kept = np.zeros(len(values), dtype=bool)
     kept[np.asarray(kept_pos if kept_pos is not None else [], dtype=np.int64)] = True
-    distance = np.abs(values - edge)  # NaN for unscored rows: never chosen
-    return _nearest(distance, kept, n), _nearest(distance, ~kept & np.isfinite(values), n)
+    at = int(np.searchsorted(sorted_scores(view, score), edge))  # sorted_scores(...) == values[order]
+    width = 4 * n + 64
+    while True:
+        lo, hi = max(at - width, 0), min(at + width, len(order))
+        window = order[lo:hi]
+        distance = np.abs(values[window] - edge)
+        inside, outside = _nearest(distance, kept[window], n), _nearest(distance, ~kept[window], n)
+        if lo == 0 and hi == len(order):
+            return window[inside], window[outside]
+        # rows beyond the window are at least this far from the edge: the picks are exact when none is farther
+        reach = min(edge - values[order[lo - 1]] if lo else np.inf, values[order[hi]] - edge if hi < len(order)
+                    else np.inf)  # fmt: skip
+        if all(len(p) == n and distance[p[-1]] <= reach for p in (inside, outside)):
+            return window[inside], window[outside]
+        width *= 4
+
+
+def _finite_order(values: np.ndarray) -> np.ndarray:
+    finite = np.flatnonzero(np.isfinite(values))
+    return finite[np.argsort(values[finite], kind="stable")]
 
 
 def _nearest(distance: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
+    """Indexes (into ``distance``) of the ``n`` smallest distances where ``mask``, smallest first."""
     where = np.flatnonzero(mask & np.isfinite(distance))
     if len(where) > n:
         where = where[np.argpartition(distance[where], n)[:n]]
@@ -212,10 +235,13 @@ def quality(cache: Cache, view: View, spec: SelectionSpec, result: SelectionResu
 def scatter_points(view: View, x: str, y: str, n: int, kept_pos=None, highlight=None) -> pd.DataFrame:
     """A fixed-seed sample of up to ``n`` rows with both scores: pos, id, x value, y value, ``rows`` (kept /
     dropped), ``marked`` (True for positions in ``highlight``, the rows chosen on another view)."""
-    order = sample_order(view, scored_only=True)
     xs, ys = column(view, x), column(view, y)
-    order = order[np.isfinite(xs[order]) & np.isfinite(ys[order])][: int(n)]
-    pos = np.sort(order)
+
+    def both() -> np.ndarray:  # the sample order of the rows with both scores (memoised per view and pair)
+        order = sample_order(view, scored_only=True)
+        return order[np.isfinite(xs[order]) & np.isfinite(ys[order])]
+
+    pos = np.sort(memo(view, ("scatter_order", x, y), both)[: int(n)])
     kept = np.zeros(view.n_rows, dtype=bool)
     kept[np.asarray(kept_pos if kept_pos is not None else [], dtype=np.int64)] = True
     marked = np.zeros(view.n_rows, dtype=bool)

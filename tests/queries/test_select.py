@@ -146,3 +146,17 @@ def test_kept_bins_add_up(cache, view):
     ppl = column(view, "ppl")
     assert logged["lo"].iloc[0] == pytest.approx(np.log10(ppl[ppl > 0].min()))
     assert logged["kept"].sum() + logged["dropped"].sum() + logged.attrs["left_out"] == np.isfinite(ppl).sum()
+
+
+def test_edge_rows_match_a_full_scan_at_every_edge(cache, view):
+    """The windowed search equals a scan of every row, wherever the edge falls (ends, middle, between values)."""
+    values = column(view, "davir")
+    spec, result = run(cache, view, budget="30%")
+    kept = np.zeros(len(values), bool)
+    kept[result.kept_pos] = True
+    finite = np.isfinite(values)
+    for edge in [*np.nanpercentile(values, [0, 1, 37.5, 50, 99, 100]), -5.0, 5.0]:
+        inside, outside = q.edge_rows(view, "davir", float(edge), result.kept_pos, 5)
+        gaps = np.abs(values - edge)
+        assert np.allclose(gaps[inside], np.sort(gaps[kept])[:5])
+        assert np.allclose(gaps[outside], np.sort(gaps[~kept & finite])[:5])
