@@ -57,19 +57,19 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+sys.path.insert(0, str(ROOT))  # `tests` (the browser plumbing, the synthetic cache) and `scoring` from any folder
+
+from tests.browser import chromium, free_port, start_app, stop_app, wait_healthy  # noqa: E402
+
 TARGETS = {"demo_p95_ms": 500, "1M_p95_ms": 1000}
 SWITCH_ORDER = ["Select", "Map", "Inspect", "Overview"]  # from Overview, once round per repeat
 KEPT_LABEL, PCT_LABEL, BUDGET_LABEL, COLOUR_LABEL = "Kept", "Percent of all rows", "Budget as", "Colour by"
@@ -163,12 +163,6 @@ const tick = () => {
 };
 tick();
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cpu_model() -> str:
@@ -456,30 +450,9 @@ class Bench:
                 self.guarded("map: colour by", lambda: self.colour(r))
 
 
-def _start_server(cache: Path, port: int, log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, DAVIR_CACHE=str(cache), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    log = open(log_path, "wb")  # noqa: SIM115 -- handed to the server process, closed at exit
-    return subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port",
-         str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false", "--", "--cache", str(cache)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-
-
 def _browser(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # network events: the WebSocket's frames
-    options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                 f"--user-data-dir={profile}"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    """tests.browser's Chromium (network log on: the WebSocket's frames) with the timing prelude installed."""
+    driver = chromium(profile)
     driver.set_page_load_timeout(120)
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PRELUDE})
     driver.execute_cdp_cmd("Performance.enable", {"timeDomain": "threadTicks"})
@@ -517,7 +490,6 @@ def main() -> None:
         before = _snapshot(watched)
     else:
         sys.path.insert(0, str(ROOT / "benchmarks"))
-        sys.path.insert(0, str(ROOT))
         from app_latency import ensure_cache
 
         root, dataset = Path(args.build_dir or f"/tmp/davir-bench-{args.rows}"), "bench"
@@ -526,22 +498,13 @@ def main() -> None:
         n_rows = view.n_rows
         del view
 
-    port = _free_port()
+    port = free_port()
     work = Path(tempfile.mkdtemp(prefix="davir-browser-"))
-    server = _start_server(root, port, work / "streamlit.log")
+    server = start_app(root, port, work / "streamlit.log")
     url = f"http://127.0.0.1:{port}"
     driver = None
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError("streamlit did not start:\n" + (work / "streamlit.log").read_text()[-3000:])
-            time.sleep(0.3)
+        wait_healthy(url, server, work / "streamlit.log")
         driver = _browser(work / "profile")
         bench = Bench(url, driver, server.pid, driver.service.process.pid, args.timeout, log)
         start = time.perf_counter()
@@ -564,11 +527,7 @@ def main() -> None:
                 driver.quit()
             except Exception as error:  # noqa: BLE001 -- the browser is going away; the server must still be stopped
                 log(f"closing the browser: {error!r}")
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_app(server)
         shutil.rmtree(work / "profile", ignore_errors=True)
 
     p50 = {k: _pct(v, 50) for k, v in bench.times.items()}

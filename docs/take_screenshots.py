@@ -3,45 +3,34 @@
     python -m scoring demo                         # once: the demo dataset, scored (or --background and wait)
     python docs/take_screenshots.py --cache cache  # starts streamlit on 127.0.0.1, drives headless Chromium
 
-Uses Debian's /usr/bin/chromium and /usr/bin/chromedriver through Selenium, like tests/pages/test_browser.py.
+Uses Debian's /usr/bin/chromium and /usr/bin/chromedriver through Selenium (tests/browser.py, like the browser
+tests).
 """
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.browser import IDLE, chromium, free_port, start_app, stop_app, wait_healthy  # noqa: E402
+
 PAGES = [  # (file name, url path + query, page title)
     ("overview", "?dataset=demo", "Overview"),
     ("inspect", "inspect?dataset=demo&example={example}", "Inspect"),
     ("map", "map?dataset=demo", "Map"),
     ("select", "select?dataset=demo", "Select"),
+    # the workbench on a rule kept in its URL: a value cut on davir AND a percentile band on ifd, all it admits
+    ("select-values", "select?dataset=demo&scores=davir,ifd&rules=above:0.2,band:10-90&budget=all&combine=and",
+     "Select"),
+    ("evaluate", "evaluate?dataset=demo", "Evaluate"),
     ("export", "export?dataset=demo", "Export"),
     ("jobs", "jobs?dataset=demo", "Jobs"),
 ]
-
-# Streamlit 1.67 is idle when no status widget shows the running icon (one leaving plays a 200 ms exit transition,
-# "StatusWidget-exit"; the widget also shows other prompts), no element is stale (the previous run's, dimmed until
-# replaced) and no element is still a skeleton (its lazily loaded component code not yet arrived). The same signal as
-# benchmarks/browser_latency.py.
-IDLE = """
-for (const w of document.querySelectorAll('[data-testid="stStatusWidget"]'))
-  if (!/StatusWidget-exit/.test(w.className) && w.querySelector('[data-testid="stStatusWidgetRunningIcon"]')) return false;
-return !document.querySelector('[data-stale="true"], [data-testid="stSkeleton"]');
-"""
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -50,33 +39,18 @@ def main() -> None:
     parser.add_argument("--example", default="demo-0007", help="example id the Inspect shot opens")
     parser.add_argument("--out", default=str(ROOT / "docs"))
     args = parser.parse_args()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    port = _port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--", "--cache", args.cache],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="davir-shots-"))
+    port = free_port()
+    proc = start_app(Path(args.cache).resolve(), port, work / "streamlit.log")
     url = f"http://127.0.0.1:{port}"
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"davir-shots-{os.getpid()}"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,1100",
-                 f"--user-data-dir={profile}"):  # fmt: skip
-        options.add_argument(flag)
     driver = None
     try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        wait_healthy(url, proc, work / "streamlit.log")
+        driver = chromium(work / "profile", network_log=False)
+        driver.set_window_size(1400, 1100)
         for name, path, title in PAGES:
             driver.get(f"{url}/{path.format(example=args.example)}")
             WebDriverWait(driver, 120).until(
@@ -96,7 +70,7 @@ def main() -> None:
     finally:
         if driver is not None:
             driver.quit()
-        os.killpg(proc.pid, signal.SIGTERM)
+        stop_app(proc)
 
 
 if __name__ == "__main__":

@@ -370,18 +370,30 @@ def reasons_of(result, positions) -> list[str]:
     return reason_of(result, np.asarray(positions, dtype=np.int64))
 
 
-def why(ctx, view, spec, result) -> None:
-    """The rows at each edge of the cut (inside and just outside), the drop reasons, kept rows per quota group."""
-    st.subheader("At the edges of the cut")
+def edge_table(ctx, view, spec, result) -> pd.DataFrame:
+    """One table of the rows at every edge of the cut: for each edge, the kept rows nearest it, then the dropped rows
+    nearest it, with their reasons (one query for the text of all of them)."""
+    parts, labels = [], []
     for cut in cuts(view, spec, result):
         for edge in cut.edges():
             inside, outside = edge_rows(view, cut.score, edge, result.kept_pos, EDGE_ROWS)
-            st.markdown(f"**{cut.score} at {edge:.4g}** — kept rows nearest the edge, then dropped rows nearest it")
-            e1, e2 = st.columns(2)
-            with e1:
-                static_table(reasoned_rows(ctx, view, result, inside, spec.scores), spec.scores)
-            with e2:
-                static_table(reasoned_rows(ctx, view, result, outside, spec.scores), spec.scores)
+            for side, rows in (("kept", inside), ("dropped", outside)):
+                parts.append(rows)
+                labels += [(f"{cut.score} at {edge:.4g}", side)] * len(rows)
+    positions = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    rows = reasoned_rows(ctx, view, result, positions, spec.scores)
+    if len(rows):
+        rows.insert(0, "edge", [e for e, _ in labels])
+        rows.insert(1, "side", [s for _, s in labels])
+    return rows
+
+
+def why(ctx, view, spec, result) -> None:
+    """The rows at each edge of the cut (inside and just outside), the drop reasons, kept rows per quota group."""
+    st.subheader("At the edges of the cut")
+    st.caption(f"At each edge (two for a band): the {EDGE_ROWS} kept rows nearest it, then the {EDGE_ROWS} dropped "
+               "rows nearest it, each with the reason the rule gives.")  # fmt: skip
+    static_table(edge_table(ctx, view, spec, result), spec.scores)
     r1, r2 = st.columns(2)
     with r1:
         st.markdown("**Dropped by reason**")

@@ -6,6 +6,7 @@ Only rendering lives here; every number comes from ``scoring``. Charts are Vega-
 from __future__ import annotations
 
 import argparse
+import functools
 import html
 import math
 import sys
@@ -51,10 +52,15 @@ class Ctx:
 
 def default_cache_root() -> str:
     """``--cache DIR`` after ``--`` on the streamlit command line, else ``$DAVIR_CACHE``, else ``./cache``."""
+    return str(cache_dir(_cache_argument(tuple(sys.argv[1:]))))
+
+
+@functools.lru_cache(maxsize=4)
+def _cache_argument(argv: tuple[str, ...]) -> str | None:
+    """The ``--cache`` of a command line (parsed once per command line: every rerun asks)."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--cache")
-    args, _ = parser.parse_known_args(sys.argv[1:])
-    return str(cache_dir(args.cache))
+    return parser.parse_known_args(list(argv))[0].cache
 
 
 def _run_label(job: Job) -> str:

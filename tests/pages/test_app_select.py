@@ -93,8 +93,9 @@ def test_band_budget_all_keeps_the_whole_band(app):
     at.radio(key="sel_rule_davir").set_value("band").run()
     at.radio(key="sel_budget_kind").set_value("all").run()
     assert kept(at) == pytest.approx(0.5 * N, abs=4)  # 25th to 75th percentile
-    edges = [m.value for m in at.markdown if m.value.startswith("**davir at ")]
-    assert len(edges) == 2  # both edges of the band are shown
+    table = next(t.value for t in at.table if "edge" in getattr(t.value, "columns", []))
+    assert len(set(table["edge"])) == 2  # both edges of the band are shown, each with kept and dropped rows
+    assert set(table["side"]) == {"kept", "dropped"}
 
 
 def test_saving_under_a_taken_name_asks_first(app, cache_root):

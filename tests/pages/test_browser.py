@@ -7,28 +7,21 @@ Skips only when Chromium is not installed AND we are not in CI (under CI=true a 
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests import synthetic
+from tests.browser import IDLE, have_chromium, serve
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PAGES = [("", "Overview"), ("inspect", "Inspect"), ("map", "Map"), ("select", "Select"), ("evaluate", "Evaluate"),
          ("export", "Export"), ("jobs", "Jobs"), ("pairs", "Pairs")]  # fmt: skip
 
 pytestmark = pytest.mark.slow
 
-if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
+if not have_chromium():
     if os.environ.get("CI") == "true":
         raise RuntimeError("CI needs Chromium for the browser test: run .ci/install (apt chromium chromium-driver)")
     pytest.skip("Chromium / chromedriver not installed (bash .ci/install installs them)", allow_module_level=True)
@@ -60,55 +53,6 @@ def _finished_sweep(root: Path, dataset: str) -> None:
                 "sweep": {"synth-eval": [point("5%", 1.8, 1.9), point("10%", 1.75, 1.85)]}}))  # fmt: skip
 
 
-# Streamlit 1.67 is idle when no status widget shows its running icon (one fading out does not count), no element
-# is stale and no widget is still a loading skeleton (docs/take_screenshots.py waits the same way).
-IDLE = """
-for (const w of document.querySelectorAll('[data-testid="stStatusWidget"]'))
-  if (!/StatusWidget-exit/.test(w.className) && w.querySelector('[data-testid="stStatusWidgetRunningIcon"]')) return false;
-return !document.querySelector('[data-stale="true"], [data-testid="stSkeleton"]');
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(cache: Path):
-    """A real `streamlit run app.py` on a free loopback port over ``cache``; yields its URL, stops it after."""
-    port = _free_port()
-    env = dict(os.environ, DAVIR_CACHE=str(cache), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    log_path = cache.parent / f"streamlit-{port}.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
-         "127.0.0.1", "--server.headless", "true", "--", "--cache", str(cache)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("streamlit did not start:\n" + log_path.read_text()[-3000:])
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The app over a synthetic cache with an XSS row (SFT and pairs) and a finished evaluation sweep."""
@@ -121,27 +65,6 @@ def server(tmp_path_factory):
     _finished_sweep(cache, "synth")
     with serve(cache) as url:
         yield url, root
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the pages make (see below)
-    options.add_experimental_option("perfLoggingPrefs", {"enableNetwork": True, "enablePage": False})
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _open(driver, url: str, title: str) -> None:
