@@ -97,9 +97,10 @@ def cut_shapes(view, spec, result, score: str, log: bool) -> list[dict]:
             return []
         return [{"type": "rect", "xref": "x", "yref": "paper", "x0": x0, "x1": x1, "y0": 0, "y1": 1,
                  "fillcolor": KEPT, "opacity": 0.12, "line": {"width": 1, "color": KEPT}}]  # fmt: skip
-    return [{"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
+    edges = [rule.lo] if rule.kind == "above" else [rule.hi] if rule.kind == "below" else cut.edges()  # a value rule
+    return [{"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,  # at its own value
              "line": {"color": "#d62728", "width": 2, "dash": "dash"}}
-            for x in map(to_x, cut.edges()) if x is not None]  # fmt: skip
+            for x in map(to_x, edges) if x is not None]  # fmt: skip
 
 
 def histograms(ctx, view, spec, result) -> None:
