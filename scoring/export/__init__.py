@@ -426,9 +426,10 @@ def export_selection(
         "n_rows_written": len(rows),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "reproduce": reproduce_command(spec) + " && " + export_line,
-        "reproduce_anywhere": reproduce_anywhere(cache, meta, record, reproduce_command(dict(spec, runs=[])),
-                                                 export_line),
+        # a hand-picked set (a lasso on the map, marked rows) has no rule to rerun: its export is its only record
+        "reproduce": export_line if record.get("manual") else reproduce_command(spec) + " && " + export_line,
+        "reproduce_anywhere": reproduce_anywhere(cache, meta, record, None if record.get("manual") else
+                                                 reproduce_command(dict(spec, runs=[])), export_line),
         **({"partial": record["partial"]} if record.get("partial") else {}),
     }
     try:

@@ -100,9 +100,10 @@ def _score_job(cache: Cache, record: dict) -> Job | None:
     return read_job(cache, runs[0]) if runs else None
 
 
-def reproduce_anywhere(cache: Cache, meta: dict, record: dict, select_line: str, export_line: str) -> dict:
+def reproduce_anywhere(cache: Cache, meta: dict, record: dict, select_line: str | None, export_line: str) -> dict:
     """The block: the dataset's source, the model, and the ingest, score, select and export commands (``steps`` in
-    order, a validation dataset's ingest first when the score job used one; ``line`` joins them with ``&&``)."""
+    order, a validation dataset's ingest first when the score job used one; ``line`` joins them with ``&&``).
+    ``select_line`` None: a hand-picked selection, which no command rebuilds (a note says so)."""
     job = _score_job(cache, record)
     steps, notes = [ingest_command(meta)], []
     val_name = ((job.val or {}).get("dataset") if job else None) or None
@@ -114,7 +115,10 @@ def reproduce_anywhere(cache: Cache, meta: dict, record: dict, select_line: str,
                      "model and options it was scored with before selecting")  # fmt: skip
     else:
         steps.append(score_command(job))
-    steps += [select_line, export_line]
+    if select_line is None:
+        notes.append(f"a hand-picked set ({record.get('source') or 'chosen by hand'}): no select command rebuilds "
+                     "it; its kept ids are the rows of this export and kept_sha256")  # fmt: skip
+    steps += [line for line in (select_line, export_line) if line]
     block = {
         "source": dataset_source(meta),
         "model": None if job is None else {"name": job.model, "fingerprint": job.model_fingerprint},

@@ -157,3 +157,13 @@ def test_select_page_shows_the_verdict_of_this_rule(app, jobs):
     at.slider(key="sel_pct").set_value(25.0).run()
     (line,) = [t.value for t in at.text]
     assert line.startswith(f"Evaluated (sweep job {jobs['sweep'].id[:8]} at 25%): ")
+
+
+def test_evaluation_charts_have_a_log_scale_switch(app, jobs):
+    """Issue 14: a log-scale switch on every chart (the Evaluate page's bars and sweep too)."""
+    at = app("evaluate")
+    at.toggle(key=next(t.key for t in at.toggle if t.key.startswith("eval_sweep_log_"))).set_value(True).run()
+    assert '"type":"log"' in at.get("plotly_chart")[0].proto.spec.replace(" ", "")
+    at.selectbox(key="eval_job").set_value(jobs["plain"].id).run()
+    at.toggle(key=next(t.key for t in at.toggle if t.key.startswith("eval_bars_log_"))).set_value(True).run()
+    assert not at.exception and '"type":"log"' in at.get("plotly_chart")[0].proto.spec.replace(" ", "")

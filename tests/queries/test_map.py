@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from scoring.errors import UserError
+from scoring.export import export_selection
 from scoring.queries import map as qmap
 from scoring.queries import view as qview
 from scoring.scores.view_reads import column
@@ -117,3 +118,14 @@ def test_a_hand_picked_set_saves_honestly_and_refuses_to_overwrite(env):
         qmap.save_hand_picked(cache, view, "lasso2", [])
     with pytest.raises(UserError, match="not valid"):
         qmap.save_hand_picked(cache, view, "../x", [1])
+
+
+def test_a_hand_picked_selection_exports_without_a_select_line(env, tmp_path):
+    """A lasso has no rule: the export manifest must not offer a select command that cannot run."""
+    cache, view = env
+    qmap.save_hand_picked(cache, view, "picked", [0, 3, 5], order_by="davir")
+    result = export_selection(cache, "synth", "picked", "jsonl", tmp_path / "picked" / "p.jsonl")
+    manifest = result.manifest
+    assert result.n_rows == 3 and "scoring select" not in manifest["reproduce"]
+    assert not any("scoring select" in step for step in manifest["reproduce_anywhere"]["steps"])
+    assert any("hand-picked" in note for note in manifest["reproduce_anywhere"]["notes"])
