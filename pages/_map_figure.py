@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 import pandas as pd
+
 from pages._ui import Prebuilt
 from scoring.queries.map import hover_html
 
@@ -170,21 +171,19 @@ def chosen(event) -> tuple[list[int], bool]:
     return list(dict.fromkeys(pos)), len(pos) == 1 and not dragged
 
 
-def event_text(event) -> str:
-    """A selection event as text, to tell a new event from the one Streamlit hands back on every rerun."""
-    sel = selection_of(event)
-    return json.dumps(sel, sort_keys=True, default=str) if sel.get("points") else ""
+def is_new(state, key: str, value) -> bool:
+    """Whether ``value`` (a chart's selection, a table's picked rows) differs from the last one seen under ``key`` in
+    ``state`` (the session state), and is not empty. Streamlit hands the same selection back on every rerun, and an
+    empty one after a chart is redrawn (a new figure is a new chart); an empty value resets ``key``, so choosing the
+    same points again after a redraw counts as new."""
+    text = json.dumps(value, sort_keys=True, default=str) if value else ""
+    if text == state.get(key, ""):
+        return False
+    state[key] = text
+    return bool(text)
 
 
 def fresh_choice(event, state, key: str) -> tuple[list[int], bool] | None:
-    """(positions, single click) of a NEW selection event, else None: Streamlit hands the same selection back on
-    every rerun, and an empty one after the chart was redrawn (a new figure is a new chart). The last event seen is
-    kept in ``state[key]`` (the session state); an empty event resets it, so choosing the same points again after
-    a redraw counts as new."""
-    text = event_text(event)
-    if text == state.get(key, ""):
-        return None
-    state[key] = text
-    if not text:
-        return None
-    return chosen(event)
+    """(positions, single click) of a NEW selection event with points, else None (see :func:`is_new`)."""
+    sel = selection_of(event)
+    return chosen(event) if is_new(state, key, sel if sel.get("points") else None) else None

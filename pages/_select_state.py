@@ -13,9 +13,11 @@ directly.
 from __future__ import annotations
 
 from scoring.errors import UserError
+from scoring.queries.select import value_text
+from scoring.selection.goodness import KINDS
 from scoring.selection.rules import parse_budget, parse_rule
 
-RULE_KINDS = ("top", "bottom", "band", "above", "below", "vband")
+RULE_KINDS = KINDS  # the engine's rule kinds, in the order the radio offers them
 RULE_LABELS = {"top": "top", "bottom": "bottom", "band": "percentile band", "above": "≥ value", "below": "≤ value",
                "vband": "value band"}  # fmt: skip
 BUDGET_KINDS = ("percent", "count", "tokens", "all")
@@ -50,15 +52,10 @@ def rule_text(state: dict) -> str:
         lo, hi = int(state.get("lo", 25)), int(state.get("hi", 75))
         return f"band:{lo}-{hi}" if lo < hi else f"band:{lo}-{min(lo + 1, 100)}"
     if kind == "vband":
-        return f"band-values:{_g(state['lo'])}-{_g(state['hi'])}"
+        return f"band-values:{value_text(state['lo'])}-{value_text(state['hi'])}"
     if kind in ("above", "below"):
-        return f"{kind}:{_g(state['value'])}"
+        return f"{kind}:{value_text(state['value'])}"
     return kind
-
-
-def _g(x: float) -> str:
-    text = f"{float(x):.6g}"
-    return text if "e" not in text else f"{float(x):.6e}"
 
 
 def budget_text(state: dict) -> str:

@@ -10,7 +10,6 @@ drawn as SVG (a new WebGL context costs ~1 s in a browser without a GPU).
 from __future__ import annotations
 
 import html
-import json
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,9 @@ import streamlit as st
 
 from pages import _select_state as S
 from pages import _ui
-from pages._map_figure import chosen, map_figure, selection_of
+from pages._map_figure import chosen, is_new, map_figure, selection_of
+from scoring.errors import UserError
+from scoring.queries.map import map_points, save_hand_picked
 from scoring.queries.select import (
     EDGE_ROWS,
     brush_rule,
@@ -29,8 +30,6 @@ from scoring.queries.select import (
     scatter_points,
     spec_rules,
 )
-from scoring.errors import UserError
-from scoring.queries.map import map_points, save_hand_picked
 from scoring.queries.view import example, log_default, neighbours, rows_at
 from scoring.scores.view_reads import column
 from scoring.selection.explain import group_counts, reason_of
@@ -59,12 +58,8 @@ def set_marked(view, positions, source: str, box=None) -> None:
 
 
 def fresh(key: str, event) -> bool:
-    """Whether a chart's selection event is new (Streamlit hands the same selection back on every rerun)."""
-    text = json.dumps(event, sort_keys=True, default=str) if event else ""
-    if st.session_state.get(f"_seen_{key}") == text:
-        return False
-    st.session_state[f"_seen_{key}"] = text
-    return bool(text)
+    """Whether a chart's selection or a table's pick is new (:func:`pages._map_figure.is_new`)."""
+    return is_new(st.session_state, f"_seen_{key}", event)
 
 
 # ---------------------------------------------------------------- histograms

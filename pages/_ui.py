@@ -251,6 +251,7 @@ def example_body(ex: dict, left, right) -> None:
     left.code(ex["prompt"], language=None, wrap_lines=True)
     left.markdown("**Response**")
     left.code(ex["response"], language=None, wrap_lines=True)
+    right.markdown("**Scores** (percentile among scored rows)")
     right.dataframe(ex["scores"], hide_index=True, column_config={
         "value": st.column_config.NumberColumn(format="%.4g"),
         "percentile": st.column_config.ProgressColumn(min_value=0, max_value=100, format="%.0f")})  # fmt: skip

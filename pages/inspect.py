@@ -14,7 +14,15 @@ import streamlit as st
 
 from pages import _ui
 from scoring.queries.tokens import token_view
-from scoring.queries.view import TableFilter, example, find_example, flag_counts, neighbours, positions, table_page
+from scoring.queries.view import (
+    TableFilter,
+    example,
+    find_example,
+    flag_counts,
+    neighbours,
+    positions,
+    table_page,
+)
 from scoring.selection.explain import reason_of
 from scoring.selection.saved import run_selection
 
@@ -87,16 +95,7 @@ st.subheader(f"Example {ex['id']}")
 if ex["flag"]:
     st.warning(f"Flagged: {ex['flag']}")
 left, right = st.columns([3, 2])
-with left:
-    st.markdown("**Prompt**")
-    st.code(ex["prompt"], language=None, wrap_lines=True)
-    st.markdown("**Response**")
-    st.code(ex["response"], language=None, wrap_lines=True)
-with right:
-    st.markdown("**Scores** (percentile among scored rows)")
-    st.dataframe(ex["scores"], hide_index=True, column_config={
-        "value": st.column_config.NumberColumn(format="%.4g"),
-        "percentile": st.column_config.ProgressColumn(min_value=0, max_value=100, format="%.0f")})  # fmt: skip
+_ui.example_body(ex, left, right)
 
 st.markdown("**Tokens by loss reduction** (base − reference, per response token; green: the fine-tuned model "
             "learned it, red: it got worse)")  # fmt: skip

@@ -14,10 +14,18 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from scoring.queries.view import kept_mask
 from scoring.scores.reports import defect_labels, mann_whitney_auroc
 from scoring.scores.view_reads import column, memo, sample_order, sorted_scores
 from scoring.scores.views import View
-from scoring.selection.rules import Rule, SelectionResult, parse_rule
+from scoring.selection.goodness import (
+    allowed_mask,
+    percentiles,
+    rules_for,
+    scaled_goodness,
+)
+from scoring.selection.ranking import twice_avg_ranks
+from scoring.selection.rules import Rule, SelectionResult
 from scoring.selection.saved import SelectionSpec
 from scoring.store.cache import Cache
 
@@ -62,8 +70,7 @@ def _op(rule: Rule) -> str:
 
 def spec_rules(spec: SelectionSpec) -> list[Rule]:
     """One parsed rule per score of ``spec``."""
-    rules = [parse_rule(r) for r in spec.rules]
-    return rules * len(spec.scores) if len(rules) == 1 else rules
+    return rules_for(list(spec.rules), list(spec.scores))
 
 
 def cuts(view: View, spec: SelectionSpec, result: SelectionResult) -> list[Cut]:
@@ -91,8 +98,7 @@ def edge_rows(view: View, score: str, edge: float, kept_pos, n: int = EDGE_ROWS)
     each, so a million rows cost a binary search and a few thousand comparisons, not a pass over every row."""
     values = column(view, score)
     order = memo(view, ("value_order", score), lambda: _finite_order(values))  # finite rows, by value
-    kept = np.zeros(len(values), dtype=bool)
-    kept[np.asarray(kept_pos if kept_pos is not None else [], dtype=np.int64)] = True
+    kept = kept_mask(len(values), kept_pos)
     at = int(np.searchsorted(sorted_scores(view, score), edge))  # sorted_scores(...) == values[order]
     width = 4 * n + 64
     while True:
@@ -126,62 +132,32 @@ def _nearest(distance: np.ndarray, mask: np.ndarray, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- the rule as a ranking, and labels
 
 
-def _percentiles(values: np.ndarray) -> np.ndarray:
-    """0..100 percentile of every finite value among the finite values (average ranks for ties), NaN elsewhere."""
-    out = np.full(len(values), np.nan)
-    finite = np.flatnonzero(np.isfinite(values))
-    m = len(finite)
-    if not m:
-        return out
-    order = np.argsort(values[finite], kind="mergesort")
-    sx = values[finite][order]
-    starts = np.r_[0, np.flatnonzero(sx[1:] != sx[:-1]) + 1]
-    ends = np.r_[starts[1:], m]
-    ranks = np.empty(m)
-    ranks[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)  # 0-based average ranks
-    out[finite] = ranks * 100.0 / (m - 1) if m > 1 else 50.0
-    return out
-
-
-def _one_goodness(values: np.ndarray, pct: np.ndarray, rule: Rule) -> np.ndarray:
-    """0..100 (higher is better) per row for one score's rule; -inf where the rule excludes the row."""
-    if rule.kind in ("top", "above"):
-        good = pct.copy()
-    elif rule.kind in ("bottom", "below"):
-        good = 100.0 - pct
-    else:
-        lo, hi = (rule.lo, rule.hi)
-        centre, half = (lo + hi) / 2.0, max((hi - lo) / 2.0, 1e-12)
-        where = pct if rule.kind == "band" else values
-        good = 100.0 * (1.0 - np.abs(where - centre) / half)
-    with np.errstate(invalid="ignore"):
-        if rule.kind == "band":
-            good[(pct < rule.lo - 1e-9) | (pct > rule.hi + 1e-9)] = -np.inf
-        elif rule.kind == "vband":
-            good[(values < rule.lo) | (values > rule.hi)] = -np.inf
-        elif rule.kind == "above":
-            good[values < rule.lo] = -np.inf
-        elif rule.kind == "below":
-            good[values > rule.hi] = -np.inf
-    return good
-
-
 def goodness(view: View, spec: SelectionSpec) -> np.ndarray:
-    """(n_rows,) how well the rule likes every row, on the engine's 0..100 scale combined like the engine (AND: the
-    minimum over the scores, OR: the maximum); -inf for a row a rule excludes, NaN for a row without every score.
+    """(n_rows,) how well the rule likes every row: each score's goodness on the engine's 0..100 scale of mixed
+    rules (:func:`scoring.selection.goodness.scaled_goodness`, the engine's own code), combined like the engine (AND:
+    the minimum over the scores, OR: the maximum); -inf for a row a rule excludes, NaN for a row without every score.
 
-    The engine ranks only eligible rows; this ranks every scored row (flags aside), which is what an AUROC against
-    labels needs. Percentiles here are over the rows with a value, so they can differ from the engine's by the
-    flagged rows: the kept set always comes from the engine, this only orders rows for the AUROC."""
-    per_score = []
-    for score, rule in zip(spec.scores, spec_rules(spec)):
-        values = column(view, score)
-        pct = memo(view, ("pct", score), lambda v=values: _percentiles(v))
-        per_score.append(_one_goodness(values, pct, rule))
-    stacked = np.vstack(per_score)  # (k, n)
-    missing = np.isnan(stacked).any(axis=0)
-    combined = stacked.min(axis=0) if spec.combine == "and" else stacked.max(axis=0)
-    return np.where(missing, np.nan, combined)
+    The engine ranks only eligible rows; this ranks every row with every score (flags aside), which is what an
+    AUROC against labels needs, so percentiles can differ from the engine's by the flagged rows: the kept set
+    always comes from the engine, this only orders rows for the AUROC."""
+    rules = spec_rules(spec)
+    columns = [column(view, s) for s in spec.scores]
+    rows = np.flatnonzero(np.logical_and.reduce([np.isfinite(c) for c in columns]))  # (m,) rows with every score
+    out = np.full(view.n_rows, np.nan)
+    if not len(rows):
+        return out
+    r2 = np.column_stack([twice_avg_ranks(c[rows]) for c in columns])  # (m, k)
+    pct = percentiles(r2, len(rows))
+
+    def values(j: int) -> np.ndarray:
+        return columns[j][rows]
+
+    good = scaled_goodness(pct, values, rules, r2.shape)
+    allowed = allowed_mask(pct, values, rules, r2.shape)
+    if allowed is not None:
+        good = np.where(allowed, good, -np.inf)
+    out[rows] = good.min(axis=1) if spec.combine == "and" else good.max(axis=1)
+    return out
 
 
 def labels(cache: Cache, view: View) -> np.ndarray | None:
@@ -214,8 +190,7 @@ def quality(cache: Cache, view: View, spec: SelectionSpec, result: SelectionResu
     if lab is None:
         return None
     clean = lab == ""
-    kept = np.zeros(len(lab), dtype=bool)
-    kept[np.asarray(result.kept_pos if result.kept_pos is not None else [], dtype=np.int64)] = True
+    kept = kept_mask(len(lab), result.kept_pos)
     n_kept, n_clean = int(kept.sum()), int(clean.sum())
     good = goodness(view, spec)
     scored = ~np.isnan(good)
@@ -242,11 +217,7 @@ def scatter_points(view: View, x: str, y: str, n: int, kept_pos=None, highlight=
         return order[np.isfinite(xs[order]) & np.isfinite(ys[order])]
 
     pos = np.sort(memo(view, ("scatter_order", x, y), both)[: int(n)])
-    kept = np.zeros(view.n_rows, dtype=bool)
-    kept[np.asarray(kept_pos if kept_pos is not None else [], dtype=np.int64)] = True
-    marked = np.zeros(view.n_rows, dtype=bool)
-    if highlight is not None and len(highlight):
-        marked[np.asarray(highlight, dtype=np.int64)] = True
+    kept, marked = kept_mask(view.n_rows, kept_pos), kept_mask(view.n_rows, highlight)
     return pd.DataFrame({"pos": pos, "id": column(view, "id")[pos], x: xs[pos], y: ys[pos],
                          "rows": np.where(kept[pos], "kept", "dropped"), "marked": marked[pos]})  # fmt: skip
 
@@ -266,14 +237,15 @@ def brush_rule(x0: float, x1: float, lo: float, hi: float, as_band: bool = False
     span = (hi - lo) or 1.0
     touches_right, touches_left = x1 >= hi - 0.03 * span, x0 <= lo + 0.03 * span  # within 3 % of an end
     if not as_band and touches_right and not touches_left:
-        return f"above:{_num(x0)}"
+        return f"above:{value_text(x0)}"
     if not as_band and touches_left and not touches_right:
-        return f"below:{_num(x1)}"
-    return f"band-values:{_num(x0)}-{_num(x1)}"
+        return f"below:{value_text(x1)}"
+    return f"band-values:{value_text(x0)}-{value_text(x1)}"
 
 
-def _num(x: float) -> str:
-    """A value as a short exact-enough text for a rule (6 significant digits, no exponent for ordinary values)."""
+def value_text(x: float) -> str:
+    """A score value as a short exact-enough text for a rule, from the brush or the Select controls (6 significant
+    digits, no exponent for ordinary values)."""
     if x == 0 or not math.isfinite(x):
         return "0" if x == 0 else str(x)
     text = f"{x:.6g}"

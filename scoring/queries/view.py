@@ -340,31 +340,11 @@ def neighbours(cache: Cache, view: View, idx: int, k: int = 8) -> pd.DataFrame:
 
 
 def kept_mask(n_rows: int, kept_pos) -> np.ndarray:
+    """(n_rows,) True at the table positions ``kept_pos`` (kept rows, or rows marked on a view)."""
     mask = np.zeros(n_rows, dtype=bool)
     if kept_pos is not None and len(kept_pos):
         mask[np.asarray(kept_pos)] = True
     return mask
-
-
-def kept_histograms(view: View, score: str, kept_pos) -> pd.DataFrame:
-    """Histogram of one score split into kept and dropped rows (the view's bins): lo, hi, kept, dropped."""
-    h = (view.stats.get("histograms") or {}).get(score)
-    if not h:
-        return pd.DataFrame(columns=["lo", "hi", "kept", "dropped"])
-    bins = len(h["counts"])
-
-    def bin_of() -> np.ndarray:  # each row's bin (-1: no value), computed once per view and score
-        values = column(view, score)
-        width = (h["hi"] - h["lo"]) or 1.0
-        out = np.minimum(np.floor((values - h["lo"]) / width * bins), bins - 1)
-        return np.where(np.isfinite(values), out, -1).astype(np.int16)
-
-    which = memo(view, ("bins", score), bin_of)
-    total = np.asarray(h["counts"])
-    kept_bins = which[np.asarray(kept_pos if kept_pos is not None else [], dtype=np.int64)]
-    kept = np.bincount(kept_bins[kept_bins >= 0], minlength=bins)[:bins]
-    edges = np.linspace(h["lo"], h["hi"], bins + 1)
-    return pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "kept": kept, "dropped": total - kept})
 
 
 def rows_at(cache: Cache, view: View, positions, scores: list[str]) -> pd.DataFrame:
@@ -376,21 +356,3 @@ def rows_at(cache: Cache, view: View, positions, scores: list[str]) -> pd.DataFr
         text = _texts(cache, view, out["idx"].to_numpy(), PREVIEW_CHARS)
         out["prompt"], out["response"] = text["prompt"], text["response"]
     return out
-
-
-def map_points(view: View, n: int, colour: str | None = None, kept_pos=None) -> pd.DataFrame:
-    """A fixed-seed sample of up to ``n`` laid-out points: idx, id, x, y, and the colour column (a score, or kept)."""
-    def laid_out() -> np.ndarray:  # positions with a layout point, in fixed-seed sample order
-        order = sample_order(view, scored_only=False)
-        return order[np.isfinite(column(view, "x")[order])]
-
-    positions = np.sort(memo(view, "laid_out", laid_out)[: int(n)])
-    out = pd.DataFrame({c: column(view, c)[positions] for c in ("idx", "id", "x", "y", "flag")})
-    out["pos"] = positions
-    if colour == "kept":
-        out["kept"] = np.where(kept_mask(view.n_rows, kept_pos)[positions], "kept", "dropped")
-    elif colour:
-        out[colour] = column(view, colour)[positions]
-    return out
-
-

@@ -71,7 +71,7 @@ def goodness(r2: np.ndarray, values: Callable[[int], np.ndarray], rules: list[Ru
     kinds = {r.kind for r in rules}
     same = all((r.kind, r.lo, r.hi) == (rules[0].kind, rules[0].lo, rules[0].hi) for r in rules)
     first = rules[0]
-    pct = _percentiles(r2, m) if "band" in kinds else None
+    pct = percentiles(r2, m) if "band" in kinds else None
     allowed = allowed_mask(pct, values, rules, r2.shape)
     if kinds <= set(_HIGH_FIRST):
         return r2, allowed
@@ -83,8 +83,17 @@ def goodness(r2: np.ndarray, values: Callable[[int], np.ndarray], rules: list[Ru
             return -np.abs((r2 - 2) * 100 - int(twice_c)), allowed
         return -np.abs(pct - (first.lo + first.hi) / 2.0), allowed
     if pct is None and kinds - {"vband"}:
-        pct = _percentiles(r2, m)
-    good = np.empty(r2.shape, dtype=float)
+        pct = percentiles(r2, m)
+    return scaled_goodness(pct, values, rules, r2.shape), allowed
+
+
+def scaled_goodness(pct: np.ndarray | None, values: Callable[[int], np.ndarray], rules: list[Rule], shape
+                    ) -> np.ndarray:  # fmt: skip
+    """(m, k) each score's goodness on the one 0..100 scale of mixed rules: top and above give the percentile,
+    bottom and below 100 - percentile, a percentile band 100 at its centre falling to 0 at its edges, a value band
+    the same on the value axis. ``pct``: (m, k) percentiles (None only when every rule is a value band);
+    ``values(j)``: the values of column j. What the engine ranks by, and what the app's AUROC of a rule reads."""
+    good = np.empty(shape, dtype=float)
     for j, r in enumerate(rules):
         if r.kind in _HIGH_FIRST:
             good[:, j] = pct[:, j]
@@ -94,11 +103,11 @@ def goodness(r2: np.ndarray, values: Callable[[int], np.ndarray], rules: list[Ru
             good[:, j] = 100.0 * (1.0 - 2.0 * np.abs(pct[:, j] - (r.lo + r.hi) / 2.0) / (r.hi - r.lo))
         else:  # vband: by value
             good[:, j] = 100.0 * (1.0 - 2.0 * np.abs(values(j) - (r.lo + r.hi) / 2.0) / (r.hi - r.lo))
-    return good, allowed
+    return good
 
 
-def _percentiles(r2: np.ndarray, m: int) -> np.ndarray:
-    """(m, k) percentiles 0..100 from twice the ranks (50 when there is one row)."""
+def percentiles(r2: np.ndarray, m: int) -> np.ndarray:
+    """(m, k) percentiles 0..100 from twice the 1-based ranks among m rows (50 when there is one row)."""
     return (r2 - 2) * 50.0 / (m - 1) if m > 1 else np.full(r2.shape, 50.0)
 
 

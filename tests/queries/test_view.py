@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scoring.queries import map as map_queries
+from scoring.queries import select as select_queries
 from scoring.queries import view as queries
 from scoring.queries.jobs import log_tail, progress
 from scoring.queries.tokens import token_view
@@ -142,11 +144,11 @@ def test_neighbours_match_brute_force(cache, view):
     np.testing.assert_allclose(near["cosine"], np.sort(sims)[::-1][:5], rtol=1e-4)
 
 
-def test_kept_histograms_and_map_points(view):
+def test_kept_bins_and_map_points(cache, view):
     kept = np.arange(0, N, 3)
-    hist = queries.kept_histograms(view, "davir", kept)
+    hist = select_queries.kept_bins(view, "davir", kept)
     assert hist["kept"].sum() == len(kept) and (hist["kept"] + hist["dropped"]).sum() == N + 1
-    points = queries.map_points(view, 100, "kept", kept)
+    points = map_queries.map_points(cache, view, 100, "kept", kept)
     assert len(points) == 100 and set(points["kept"]) == {"kept", "dropped"}
     assert (points["kept"] == "kept").sum() == np.isin(points["pos"], kept).sum()
 
