@@ -2,10 +2,13 @@
 
     python benchmarks/browser_latency.py --cache cache --dataset demo     # an existing cache (only read)
     python benchmarks/browser_latency.py --rows 1000000                   # a synthetic cache, built once and reused
+    python benchmarks/browser_latency.py --floor streamlit                # the floor: same controls, nothing behind
 
 Starts ``streamlit run app.py`` on a free 127.0.0.1 port (headless, no file watcher) over the cache and drives Debian's
 headless Chromium (/usr/bin/chromium, /usr/bin/chromedriver) through Selenium. ``--rows N`` builds (or reuses) the
 synthetic cache of benchmarks/app_latency.py (tests/synthetic.py, dataset ``bench``) under /tmp/davir-bench-N.
+``--floor streamlit|react`` times benchmarks/floor_app.py instead: the same pages and controls with nothing behind
+them, so what Streamlit and this browser cost on this machine, the least any page can take (see that file).
 
 One untimed warm-up round (the server's first reads of the score view, imports, the browser's first chart code),
 then ``--repeats`` rounds, each timing:
@@ -26,8 +29,9 @@ interaction that times out is reported under ``errors`` and the others still run
 
 How time is taken, all in the page's own clock (``performance.now()``), so WebDriver round trips are not counted:
 the start is the input event's ``timeStamp`` (the first trusted pointerdown / keydown after the benchmark arms a
-capture listener); the end is the first moment after which the app stays idle for 150 ms with the result shown,
-plus one frame (a requestAnimationFrame then a setTimeout: the browser has painted). **Idle** in Streamlit 1.67's
+capture listener); the end is the first moment the result is shown with the app idle, plus one frame (a
+requestAnimationFrame then a setTimeout: the browser has painted), provided the app then stays idle for 150 ms (a
+check that the run is over, not counted; before 2026-12-01 it was, which added 150-170 ms to every figure). **Idle** in Streamlit 1.67's
 DOM: no ``stStatusWidgetRunningIcon`` inside a ``stStatusWidget`` that is not leaving (the widget plays a 200 ms
 exit transition, ``StatusWidget-exit``, after the run ends, so "no stStatusWidget" would add 200 ms; it also shows
 other prompts, e.g. "Source file changed", so its mere presence is not "running"), and no element with
@@ -123,7 +127,7 @@ const widget = (testid, label) => [...document.querySelectorAll(`[data-testid="$
   const l = w.querySelector('[data-testid="stWidgetLabel"]');
   return l && l.textContent.trim() === label;
 });
-const plots = () => [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')];
+const plots = () => [...document.querySelectorAll('.js-plotly-plot')];
 """
 
 WAIT = HELPERS + r"""
@@ -142,7 +146,7 @@ const checks = {
   }),
   idle: () => true,
 };
-let idleSince = null;
+let idleSince = null, paintedAt = null;
 const finish = (ok) => requestAnimationFrame(() => setTimeout(() => done({
   ok, t0: b.t0, t1: performance.now(), ws: b.ws.splice(0), ...(ok ? {} : {h1: title(), idle: idle(),
   error: (document.querySelector('[data-testid="stException"]') || {}).textContent?.slice(0, 300)}),
@@ -152,12 +156,15 @@ const tick = () => {
   if (now - start > timeoutMs) return finish(false);
   if (idle() && document.querySelector('[data-testid="stException"]')) return finish(false);  // the page raised
   if (idle() && checks[cond]()) {
-    if (idleSince === null) idleSince = now;
-    if (now - idleSince >= 150) {  // stayed idle with the result shown: the run is over, not between two runs
-      const t1 = idleSince;
-      return requestAnimationFrame(() => setTimeout(() => done({ok: true, t0: b.t0, t1, painted: performance.now(),
-                                                                ws: b.ws.splice(0)})));
+    if (idleSince === null) {  // the result is shown: the time it is painted (one frame later) is the end ...
+      const mark = idleSince = now;
+      paintedAt = null;
+      requestAnimationFrame(() => setTimeout(() => { if (idleSince === mark) paintedAt = performance.now(); }));
     }
+    // ... once the app has stayed idle for 150 ms after it (the run is over, not between two runs); the 150 ms
+    // confirmation is not part of the latency
+    if (now - idleSince >= 150 && paintedAt !== null)
+      return done({ok: true, t0: b.t0, t1: idleSince, painted: paintedAt, ws: b.ws.splice(0)});
   } else idleSince = null;
   setTimeout(tick, 4);
 };
@@ -473,6 +480,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds one interaction may take")
     parser.add_argument("--json-only", action="store_true", help="print only the final JSON line")
+    parser.add_argument("--floor", choices=["streamlit", "react"], default=None,
+                        help="time benchmarks/floor_app.py instead: the same controls with nothing behind them; its "
+                             "chart as st.plotly_chart (streamlit) or one Plotly div updated in place (react)")
     args = parser.parse_args()
 
     def log(msg: str) -> None:
@@ -480,7 +490,19 @@ def main() -> None:
             print(msg, file=sys.stderr, flush=True)
 
     info: dict = {}
-    if args.cache:
+    script = "app.py"
+    if args.floor:
+        root, dataset, script = Path(tempfile.mkdtemp(prefix="davir-floor-")), "floor", "benchmarks/floor_app.py"
+        n_rows = 300  # floor_app.ROWS (importing it would run the app)
+        info["floor_chart"] = args.floor
+        if args.floor == "react":  # the app serves plotly.js itself (benchmarks/static/, not in git)
+            import plotly
+
+            (ROOT / "benchmarks" / "static").mkdir(exist_ok=True)
+            shutil.copyfile(Path(plotly.__file__).parent / "package_data" / "plotly.min.js",
+                            ROOT / "benchmarks" / "static" / "plotly.min.js")
+            os.environ.update(STREAMLIT_SERVER_ENABLE_STATIC_SERVING="true", FLOOR_REACT="1")
+    elif args.cache:
         if not args.dataset:
             parser.error("--cache needs --dataset")
         root, dataset = Path(args.cache).resolve(), args.dataset
@@ -500,7 +522,7 @@ def main() -> None:
 
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="davir-browser-"))
-    server = start_app(root, port, work / "streamlit.log")
+    server = start_app(root, port, work / "streamlit.log", script)
     url = f"http://127.0.0.1:{port}"
     driver = None
     try:
@@ -539,7 +561,7 @@ def main() -> None:
         log(f"{k:34s} p50 {p50[k]:8.1f} ms   p95 {p95[k]:8.1f} ms   n {len(bench.times[k])}   "
             + "  ".join(f"{n} {v:.0f}" for n, v in parts.get(k, {}).items()))  # fmt: skip
     result = {
-        "rows": dataset if args.cache else n_rows, "n_rows": n_rows, "dataset": dataset, "cpu": _cpu_model(),
+        "rows": dataset if args.cache or args.floor else n_rows, "n_rows": n_rows, "dataset": dataset, "cpu": _cpu_model(),
         "cores": os.cpu_count(), "repeats": args.repeats, "p95_ms": p95, "p50_ms": p50, "targets": TARGETS,
         "meets_target": bool(headline) and max(headline.values()) < target,
         "breakdown_p50_ms": parts,
@@ -548,7 +570,7 @@ def main() -> None:
         "errors": bench.errors, "loadavg": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d"), **info,
     }  # fmt: skip
-    if args.cache:
+    if args.cache and not args.floor:
         after = _snapshot(watched)
         changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
         result["cache_changed"] = changed[:20]

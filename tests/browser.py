@@ -40,13 +40,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(cache: Path, port: int, log_path: Path) -> subprocess.Popen:
-    """`streamlit run app.py` over ``cache`` on 127.0.0.1:``port`` (headless, no file watcher, no usage stats),
-    its output in ``log_path``, in a process group of its own (:func:`stop_app` ends it all)."""
+def start_app(cache: Path, port: int, log_path: Path, script: str = "app.py") -> subprocess.Popen:
+    """`streamlit run app.py` (or another ``script``) over ``cache`` on 127.0.0.1:``port`` (headless, no file
+    watcher, no usage stats), its output in ``log_path``, in a process group of its own (:func:`stop_app` ends it
+    all)."""
     env = dict(os.environ, DAVIR_CACHE=str(cache), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     with open(log_path, "wb") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1", "--server.port",
+            [sys.executable, "-m", "streamlit", "run", script, "--server.address", "127.0.0.1", "--server.port",
              str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
              "--browser.gatherUsageStats", "false", "--", "--cache", str(cache)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
