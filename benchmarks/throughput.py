@@ -205,7 +205,7 @@ def parse_args(argv=None):
     parser.add_argument("--random-weights", default=None, metavar="CONFIG_NAME_OR_SIZE",
                         help=f"random-weight model: one of {sorted(RANDOM_CONFIGS)} or a config path / hub id")
     parser.add_argument("--batch-tokens", type=int, default=None, help="default 8192 on CPU, 65536 on CUDA")
-    parser.add_argument("--head-rows", type=int, default=2048)
+    parser.add_argument("--head-rows", type=int, default=None, help="default: PassConfig.head_rows")
     parser.add_argument("--device", default=None, help="default: scoring.models.loading.pick_device()")
     parser.add_argument("--dtype", default="auto", help="engine dtype: auto, bf16, fp16, fp32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -274,7 +274,7 @@ def main(argv=None) -> dict:
         engine_model = copy.deepcopy(baseline_model).to(engine_dtype)
     else:
         engine_model = load_model(ref, device, engine_dtype)
-    pass_config = PassConfig(max_length=args.max_length, batch_tokens=batch_tokens, head_rows=args.head_rows,
+    pass_config = PassConfig(max_length=args.max_length, batch_tokens=batch_tokens, head_rows=args.head_rows or PassConfig.head_rows,
                              alone=False, embed=False, compile=args.compile, kernels=args.kernels)  # fmt: skip
 
     # Alternate the two ways so both see the same background load; keep each way's best time.

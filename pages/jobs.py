@@ -17,6 +17,7 @@ from scoring.jobs.runner import cancel, enqueue
 from scoring.jobs.worker import ensure_worker, live_workers
 from scoring.models.loading import DEFAULT_MODEL
 from scoring.passes.engine import PassConfig
+from scoring.queries.influence import timings_frame
 from scoring.queries.jobs import log_tail
 from scoring.scores.registry import DEFAULT_SCORES, SCORES
 from scoring.store.jobs import WAITING, list_jobs
@@ -111,9 +112,14 @@ def queue() -> None:
                     text += f" · {job.tokens_per_s:,.0f} tok/s"
                 if job.eta_s:
                     text += f" · ETA {int(job.eta_s) // 60} min {int(job.eta_s) % 60:02d} s"
+                if job.rss_mb and job.state == "running":
+                    text += f" · memory {job.rss_mb / 1024:.1f} GB"
                 head.progress(min(done / total, 1.0) if total else 0.0, text=text)
             if job.error:
                 head.error(job.error)
+            if job.timings:
+                with head.expander("Steps: time and peak memory"):
+                    st.dataframe(timings_frame(job), hide_index=True, key=f"job_steps_{job.id}")
             with head.expander("Log tail"):
                 st.code(log_tail(ctx.cache, job.id) or "(no log for this job: it has not run on a background "
                         "worker yet, or it ran in a terminal)", language=None)  # fmt: skip

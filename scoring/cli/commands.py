@@ -195,9 +195,10 @@ def _job_line(job: Job) -> str:
     progress = f"{job.done or 0}/{job.total}" if job.total else "-"
     rate = f"{job.tokens_per_s:.0f} tok/s" if job.tokens_per_s else ""
     eta = f"ETA {_duration(job.eta_s)}" if job.eta_s and job.state == "running" else ""
+    mem = f"RSS {job.rss_mb / 1024:.1f} GB" if job.rss_mb and job.state == "running" else ""
     error = f"error: {job.error}" if job.error else ""
     stage = job.stage if job.stage != job.state else ""
-    parts = [job.id, job.kind, job.dataset, job.state, stage, progress, rate, eta, error]
+    parts = [job.id, job.kind, job.dataset, job.state, stage, progress, rate, eta, mem, error]
     return "  ".join(p for p in parts if p)
 
 

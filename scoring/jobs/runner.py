@@ -20,6 +20,7 @@ import traceback
 from dataclasses import replace
 
 from scoring.errors import UserError
+from scoring.jobs import memory
 from scoring.jobs.evaluate import EVALUATE_JOB, run_evaluate_job
 from scoring.jobs.influence import INFLUENCE_JOB, run_influence_job
 from scoring.jobs.pairs import run_pair_job
@@ -80,6 +81,7 @@ def run(cache: Cache, job_id: str, progress: bool = False) -> Job:
             return job
         job.progress(state="running", owner_pid=os.getpid(), error=None)
         save_job(cache, job)
+        memory.bound_heap()  # a job's peak memory follows its configuration, not the heap's history
         _run_owned(cache, job, progress)
         save_job(cache, job)
         return job

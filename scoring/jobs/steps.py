@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_meta, load_examples
+from scoring.jobs import memory
 from scoring.models.formatting import template_fingerprint
 from scoring.models.loading import ModelRef, load_tokenizer, model_card, resolve
 from scoring.passes.engine import PassConfig
@@ -35,12 +36,14 @@ class Steps:
         self.template = template_fingerprint(tokenizer)
 
     def stage(self, text: str, **changes) -> None:
-        self.job.progress(stage=text, **changes)
+        self.job.progress(stage=text, rss_mb=memory.rss_mb(), **changes)
         save_job(self.cache, self.job)
 
     def timed(self, name: str, started: float) -> None:
-        """Record the wall time of step ``name`` in ``job.timings`` (seconds; a reused pass or model costs ~0)."""
+        """Record the wall time of step ``name`` in ``job.timings`` (seconds; a reused pass or model costs ~0) and
+        its peak resident memory in ``job.peak_mb`` (MB, since the step's :func:`memory.reset_peak`)."""
         self.job.timings = {**(self.job.timings or {}), name: round(time.perf_counter() - started, 1)}
+        self.job.peak_mb = {**(self.job.peak_mb or {}), name: memory.peak_mb()}
 
     def fill(self, role: str, kind: RowKind, ref: ModelRef, examples, config: PassConfig,
              other: tuple[str, str] | None = None, record: bool = True) -> str:  # fmt: skip
@@ -49,6 +52,8 @@ class Steps:
         ``job.val_passes[role]``, not as the job's own pass. ``record=False``: kept nowhere in the job (an
         evaluation's passes over its eval sets, whose keys its result holds)."""
         cache, job, started = self.cache, self.job, time.perf_counter()
+        memory.release()
+        memory.reset_peak()
         dataset, fingerprint = other or (job.dataset, job.dataset_fingerprint)
         key = pass_key(kind, fingerprint, ref, self.template, config)
         if record and other:
@@ -67,7 +72,8 @@ class Steps:
         bar = tqdm(total=len(examples), desc=f"{role} pass", unit="ex", file=sys.stderr) if self.progress else None
 
         def on_progress(p: PassProgress) -> None:
-            job.progress(done=p.done, total=p.total, tokens_per_s=round(p.tokens_per_s, 1), eta_s=round(p.eta_s or 0))
+            job.progress(done=p.done, total=p.total, tokens_per_s=round(p.tokens_per_s, 1), eta_s=round(p.eta_s or 0),
+                         rss_mb=memory.rss_mb())  # fmt: skip
             save_job(cache, job)
             if bar:
                 bar.n = p.done
@@ -91,10 +97,13 @@ class Steps:
         job = self.job
         self.stage(stage, done=0, total=None, tokens_per_s=None, eta_s=None)
         started = time.perf_counter()
+        memory.release()
+        memory.reset_peak()
 
         def on_step(step: int, total: int) -> None:
             elapsed = time.perf_counter() - started
-            job.progress(done=step, total=total, eta_s=round(elapsed / max(step, 1) * (total - step)))
+            job.progress(done=step, total=total, eta_s=round(elapsed / max(step, 1) * (total - step)),
+                         rss_mb=memory.rss_mb())  # fmt: skip
             save_job(self.cache, job)
 
         trained = run(on_step)

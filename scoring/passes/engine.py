@@ -43,7 +43,7 @@ class PassConfig:
     max_length: int = 1024  # tokens per example; longer ones are cut at the right and flagged too_long
     batch_tokens: int = 8192  # tokens per micro-batch (packed: real tokens; padded: rows x longest row)
     chunk_size: int = 64  # examples per part file: the most a crash can lose
-    head_rows: int = 2048  # hidden states projected through the LM head at once
+    head_rows: int = 512  # hidden states projected through the LM head at once (each worker: rows x vocab fp32 twice)
     embed: bool = True  # keep a mean-pooled last hidden state per example
     alone: bool = True  # also score the response with no prompt (IFD's denominator)
     seed: int = 0  # the shuffled scoring order
@@ -82,14 +82,19 @@ def trunk_and_head(model):
     return trunk, model.get_output_embeddings()
 
 
-def _head_losses(model, states, targets, head_rows: int, fused: bool = False):
+def head_losses(model, states, targets, head_rows: int, fused: bool = False):
     """NLL of ``targets`` (N,) given hidden ``states`` (N, H): the LM head a slice at a time, never (N, V) at once.
 
     ``fused`` (bf16 on a CPU, see uses_kernels): the fp32 log-softmax of each slice by a kernel reading the bf16
-    logits, instead of an fp32 copy of them and torch's log-softmax."""
+    logits, instead of an fp32 copy of them and torch's log-softmax. Under autograd (training) with a plain linear
+    head, scoring/passes/head.py's sliced loss, whose backward also works a slice at a time."""
     import torch
     import torch.nn.functional as F
 
+    from scoring.passes.head import plain_linear_head, sliced_nll
+
+    if torch.is_grad_enabled() and states.requires_grad and (weight := plain_linear_head(model)) is not None:
+        return sliced_nll(states, weight, targets, head_rows)
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
     losses = []
@@ -121,7 +126,7 @@ def response_losses(model, ids, attention, scored, head_rows: int = 2048, want_h
     # needed and attention takes its fast is_causal path. Pad positions compute garbage nobody reads.
     hidden = trunk(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, H)
     predicts = scored[:, 1:]  # (B, T-1): position t-1 predicts token t
-    losses = _head_losses(model, hidden[:, :-1][predicts], ids[:, 1:][predicts], head_rows)  # (N,)
+    losses = head_losses(model, hidden[:, :-1][predicts], ids[:, 1:][predicts], head_rows)  # (N,)
     pooled = None
     if want_hidden:
         mask = attention.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -184,7 +189,7 @@ def packed_batch(model, seqs, scoreds, config: PassConfig, want_hidden: bool, de
         targets.extend(seq[t] for t in tokens)
         counts.append(len(tokens))
     rows = torch.from_numpy(np.concatenate(where)).to(device)
-    losses = _head_losses(model, hidden[rows], torch.tensor(targets, dtype=torch.long, device=device),
+    losses = head_losses(model, hidden[rows], torch.tensor(targets, dtype=torch.long, device=device),
                           config.head_rows, fused)  # fmt: skip
     out = []
     shared = hidden[:prefix].float().sum(0) if prefix else 0.0  # (H,)

@@ -68,10 +68,11 @@ def warmup_frame(job: Job) -> pd.DataFrame:
 
 
 def timings_frame(job: Job) -> pd.DataFrame:
-    """The job's step timings, one row per step (step, seconds; the record keeps them by name); empty when it
-    recorded none."""
-    timings = job.timings or {}
-    return pd.DataFrame({"step": list(timings), "seconds": [_float(v) for v in timings.values()]})
+    """The job's step timings, one row per step (step, seconds, peak memory in MB where recorded; the record keeps
+    them by name); empty when it recorded none."""
+    timings, peaks = job.timings or {}, job.peak_mb or {}
+    return pd.DataFrame({"step": list(timings), "seconds": [_float(v) for v in timings.values()],
+                         "peak MB": [_float(peaks.get(k)) for k in timings]})  # fmt: skip
 
 
 def _float(value) -> float:

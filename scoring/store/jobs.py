@@ -81,6 +81,7 @@ class Job:
     warmups: dict | None = None  # pairs: per warm-up, reward accuracy / margin before and after (scoring.jobs.pairs)
     result: dict | None = None  # influence: the agreement report (scoring.selection.influence); evaluate: the report
     timings: dict | None = None  # seconds per step ("ref pass", "theta training", …) of the run that made them
+    peak_mb: dict | None = None  # peak resident memory per step, MB, same names (scoring.jobs.memory)
     # --- its state
     state: str = "queued"  # queued | running | done | failed | cancelled | interrupted (shown, never saved)
     stage: str = "queued"
@@ -88,6 +89,7 @@ class Job:
     total: int | None = None
     tokens_per_s: float | None = None
     eta_s: float | None = None
+    rss_mb: float | None = None  # the worker's resident memory at the last progress report, MB
     error: str | None = None
     owner_pid: int | None = None
     created: str | None = None

@@ -3,8 +3,10 @@
 
 Both runs go through the same Trainer plumbing (scoring/train/trainer.py), which reads only these fields; a subclass
 sets its own defaults for the fields that have none here and adds what only its method needs (DPO's β). Every field
-except ``checkpoint_minutes`` is part of the checkpoint key (:meth:`BaseTrainConfig.key_fields`): a changed value
-trains a new checkpoint, so changing a subclass's default retrains every cached model and moves the golden outputs.
+is part of the checkpoint key (:meth:`BaseTrainConfig.key_fields`) except those that change no weight beyond float
+rounding: how often a checkpoint is saved (``checkpoint_minutes``) and how the work is laid out in memory
+(``micro_batch_tokens``, ``activation_checkpointing``). A changed key field trains a new checkpoint, so changing a
+subclass's default retrains every cached model and moves the golden outputs.
 """
 from __future__ import annotations
 
@@ -31,10 +33,29 @@ class BaseTrainConfig:
     lora_alpha: int = 32
     lora_dropout: float
     seed: int = 0  # the Trainer's seed and data seed
+    max_steps: int = 0  # stop after this many optimizer steps (0: the epochs decide); in the key only when set
     checkpoint_minutes: float = 10.0  # save a resumable Trainer checkpoint this often (and when cancelled)
+    # Memory (scoring/train/bounded.py): each forward / backward sees at most this many tokens (packed: real tokens;
+    # padded: rows x longest row; a longer example goes alone), gradients accumulated over the groups.
+    micro_batch_tokens: int = 2048
+    # Decoder layers keep only their inputs and recompute the rest in the backward pass: "auto" (on a CPU, whose
+    # memory is the machine's; off on a GPU, where it would cost ~30 % of the step), "on", "off".
+    activation_checkpointing: str = "auto"
 
     def key_fields(self) -> dict:
-        """The fields a trained checkpoint depends on: all but how often we save, which changes no weight."""
+        """The fields a trained checkpoint depends on: all but how often we save and how the work is laid out in
+        memory, which change no weight beyond float rounding."""
         fields = asdict(self)
-        fields.pop("checkpoint_minutes")
+        for name in ("checkpoint_minutes", "micro_batch_tokens", "activation_checkpointing"):
+            fields.pop(name)
+        if not fields["max_steps"]:  # unset: the keys of checkpoints trained before the field existed still match
+            del fields["max_steps"]
         return fields
+
+    def checkpointing_on(self, device: str) -> bool:
+        """Whether activation checkpointing is on for a run on ``device``."""
+        if self.activation_checkpointing not in ("auto", "on", "off"):
+            raise ValueError(f"activation_checkpointing must be auto, on or off, not {self.activation_checkpointing!r}")
+        if self.activation_checkpointing == "auto":
+            return not device.startswith("cuda")
+        return self.activation_checkpointing == "on"

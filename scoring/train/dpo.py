@@ -8,20 +8,24 @@ lives here. The sequences are tokenised here, by :func:`encode_side`, with exact
 score, so training and scoring see the same tokens; the trainer's own tokenisation is bypassed. The reference
 log-probabilities log π_ref(y|x) are precomputed (``precompute_ref_log_probs``), so no second model sits in memory:
 taken from the fp32 ref pass the scores use when the caller has it (the same tokens, so they are exactly the numbers
-irm / lossdiff / davir_dpo use, and a whole forward pass cheaper), else computed by TRL once.
+irm / lossdiff / davir_dpo use, and a whole forward pass cheaper), else computed once before training.
 
 Two objectives (``DPOTrainConfig.objective``); with Δ = log π_θ(y|x) - log π_ref(y|x), summed over the reply tokens,
 for the chosen (w) and the rejected (l) reply:
 
-    "dpo"        -log σ(β [Δ_w - Δ_l])                                     TRL's own sigmoid loss, untouched
+    "dpo"        -log σ(β [Δ_w - Δ_l])                                     TRL's sigmoid loss
     "davir-dpo"  -log σ(β [Δ_w / |log π_ref(y_w|x)| - Δ_l / |log π_ref(y_l|x)|])      the DavIR paper's: each
                  reward relative to how unlikely the reference finds that reply
 
-DavIR-DPO is computed here, in the trainer's ``compute_loss`` (transformers' hook, the one TRL's own loss sits
-behind; none of TRL's private code is copied), from a plain forward pass; |log π_ref| is clamped to at least
-``REF_LOGP_FLOOR`` so that a reply the reference is certain of cannot divide by zero. Its reward metrics
-(rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected) are logged like
-TRL's, the rewards normalised. Settings: scoring/train/dpo_config.py.
+Both are computed here, in the trainer's ``compute_loss`` (transformers' hook, the one TRL's own loss sits behind;
+none of TRL's private code is copied), with log π(y|x) from the trunk's hidden states and only the reply positions
+through the LM head, a slice at a time in both directions (:func:`sequence_logps`): TRL's own forward keeps
+(rows x length x vocabulary) logits, which held 6.8-7.4 GB per step for 4 long HH-RLHF pairs on the 135M default.
+Each micro-batch runs as groups of pairs of at most ``micro_batch_tokens`` tokens (scoring/train/bounded.py), so a
+step's memory follows the configuration, not the pairs' lengths; TRL's precomputed reference log-probs likewise.
+|log π_ref| is clamped to at least ``REF_LOGP_FLOOR`` so that a reply the reference is certain of cannot divide by
+zero. The reward metrics (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
+logps/rejected) are logged like TRL's (DavIR-DPO's rewards normalised). Settings: scoring/train/dpo_config.py.
 
 Checkpoints land under ``<cache>/models/dpo-<key>/`` where the key is a fingerprint of (start model, the training
 pairs' content, template, max length, training config, objective included): the same inputs reuse it, different ones
@@ -30,6 +34,7 @@ killed run resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import defaultdict
@@ -40,6 +45,7 @@ from scoring.models.formatting import encode_side
 from scoring.models.loading import ModelRef
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
+from scoring.train.bounded import TRAIN_HEAD_ROWS, backward_groups, token_groups
 from scoring.train.dpo_config import DPOTrainConfig
 from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_base, lora_config
 from scoring.train.trainer import optimizer_steps, progress_hooks, train_and_save, trainer_arguments
@@ -136,20 +142,57 @@ def dpo_trainer(model, tokenizer, rows: list[dict], cfg: DPOTrainConfig, output_
         peft_config=lora_config(cfg) if cfg.method == "lora" else None,  # TRL wraps the model itself
         callbacks=callbacks or [],
         objective=cfg.objective,
+        token_budget=cfg.micro_batch_tokens,
     )
 
 
-def completion_logps(logits, input_ids, completion_mask):
-    """log π(y|x) per row: the log-probabilities of the completion tokens (``completion_mask`` 1), each predicted
-    from the position before it, summed; in fp32 whatever the logits' dtype. Only the completion positions are
-    normalised (log_softmax over the vocabulary), not the whole padded batch."""
+def sequence_logps(model, input_ids, attention_mask, completion_mask):
+    """log π(y|x) per row of a right-padded batch: the log-probabilities of the completion tokens (``completion_mask``
+    1), each predicted from the position before it, summed, fp32. Computed like the scoring engine: the trunk's
+    hidden states, and only the completion positions through the LM head, a slice at a time (in the backward pass
+    too, scoring/passes/head.py), never a (rows, length, vocabulary) logits tensor."""
     import torch
 
+    from scoring.passes.engine import head_losses, trunk_and_head
+
+    trunk, _ = trunk_and_head(model)
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     mask = completion_mask[:, 1:].bool()
-    scored = logits[:, :-1][mask].float()  # (completion tokens of all rows, vocab), rows in order
-    token_logps = scored.log_softmax(-1).gather(-1, input_ids[:, 1:][mask].unsqueeze(-1)).squeeze(-1)
+    nll = head_losses(model, hidden[:, :-1][mask], input_ids[:, 1:][mask], TRAIN_HEAD_ROWS)
     rows = mask.nonzero()[:, 0]
-    return torch.zeros(mask.size(0), dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    return torch.zeros(mask.size(0), dtype=nll.dtype, device=nll.device).index_add(0, rows, -nll)
+
+
+def pair_rows(inputs: dict, rows: list[int], n: int) -> dict:
+    """The sub-batch of the pairs ``rows`` of a preference batch of ``n`` pairs ([chosen; rejected] rows, per-pair
+    reference log-probs), cut to its own longest row."""
+    both = rows + [r + n for r in rows]
+    width = int(inputs["attention_mask"][both].sum(1).max())
+    out = {}
+    for key, value in inputs.items():
+        if hasattr(value, "shape") and value.shape[:1] == (2 * n,):
+            out[key] = value[both, :width] if value.dim() > 1 else value[both]
+        elif hasattr(value, "shape") and value.shape[:1] == (n,):
+            out[key] = value[rows]
+        else:
+            out[key] = value
+    return out
+
+
+def pair_groups(inputs: dict, budget: int) -> tuple[int, list[list[int]]]:
+    """(pairs in the batch, the pairs grouped so each group's padded rows, chosen and rejected, hold at most
+    ``budget`` tokens; a longer pair alone)."""
+    n = inputs["input_ids"].shape[0] // 2
+    lengths = inputs["attention_mask"].sum(1).tolist()
+    longest = [max(lengths[i], lengths[i + n]) for i in range(n)]
+    return n, token_groups(longest, max(1, budget // 2), packed=False)
+
+
+def dpo_rewards(logps, ref_chosen_logps, ref_rejected_logps, beta: float):
+    """(chosen, rejected) DPO rewards β (log π_θ(y|x) - log π_ref(y|x)), from ``logps`` = [chosen rows; rejected
+    rows]: TRL's sigmoid loss is -log σ(chosen - rejected)."""
+    chosen, rejected = logps.chunk(2, dim=0)
+    return beta * (chosen - ref_chosen_logps.to(chosen)), beta * (rejected - ref_rejected_logps.to(rejected))
 
 
 def davir_dpo_rewards(logps, ref_chosen_logps, ref_rejected_logps, beta: float):
@@ -173,7 +216,6 @@ def _arguments(cfg: DPOTrainConfig, partial: Path, n_pairs: int, device: str, ma
         loss_type=["sigmoid"],
         max_length=max_length,
         precompute_ref_log_probs=True,  # from the untrained model, once; no second copy in memory
-        gradient_checkpointing=False,  # TRL turns it on by default; our models fit without it and run faster
         trust_remote_code=trust_remote_code,
         disable_tqdm=quiet,
     )
@@ -184,28 +226,55 @@ def _trainer_class():
 
     class PretokenizedDPOTrainer(DPOTrainer):
         """DPOTrainer fed {prompt_ids, chosen_ids, rejected_ids} made by encode_side (same tokens as scoring), with
-        the loss ``objective`` names (one of dpo_config.OBJECTIVES)."""
+        the loss ``objective`` names (one of dpo_config.OBJECTIVES), each micro-batch run as groups of pairs of at
+        most ``token_budget`` tokens (scoring/train/bounded.py)."""
 
-        def __init__(self, *args, objective: str = "dpo", **kwargs):
-            self.objective = objective
-            self.objective_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # DavIR-DPO's, per log
+        def __init__(self, *args, objective: str = "dpo", token_budget: int = 2048, **kwargs):
+            self.objective, self.token_budget = objective, token_budget
+            self.objective_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # reward metrics, per log
             super().__init__(*args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            """TRL's loss for "dpo"; for "davir-dpo" the batch mean of -log σ(r_w - r_l) with the DavIR-DPO rewards
-            of :func:`davir_dpo_rewards`, from the batch the preference collator built ([chosen; rejected] rows,
-            completion_mask, the precomputed ref_chosen_logps / ref_rejected_logps)."""
-            if self.objective == "dpo":
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            """The batch mean of -log σ(r_w - r_l), with the DPO rewards of :func:`dpo_rewards` ("dpo": TRL's
+            sigmoid loss) or the DavIR-DPO ones of :func:`davir_dpo_rewards`, from the batch the preference collator
+            built ([chosen; rejected] rows, completion_mask, the precomputed ref_chosen_logps / ref_rejected_logps)
+            and log-probs from :func:`sequence_logps`."""
             import torch.nn.functional as F
 
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-            logps = completion_logps(outputs.logits, inputs["input_ids"], inputs["completion_mask"])
-            chosen, rejected = davir_dpo_rewards(logps, inputs["ref_chosen_logps"], inputs["ref_rejected_logps"],
-                                                 self.beta)  # fmt: skip
+            logps = sequence_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+            rewards = davir_dpo_rewards if self.objective == "davir-dpo" else dpo_rewards
+            chosen, rejected = rewards(logps, inputs["ref_chosen_logps"], inputs["ref_rejected_logps"], self.beta)
             loss = -F.logsigmoid(chosen - rejected).mean()
             self.record_rewards(chosen.detach(), rejected.detach(), logps.detach())
-            return (loss, outputs) if return_outputs else loss
+            return (loss, {"logps": logps}) if return_outputs else loss
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            """The micro-batch as token-bounded groups of pairs, each group's mean loss weighted by its share of the
+            micro-batch's pairs (and divided by the accumulation steps, as Trainer divides a mean loss)."""
+            model.train()
+            inputs = self._prepare_inputs(inputs)
+            n, groups = pair_groups(inputs, self.token_budget)
+            steps = self.current_gradient_accumulation_steps
+            return backward_groups(self, model, [
+                lambda rows=rows: self.compute_loss(model, pair_rows(inputs, rows, n)) * (len(rows) / n / steps)
+                for rows in groups])  # fmt: skip
+
+        def compute_ref_log_probs(self, model, inputs):
+            """log π_ref of each pair's chosen and rejected reply when TRL precomputes them (the caller gave none):
+            the model before training (its LoRA adapter off), by :func:`sequence_logps` in token-bounded groups."""
+            import torch
+
+            n, groups = pair_groups(inputs, self.token_budget)
+            chosen = torch.zeros(n, device=inputs["input_ids"].device)
+            rejected = torch.zeros_like(chosen)
+            adapter = self.accelerator.unwrap_model(self.model)
+            off = adapter.disable_adapter() if hasattr(adapter, "disable_adapter") else contextlib.nullcontext()
+            with torch.no_grad(), off, self.accelerator.autocast():
+                for rows in groups:
+                    sub = pair_rows(inputs, rows, n)
+                    logps = sequence_logps(model, sub["input_ids"], sub["attention_mask"], sub["completion_mask"])
+                    chosen[rows], rejected[rows] = logps.float().chunk(2, dim=0)
+            return chosen, rejected
 
         def record_rewards(self, chosen, rejected, logps) -> None:
             """Keep this batch's reward metrics (gathered over processes) for the next :meth:`log`."""

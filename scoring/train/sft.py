@@ -2,8 +2,9 @@
 
 Trained with transformers' Trainer (full fine-tuning, or LoRA through peft, merged back so the checkpoint loads
 like any model), through the plumbing shared with the DPO warm-ups (scoring/train/trainer.py); what is particular
-to the reference lives here: its dataset (labels only on the scored response tokens), the padding collator, and, on
-a CPU, a loss computed over packed rows like the scoring engine's. Settings: scoring/train/sft_config.py.
+to the reference lives here: its dataset (labels only on the scored response tokens), the padding collator, and a
+loss computed like the scoring engine's (packed rows on a CPU), each micro-batch run as token-bounded groups so that
+memory follows the configuration, not the data (scoring/train/bounded.py). Settings: scoring/train/sft_config.py.
 
 The checkpoint lands under ``<cache>/models/ref-<key>/`` where the key is a fingerprint of (base model, dataset,
 template, max length, training config): the same inputs reuse it, different ones train anew. Training writes
@@ -16,9 +17,10 @@ from pathlib import Path
 from scoring.models.formatting import encode
 from scoring.models.loading import ModelRef
 from scoring.passes.attention import install
-from scoring.passes.engine import PassConfig, packed_batch, uses_packing
+from scoring.passes.engine import PassConfig, packed_batch, response_losses, uses_packing
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
+from scoring.train.bounded import TRAIN_HEAD_ROWS, bounded_step
 from scoring.train.sft_config import TrainConfig
 from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_base, lora_config
 from scoring.train.trainer import optimizer_steps, progress_hooks, train_and_save, trainer_arguments
@@ -97,7 +99,7 @@ def train_reference(
 
         model = get_peft_model(model, lora_config(cfg))
     packed = not device.startswith("cuda") and uses_packing(model, PassConfig(), max_length)
-    trainer = _trainer_class(packed)(
+    trainer = _trainer_class(packed, cfg.micro_batch_tokens)(
         model=model,
         args=_arguments(cfg, partial, len(data), device),
         train_dataset=data,
@@ -122,44 +124,46 @@ def _arguments(cfg: TrainConfig, partial: Path, n_examples: int, device: str):
     )
 
 
-def _trainer_class(packed: bool):
-    """transformers' Trainer; with ``packed`` (a CPU), one whose loss runs the model over packed rows."""
+def _trainer_class(packed: bool, budget: int):
+    """transformers' Trainer whose training step runs each micro-batch as groups of at most ``budget`` tokens
+    (scoring/train/bounded.py), the loss computed like the scoring engine's: packed rows on a CPU (``packed``),
+    padded rows elsewhere, the LM head a slice at a time."""
     from transformers import Trainer
 
-    if not packed:
-        return Trainer
+    class ReferenceTrainer(Trainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            return bounded_step(self, model, inputs, num_items_in_batch, budget, packed,
+                                lambda m, sub: sft_loss_sum(m, sub, packed))  # fmt: skip
 
-    class PackedTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # accelerate applies mixed precision by wrapping model.forward, which this loss does not call
-            with self.accelerator.autocast():
-                return packed_sft_loss(model, inputs, num_items_in_batch)
-
-    return PackedTrainer
+    return ReferenceTrainer
 
 
-def packed_sft_loss(model, inputs: dict, num_items_in_batch=None):
-    """The causal-LM loss of a padded batch (input_ids, labels with -100 off the scored tokens, attention_mask),
-    computed like the scoring engine: the sequences packed side by side in one row with no padding and their shared
-    prefix run once (scoring/passes/packing.py), and only the positions that predict a label through the LM head.
-    The same sum of token losses as ``model(**inputs).loss`` without the pad tokens' work or fp32 logits for every
-    prompt position: on a CPU, fine-tuning SmolLM2 on GSM8K took 25-38 % less time.
-
-    Normalised as transformers' loss is: by ``num_items_in_batch`` (labels in the whole accumulated batch) when
-    given, else by this batch's labels.
-    """
+def sft_loss_sum(model, inputs: dict, packed: bool):
+    """The sum of the token losses of a right-padded batch (input_ids, labels with -100 off the scored tokens,
+    attention_mask), differentiable, computed like the scoring engine: only the positions that predict a label reach
+    the LM head, a slice at a time in both directions (scoring/passes/head.py). ``packed`` (a CPU): the sequences
+    side by side in one row with no padding and their shared prefix run once (scoring/passes/packing.py); on a CPU,
+    fine-tuning SmolLM2 on GSM8K took 25-38 % less time than the padded batch."""
     import torch
 
-    install(model)  # idempotent: packed rows need the per-sequence attention
+    config = PassConfig(head_rows=TRAIN_HEAD_ROWS)
     ids, labels, attention = inputs["input_ids"], inputs["labels"], inputs["attention_mask"]
+    if not packed:
+        losses, _ = response_losses(model, ids, attention, labels != -100, config.head_rows)
+        return losses.sum()
+    install(model)  # idempotent: packed rows need the per-sequence attention
     seqs, scoreds = [], []
     for row in range(ids.shape[0]):
         n = int(attention[row].sum())
         seqs.append(ids[row, :n].tolist())
         scoreds.append((labels[row, :n] != -100).tolist())
-    pieces = packed_batch(model, seqs, scoreds, PassConfig(), want_hidden=False, device=ids.device, fused=False)
-    total = torch.cat([piece for piece, _ in pieces]).sum()
-    count = num_items_in_batch if num_items_in_batch is not None else sum(len(piece) for piece, _ in pieces)
-    return total / count
+    pieces = packed_batch(model, seqs, scoreds, config, want_hidden=False, device=ids.device, fused=False)
+    return torch.cat([piece for piece, _ in pieces]).sum()
+
+
+def packed_sft_loss(model, inputs: dict, num_items_in_batch=None):
+    """The causal-LM loss of a padded batch over packed rows: the same as ``model(**inputs).loss`` without the pad
+    tokens' work or fp32 logits for every prompt position. Normalised as transformers' loss is: by
+    ``num_items_in_batch`` (labels in the whole accumulated batch) when given, else by this batch's labels."""
+    count = num_items_in_batch if num_items_in_batch is not None else int((inputs["labels"][:, 1:] != -100).sum())
+    return sft_loss_sum(model, inputs, packed=True) / count

@@ -68,6 +68,10 @@ def test_warmup_frame_without_a_report_is_empty_and_missing_numbers_are_nan():
 def test_timings_frame_lists_each_step(view):
     frame = queries.timings_frame(view.job)
     assert dict(zip(frame["step"], frame["seconds"])) == synthetic.TIMINGS
+    assert frame["peak MB"].isna().all()  # a job recorded before peak memory was
+    peaks = {step: 100.0 + i for i, step in enumerate(synthetic.TIMINGS)}
+    frame = queries.timings_frame(replace(view.job, peak_mb=peaks))
+    assert dict(zip(frame["step"], frame["peak MB"])) == peaks
 
 
 def test_influence_check_is_the_latest_finished_one_of_the_view_job(cache, view, check):

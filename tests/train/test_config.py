@@ -30,8 +30,10 @@ DPO_KEY_FIELDS = {
 def test_the_default_key_fields_are_pinned():
     assert TrainConfig().key_fields() == SFT_KEY_FIELDS
     assert DPOTrainConfig().key_fields() == DPO_KEY_FIELDS
-    assert asdict(TrainConfig()) == {**SFT_KEY_FIELDS, "checkpoint_minutes": 10.0}  # what a job record stores
-    assert asdict(DPOTrainConfig()) == {**DPO_KEY_FIELDS, "objective": "dpo", "checkpoint_minutes": 10.0}
+    memory = {"checkpoint_minutes": 10.0, "micro_batch_tokens": 2048, "activation_checkpointing": "auto",
+              "max_steps": 0}
+    assert asdict(TrainConfig()) == {**SFT_KEY_FIELDS, **memory}  # what a job record stores
+    assert asdict(DPOTrainConfig()) == {**DPO_KEY_FIELDS, "objective": "dpo", **memory}
 
 
 def test_the_checkpoint_keys_are_pinned():
@@ -42,9 +44,10 @@ def test_the_checkpoint_keys_are_pinned():
     assert dpo_key(base, "p", "t", 64, DPOTrainConfig(method="lora"), "ref-pass") == "040a382cda508f0f"
 
 
-def test_how_often_we_save_is_not_part_of_the_key():
+def test_how_often_we_save_and_how_memory_is_laid_out_are_not_part_of_the_key():
     cfg = TrainConfig()
     assert replace(cfg, checkpoint_minutes=1.0).key_fields() == cfg.key_fields()
+    assert replace(cfg, micro_batch_tokens=64, activation_checkpointing="off").key_fields() == cfg.key_fields()
     assert replace(cfg, seed=1).key_fields() != cfg.key_fields()
 
 
@@ -63,3 +66,10 @@ def test_one_epoch_on_few_pairs_still_makes_min_steps():
     assert cfg.for_pairs(5).batch_size == 1 and optimizer_steps(cfg.for_pairs(5), 5) == 5  # never below one pair
     assert replace(cfg, min_steps=0).for_pairs(5) == replace(cfg, min_steps=0)
     assert small.key_fields() != cfg.key_fields()  # the batch used is in the checkpoint key
+
+
+def test_max_steps_caps_the_run_and_is_in_the_key_only_when_set():
+    cfg = TrainConfig()
+    assert "max_steps" not in cfg.key_fields() and optimizer_steps(cfg, 1000) == 125
+    capped = replace(cfg, max_steps=2)
+    assert capped.key_fields() == {**cfg.key_fields(), "max_steps": 2} and optimizer_steps(capped, 1000) == 2

@@ -1,0 +1,153 @@
+"""The whole DavIR job, timed stage by stage: ingest, base pass (with IFD's response-alone pass), reference
+fine-tune (one epoch), reference pass, on Alpaca (../shared/data/alpaca, 52,002 rows) with a random-weight Llama.
+
+    python benchmarks/end_to_end.py                       # ~1B Llama, every Alpaca row, on the GPU when there is one
+    python benchmarks/end_to_end.py --tiny                # a tiny Llama on 200 rows, on the CPU: what CI runs
+    python benchmarks/end_to_end.py --model 0.5b --rows 5000 --compile
+
+The model is built from a config with random weights (no download): ``--model`` is one of throughput.py's
+RANDOM_CONFIGS (0.5b, 1b, 3b, 7b; vocabulary 49,152, embeddings tied) with a byte-level BPE tokenizer of that size
+trained on the rows' own text in a few seconds, or ``--tiny`` (tests/tiny.py: 2 layers of width 64, a 384-entry
+vocabulary). The job is the real one (scoring.jobs: the same code as ``python -m scoring score``), in a fresh cache
+(``--cache``, default a new temporary folder).
+
+The last line printed is JSON: {"device", "model", "params", "rows", "stages": {"ingest" | "base pass" | "ref
+training" | "ref pass": {"seconds", "tokens", "tokens_per_s", "mfu"}}, "total_s", "targets", ...}. Tokens: the
+passes count every token they run (the base pass its examples' prompts and responses plus each response alone), the
+fine-tune its examples' tokens once per epoch. ``mfu`` = 2·N·T (passes) or 6·N·T (training) FLOPs over the stage's
+seconds and the GPU's peak dense bf16 FLOP/s (throughput.PEAK_BF16), N the parameters, T the tokens; null on a CPU
+or a GPU not in that table. Targets (on one H100 / H200): the whole job under 5 minutes, scoring MFU >= 0.50,
+fine-tune MFU >= 0.35.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+ALPACA = ROOT.parent / "shared" / "data" / "alpaca"
+TARGETS = {"total_s": 300, "scoring_mfu": 0.50, "training_mfu": 0.35}
+
+
+def build_random_model(folder: Path, size: str, rows: list[str], seed: int = 0) -> Path:
+    """A random-weight Llama of throughput.RANDOM_CONFIGS[size] and a BPE tokenizer of its vocabulary trained on
+    ``rows``, saved as a model folder the job loads like any other."""
+    import torch
+    from throughput import random_config
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from tests.tiny import CHATML
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(rows, trainers.BpeTrainer(vocab_size=49152, special_tokens=specials,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>", unk_token="<|endoftext|>")  # fmt: skip
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(random_config(size, tokenizer), dtype=torch.float32)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def alpaca_texts(limit: int) -> list[str]:
+    out = []
+    for part in sorted(ALPACA.glob("*.json")):
+        for r in json.loads(part.read_text()):
+            out.append("\n".join((r["instruction"], r.get("input", ""), r["output"])))
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="a tiny Llama on the CPU (default 200 rows)")
+    parser.add_argument("--model", default="1b", help="random-weight size: 0.5b, 1b, 3b, 7b (without --tiny)")
+    parser.add_argument("--rows", type=int, default=None, help="Alpaca rows (default: all 52,002; 200 with --tiny)")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per example (default 1024; 256 with --tiny)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the passes' layers (a GPU)")
+    parser.add_argument("--cache", default=None, help="the job's cache (default: a new temporary folder)")
+    args = parser.parse_args()
+
+    import torch
+    from throughput import peak_flops
+
+    from scoring.ingest.catalog import ingest
+    from scoring.jobs.requests import pass_config_for, score_request
+    from scoring.jobs.runner import enqueue, run
+    from scoring.models.loading import pick_device
+    from scoring.scores.tables import score_table
+    from scoring.store.cache import Cache
+    from scoring.train.sft_config import TrainConfig
+    from tests.tiny import build_model
+
+    rows = args.rows or (200 if args.tiny else 52_002)
+    max_length = args.max_length or (256 if args.tiny else 1024)
+    cache = Cache(Path(args.cache or tempfile.mkdtemp(prefix="davir-e2e-")))
+    folder = cache.root / "bench-model"
+    started = time.perf_counter()
+    if args.tiny:
+        build_model(folder, hidden=64, layers=2)
+        name = "tiny"
+    else:
+        build_random_model(folder, args.model, alpaca_texts(rows))
+        name = f"random:{args.model}"
+    build_s = time.perf_counter() - started
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)).parameters())
+
+    started = time.perf_counter()
+    ingest(str(ALPACA), cache, name="alpaca", limit=rows, progress=False)
+    ingest_s = time.perf_counter() - started
+    device = pick_device()
+    request = score_request(cache, "alpaca", str(folder), pass_config=pass_config_for("sft", max_length,
+                            compile=args.compile), train=TrainConfig(epochs=1.0))  # fmt: skip
+    enqueue(cache, request)
+    job = run(cache, request.id, progress=True)
+    if job.state != "done":
+        raise SystemExit(f"the job ended {job.state}: {job.error}")
+
+    table, _ = score_table(cache, "alpaca")
+    scored = table[table["n_response_tokens"] > 0]
+    full = int((scored["n_prompt_tokens"] + scored["n_response_tokens"]).sum())
+    alone = int(scored["n_response_tokens"].sum())  # each response alone (plus its first token's context)
+    peak = peak_flops(device)
+    stages = {"ingest": {"seconds": round(ingest_s, 2), "tokens": None, "tokens_per_s": None, "mfu": None}}
+    for stage, tokens, flops_per_token in (("base pass", full + alone, 2), ("ref training", full, 6),
+                                           ("ref pass", full, 2)):  # fmt: skip
+        seconds = float(job.timings[stage])
+        stages[stage] = {
+            "seconds": seconds, "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+            "mfu": round(flops_per_token * params * tokens / seconds / peak, 4) if peak and seconds else None,
+            "peak_mb": (job.peak_mb or {}).get(stage),
+        }  # fmt: skip
+    total = sum(s["seconds"] for s in stages.values())
+    print(json.dumps({
+        "device": device if not device.startswith("cuda") else torch.cuda.get_device_name(), "model": name,
+        "params": params, "rows": rows, "scored_rows": len(scored), "max_length": max_length,
+        "compile": args.compile, "stages": stages, "total_s": round(total, 1), "model_build_s": round(build_s, 1),
+        "targets": TARGETS, "meets_target": (None if peak is None else total < TARGETS["total_s"]
+                                             and stages["base pass"]["mfu"] >= TARGETS["scoring_mfu"]
+                                             and stages["ref pass"]["mfu"] >= TARGETS["scoring_mfu"]
+                                             and stages["ref training"]["mfu"] >= TARGETS["training_mfu"]),
+        "date": time.strftime("%Y-%m-%d"),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The sliced LM-head loss (scoring/passes/head.py) against cross_entropy over the whole logits matrix."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scoring.passes.head import sliced_nll
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64])
+def test_values_and_gradients_equal_the_whole_matrix(rows):
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(37, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (37,), generator=g)
+    upstream = torch.rand(37, generator=g, dtype=torch.float64)
+
+    want = F.cross_entropy(states @ weight.T, targets, reduction="none")
+    (want * upstream).sum().backward()
+    want_gs, want_gw = states.grad.clone(), weight.grad.clone()
+    states.grad = weight.grad = None
+
+    got = sliced_nll(states, weight, targets, rows)
+    (got * upstream.float()).sum().backward()
+    torch.testing.assert_close(got, want.float(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(states.grad, want_gs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weight.grad, want_gw, rtol=1e-5, atol=1e-6)
+
+
+def test_shared_weight_accumulates_like_tied_embeddings():
+    """A weight used elsewhere too (tied input embeddings) gets both gradients."""
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(20, 8, generator=g, requires_grad=True)
+    ids = torch.randint(0, 20, (9,), generator=g)
+    targets = torch.randint(0, 20, (9,), generator=g)
+
+    def loss(fn):
+        states = torch.tanh(weight[ids])  # the embedding lookup of the same matrix
+        return fn(states).sum()
+
+    loss(lambda s: F.cross_entropy(s @ weight.T, targets, reduction="none")).backward()
+    want = weight.grad.clone()
+    weight.grad = None
+    loss(lambda s: sliced_nll(s, weight, targets, 4)).backward()
+    torch.testing.assert_close(weight.grad, want, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,31 @@
+"""The benchmarks CI runs: benchmarks/end_to_end.py --tiny, the whole DavIR job on Alpaca rows with a tiny Llama,
+prints one JSON line with every stage's time, tokens and memory."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "alpaca").exists(), reason="needs ../shared/data/alpaca")
+def test_end_to_end_tiny_runs_every_stage(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "end_to_end.py"), "--tiny", "--rows", "48",
+                          "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=600, check=False,
+                         env=dict(os.environ, TQDM_DISABLE="1"))  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["rows"] == 48 and 0 < result["scored_rows"] <= 48 and result["params"] > 0
+    assert set(result["stages"]) == {"ingest", "base pass", "ref training", "ref pass"}
+    for stage in ("base pass", "ref training", "ref pass"):
+        s = result["stages"][stage]
+        assert s["seconds"] > 0 and s["tokens"] > 0 and s["tokens_per_s"] > 0 and s["peak_mb"] > 0
+        assert s["mfu"] is None  # a CPU has no peak in the table
+    # the base pass runs each response twice (with its prompt, and alone for IFD), the ref pass once
+    assert result["stages"]["base pass"]["tokens"] > result["stages"]["ref pass"]["tokens"]
+    assert result["total_s"] == pytest.approx(sum(s["seconds"] for s in result["stages"].values()), abs=0.2)
