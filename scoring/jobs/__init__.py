@@ -6,6 +6,7 @@
 - :mod:`~scoring.jobs.influence`: the influence check of a pair job (IF on a sample, the agreement report)
 - :mod:`~scoring.jobs.evaluate` / :mod:`~scoring.jobs.measure`: the evaluation job (train one model per arm, measure
   each on the eval sets, compare selection − random) and what a model scores on an eval set
+- :mod:`~scoring.jobs.memory`: the worker's memory now and each step's peak; the heap kept from fragmenting
 - :mod:`~scoring.jobs.runner`: enqueue, run (owning the job's flock), cancel
 - :mod:`~scoring.jobs.worker`: background workers
 """

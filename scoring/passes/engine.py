@@ -34,6 +34,7 @@ from scoring.models.loading import pick_device
 from scoring.passes import packing
 from scoring.passes.attention import can_pack, install
 from scoring.passes.fused import supports as fused_supports
+from scoring.passes.head import plain_linear_head, sliced_nll
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,6 @@ def head_losses(model, states, targets, head_rows: int, fused: bool = False):
     head, scoring/passes/head.py's sliced loss, whose backward also works a slice at a time."""
     import torch
     import torch.nn.functional as F
-
-    from scoring.passes.head import plain_linear_head, sliced_nll
 
     if torch.is_grad_enabled() and states.requires_grad and (weight := plain_linear_head(model)) is not None:
         return sliced_nll(states, weight, targets, head_rows)

@@ -3,5 +3,6 @@
 Laid out as TRL lays out its trainers, a config and a trainer module per method over a shared base:
 config.py (the fields every run has) -> sft_config.py / dpo_config.py (each method's defaults);
 trainer.py (the Trainer plumbing both share) -> sft.py (the DavIR reference) / dpo.py (the DPO warm-ups, with the
-DPO or DavIR-DPO objective); influence.py: the first-order influence of a pair on the validation loss at θ.
+DPO or DavIR-DPO objective); bounded.py (each micro-batch as token-bounded groups, so memory follows the
+configuration); influence.py: the first-order influence of a pair on the validation loss at θ.
 """

@@ -43,6 +43,7 @@ from pathlib import Path
 from scoring.errors import UserError
 from scoring.models.formatting import encode_side
 from scoring.models.loading import ModelRef
+from scoring.passes.engine import head_losses, trunk_and_head
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
 from scoring.train.bounded import TRAIN_HEAD_ROWS, backward_groups, token_groups
@@ -153,8 +154,6 @@ def sequence_logps(model, input_ids, attention_mask, completion_mask):
     too, scoring/passes/head.py), never a (rows, length, vocabulary) logits tensor."""
     import torch
 
-    from scoring.passes.engine import head_losses, trunk_and_head
-
     trunk, _ = trunk_and_head(model)
     hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     mask = completion_mask[:, 1:].bool()
@@ -221,13 +220,42 @@ def _arguments(cfg: DPOTrainConfig, partial: Path, n_pairs: int, device: str, ma
     )
 
 
+def grouped_step(trainer, model, inputs):
+    """A DPO micro-batch as token-bounded groups of pairs, each group's mean loss weighted by its share of the
+    micro-batch's pairs (and divided by the accumulation steps, as Trainer divides a mean loss)."""
+    model.train()
+    inputs = trainer._prepare_inputs(inputs)
+    n, groups = pair_groups(inputs, trainer.token_budget)
+    steps = trainer.current_gradient_accumulation_steps
+    return backward_groups(trainer, model, [
+        lambda rows=rows: trainer.compute_loss(model, pair_rows(inputs, rows, n)) * (len(rows) / n / steps)
+        for rows in groups])  # fmt: skip
+
+
+def grouped_ref_logps(trainer, model, inputs):
+    """log π_ref of each pair's chosen and rejected reply when the trainer precomputes them (the caller gave none):
+    the model before training (its LoRA adapter off), by :func:`sequence_logps` in token-bounded groups."""
+    import torch
+
+    n, groups = pair_groups(inputs, trainer.token_budget)
+    chosen = torch.zeros(n, device=inputs["input_ids"].device)
+    rejected = torch.zeros_like(chosen)
+    adapter = trainer.accelerator.unwrap_model(trainer.model)
+    off = adapter.disable_adapter() if hasattr(adapter, "disable_adapter") else contextlib.nullcontext()
+    with torch.no_grad(), off, trainer.accelerator.autocast():
+        for rows in groups:
+            sub = pair_rows(inputs, rows, n)
+            logps = sequence_logps(model, sub["input_ids"], sub["attention_mask"], sub["completion_mask"])
+            chosen[rows], rejected[rows] = logps.float().chunk(2, dim=0)
+    return chosen, rejected
+
+
 def _trainer_class():
     from trl import DPOTrainer
 
     class PretokenizedDPOTrainer(DPOTrainer):
-        """DPOTrainer fed {prompt_ids, chosen_ids, rejected_ids} made by encode_side (same tokens as scoring), with
-        the loss ``objective`` names (one of dpo_config.OBJECTIVES), each micro-batch run as groups of pairs of at
-        most ``token_budget`` tokens (scoring/train/bounded.py)."""
+        """DPOTrainer fed encode_side's {prompt_ids, chosen_ids, rejected_ids} (scoring's tokens), the ``objective``'s
+        loss, each micro-batch as groups of pairs of at most ``token_budget`` tokens (scoring/train/bounded.py)."""
 
         def __init__(self, *args, objective: str = "dpo", token_budget: int = 2048, **kwargs):
             self.objective, self.token_budget = objective, token_budget
@@ -249,32 +277,10 @@ def _trainer_class():
             return (loss, {"logps": logps}) if return_outputs else loss
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            """The micro-batch as token-bounded groups of pairs, each group's mean loss weighted by its share of the
-            micro-batch's pairs (and divided by the accumulation steps, as Trainer divides a mean loss)."""
-            model.train()
-            inputs = self._prepare_inputs(inputs)
-            n, groups = pair_groups(inputs, self.token_budget)
-            steps = self.current_gradient_accumulation_steps
-            return backward_groups(self, model, [
-                lambda rows=rows: self.compute_loss(model, pair_rows(inputs, rows, n)) * (len(rows) / n / steps)
-                for rows in groups])  # fmt: skip
+            return grouped_step(self, model, inputs)
 
         def compute_ref_log_probs(self, model, inputs):
-            """log π_ref of each pair's chosen and rejected reply when TRL precomputes them (the caller gave none):
-            the model before training (its LoRA adapter off), by :func:`sequence_logps` in token-bounded groups."""
-            import torch
-
-            n, groups = pair_groups(inputs, self.token_budget)
-            chosen = torch.zeros(n, device=inputs["input_ids"].device)
-            rejected = torch.zeros_like(chosen)
-            adapter = self.accelerator.unwrap_model(self.model)
-            off = adapter.disable_adapter() if hasattr(adapter, "disable_adapter") else contextlib.nullcontext()
-            with torch.no_grad(), off, self.accelerator.autocast():
-                for rows in groups:
-                    sub = pair_rows(inputs, rows, n)
-                    logps = sequence_logps(model, sub["input_ids"], sub["attention_mask"], sub["completion_mask"])
-                    chosen[rows], rejected[rows] = logps.float().chunk(2, dim=0)
-            return chosen, rejected
+            return grouped_ref_logps(self, model, inputs)
 
         def record_rewards(self, chosen, rejected, logps) -> None:
             """Keep this batch's reward metrics (gathered over processes) for the next :meth:`log`."""
