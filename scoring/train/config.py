@@ -37,7 +37,7 @@ class BaseTrainConfig:
     checkpoint_minutes: float = 10.0  # save a resumable Trainer checkpoint this often (and when cancelled)
     # Memory (scoring/train/bounded.py): each forward / backward sees at most this many tokens (packed: real tokens;
     # padded: rows x longest row; a longer example goes alone), gradients accumulated over the groups.
-    micro_batch_tokens: int = 2048
+    micro_batch_tokens: int = 1024
     # Decoder layers keep only their inputs and recompute the rest in the backward pass: "auto" (on a CPU, whose
     # memory is the machine's; off on a GPU, where it would cost ~30 % of the step), "on", "off".
     activation_checkpointing: str = "auto"

@@ -257,7 +257,7 @@ def _trainer_class():
         """DPOTrainer fed encode_side's {prompt_ids, chosen_ids, rejected_ids} (scoring's tokens), the ``objective``'s
         loss, each micro-batch as groups of pairs of at most ``token_budget`` tokens (scoring/train/bounded.py)."""
 
-        def __init__(self, *args, objective: str = "dpo", token_budget: int = 2048, **kwargs):
+        def __init__(self, *args, objective: str = "dpo", token_budget: int = 1024, **kwargs):
             self.objective, self.token_budget = objective, token_budget
             self.objective_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # reward metrics, per log
             super().__init__(*args, **kwargs)

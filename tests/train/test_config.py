@@ -30,7 +30,7 @@ DPO_KEY_FIELDS = {
 def test_the_default_key_fields_are_pinned():
     assert TrainConfig().key_fields() == SFT_KEY_FIELDS
     assert DPOTrainConfig().key_fields() == DPO_KEY_FIELDS
-    memory = {"checkpoint_minutes": 10.0, "micro_batch_tokens": 2048, "activation_checkpointing": "auto",
+    memory = {"checkpoint_minutes": 10.0, "micro_batch_tokens": 1024, "activation_checkpointing": "auto",
               "max_steps": 0}
     assert asdict(TrainConfig()) == {**SFT_KEY_FIELDS, **memory}  # what a job record stores
     assert asdict(DPOTrainConfig()) == {**DPO_KEY_FIELDS, "objective": "dpo", **memory}
