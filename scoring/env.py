@@ -5,6 +5,8 @@
 | ``DAVIR_CACHE``          | cache folder (DuckDB queries, Parquet parts, models, exports)  | ``./cache`` |
 | ``DAVIR_DEVICE``         | force the scoring device: ``cpu``, ``cuda``, ``cuda:1`` …       | auto      |
 | ``DAVIR_WORKER_IDLE_EXIT`` | seconds an auto-started worker waits for work before exiting | ``60``    |
+| ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` | (set by ``torchrun`` / ``accelerate launch``) this process's place among many (scoring.ranks) | one process |
+| ``DAVIR_KILL_AFTER_PARTS`` | tests only: ``RANK:N`` kills that rank after its N-th part of a pass | unset |
 | ``HF_HUB_OFFLINE``       | (Hugging Face's own) no hub requests; ingest of a hub id fails at once | unset |
 
 ``--cache DIR`` on the command line wins over ``DAVIR_CACHE``.
@@ -18,6 +20,7 @@ CACHE_VAR = "DAVIR_CACHE"
 DEVICE_VAR = "DAVIR_DEVICE"
 WORKER_IDLE_EXIT_VAR = "DAVIR_WORKER_IDLE_EXIT"
 HUB_OFFLINE_VAR = "HF_HUB_OFFLINE"
+KILL_AFTER_PARTS_VAR = "DAVIR_KILL_AFTER_PARTS"
 
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -28,6 +31,16 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 def device_override() -> str | None:
     return os.environ.get(DEVICE_VAR) or None
+
+
+def launcher_place() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as ``torchrun`` / ``accelerate launch`` set them; (0, 1, 0) without one."""
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+
+
+def kill_after_parts() -> str | None:
+    return os.environ.get(KILL_AFTER_PARTS_VAR) or None
 
 
 def worker_idle_exit() -> float:

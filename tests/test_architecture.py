@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The stages in the order data flows; a module may import its own stage and the stages to its left.
 # Rank 0 is the common base every stage stands on.
 STAGES = {
-    "scoring.errors": 0, "scoring.env": 0, "scoring.schema": 0, "scoring.store": 0,
+    "scoring.errors": 0, "scoring.env": 0, "scoring.schema": 0, "scoring.store": 0, "scoring.ranks": 0,
     "scoring.ingest": 1, "scoring.models": 2, "scoring.passes": 3, "scoring.train": 4, "scoring.scores": 5,
     "scoring.selection": 6, "scoring.export": 7, "scoring.jobs": 8, "scoring.queries": 9, "scoring.api": 10,
     "scoring": 10, "scoring.cli": 11, "scoring.__main__": 12,

@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from scoring import api
+from scoring import api, ranks
 from scoring.cli.evaluate import print_evaluations
 from scoring.cli.pairs import print_influence, print_pair_status, select_pairs
 from scoring.cli.registry import arg, command, print_counts
@@ -108,6 +108,8 @@ def cmd_score(cache: Cache, args) -> int:
 
     example: python -m scoring score alpaca --scores davir,rho,ifd,ppl --max-length 512 --wait
     """
+    if ranks.current().many and not args.wait:
+        raise UserError("under torchrun / accelerate launch every process does the work: add --wait")
     job, queued = enqueue(cache, _request(cache, args))
     if job.state == "done":
         print(f"job {job.id} already done: results are in the cache (`scores {args.name} --out FILE`)")
@@ -121,16 +123,20 @@ def cmd_score(cache: Cache, args) -> int:
 
 
 def _run_foreground(cache: Cache, job_id: str) -> int:
+    """Run the job here (under a launcher, on every rank together), then its map; rank 0 alone reports."""
+    main = ranks.current().main
     job = run(cache, job_id, progress=True)
     if job.state == "done" and job.kind == "score":
         layout, _ = enqueue(cache, map_request(job))
-        if layout.state != "done":
-            print("computing the UMAP map…", file=sys.stderr)
+        if ranks.from_main(layout.state) != "done":
+            if main:
+                print("computing the UMAP map…", file=sys.stderr)
             try:
                 run(cache, layout.id)
             except UserError:  # a background worker is already computing it
                 print("the map is being computed by a worker", file=sys.stderr)
-    print(f"job {job.id}: {job.state}" + (f" — {job.error}" if job.error else ""))
+    if main:
+        print(f"job {job.id}: {job.state}" + (f" — {job.error}" if job.error else ""))
     return 0 if job.state == "done" else 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from scoring import ranks
 from scoring.cli.registry import arg, command
 from scoring.errors import UserError
 from scoring.jobs.evaluate import DEFAULT_AGAINST, STARTS, evaluate_request, evaluations, report
@@ -59,6 +60,8 @@ def cmd_evaluate(cache: Cache, args) -> int:
     example: python -m scoring evaluate gsm8k davir-top25 --eval gsm8k-test --seeds 3 --wait
     example: python -m scoring evaluate gsm8k --rule-of davir-top25 --budgets 10%,25%,50% --eval gsm8k-test --wait
     """
+    if ranks.current().many and not args.wait:
+        raise UserError("under torchrun / accelerate launch every process does the work: add --wait")
     request = evaluate_request(cache, args.name, args.selection, **evaluate_args(args))
     job, _ = enqueue(cache, request)
     if not args.wait and job.state != "done":
@@ -66,10 +69,12 @@ def cmd_evaluate(cache: Cache, args) -> int:
         print(f"evaluation {job.id} queued; follow with `python -m scoring status {args.name}`, "
               f"see it with `python -m scoring evaluate {args.name} ... --wait` or on the Evaluate page")
         return 0
-    if job.state != "done":
+    if ranks.from_main(job.state) != "done":
         job = run(cache, job.id, progress=True)
     if job.state != "done":
         raise UserError(f"evaluation {job.id}: {job.state}" + (f" — {job.error}" if job.error else ""))
+    if not ranks.current().main:
+        return 0
     print_report(job)
     if args.json:
         print(json.dumps(report(job)))

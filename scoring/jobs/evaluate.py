@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from scoring import ranks
 from scoring.errors import UserError
 from scoring.schema import NEVER_SELECTED
 from scoring.ingest.catalog import dataset_kind
@@ -239,7 +240,7 @@ def run_evaluate_job(cache: Cache, job: Job, should_stop, progress: bool) -> Non
                        "metrics": _measured(steps, "start", first, evals, config, base, beta)}  # fmt: skip
     done = {a["name"]: a for a in result.get("arms", [])}
     for i, arm in enumerate(arms):
-        if arm.name not in done or not _values_path(cache, job, arm.name).exists():
+        if ranks.from_main(arm.name not in done or not _values_path(cache, job, arm.name).exists()):
             steps.stage(f"arm {i + 1}/{len(arms)}: {arm.name} ({len(arm.ids)} examples)")
             model = _train_arm(steps, kind, arm, first, examples, config, source.ref_pass)
             metrics = _measured(steps, arm.name, model, evals, config, base, beta)
@@ -294,8 +295,10 @@ def _measured(steps: Steps, name: str, model: ModelRef, evals: list[EvalSet], co
         means[ev.name] = {m: float(np.mean(v)) for m, v in values.items()}
         frames += [pd.DataFrame({"eval": ev.name, "metric": m, "i": np.arange(len(v)), "value": v})
                    for m, v in values.items()]  # fmt: skip
-    atomic_write_parquet(_values_path(steps.cache, steps.job, name), pa.Table.from_pandas(pd.concat(frames),
-                                                                                          preserve_index=False))
+    if ranks.current().main:
+        table = pa.Table.from_pandas(pd.concat(frames), preserve_index=False)
+        atomic_write_parquet(_values_path(steps.cache, steps.job, name), table)
+    ranks.barrier()  # every rank reads them in the comparisons
     return means
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from scoring import ranks
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_kind, dataset_meta, ingest, list_datasets, load_examples
 from scoring.ingest.demo import answers_of
@@ -148,17 +149,28 @@ def _accuracy(steps: Steps, model: ModelRef, ev: EvalSet, label: str) -> np.ndar
     key = key_of({"model": model.fingerprint, "eval": ev.fingerprint, "template": steps.template,
                   "max_new_tokens": MAX_NEW_TOKENS, "code": GENERATION_CODE_VERSION})  # fmt: skip
     path = cache.root / "evaluations" / "generations" / f"{key}.parquet"
-    if path.exists():
-        texts = pd.read_parquet(path).set_index("idx").loc[ev.examples["idx"], "text"].tolist()
-    else:
-        steps.stage(f"greedy answers ({label} model, on {ev.name})", done=0, total=len(ev.examples), eta_s=None,
-                    tokens_per_s=None)
-        conversations = [[m for m in json.loads(ms) if m["role"] != "assistant"] for ms in ev.examples["messages"]]
-        net = load_model(model, pick_device(), None, steps.job.trust_remote_code)
-        texts = greedy_answers(net, steps.tokenizer, conversations, max_new_tokens=MAX_NEW_TOKENS,
-                               on_progress=lambda n: _generated(steps, n))  # fmt: skip
-        atomic_write_parquet(path, pa.table({"idx": ev.examples["idx"].to_numpy(), "text": texts}))
+    if not ranks.from_main(path.exists()):
+        stopped = False
+        if ranks.current().main:  # under a launcher, rank 0 generates while the others wait
+            try:
+                _generate(steps, model, ev, label, path)
+            except Stopped:
+                stopped = True
+        if ranks.any_true(stopped):
+            raise Stopped()
+    texts = pd.read_parquet(path).set_index("idx").loc[ev.examples["idx"], "text"].tolist()
     return np.array([float(answer_correct(t, a)) for t, a in zip(texts, ev.answers)])
+
+
+def _generate(steps: Steps, model: ModelRef, ev: EvalSet, label: str, path) -> None:
+    """Greedy answers of ``model`` to the eval set's prompts, saved at ``path``."""
+    steps.stage(f"greedy answers ({label} model, on {ev.name})", done=0, total=len(ev.examples), eta_s=None,
+                tokens_per_s=None)
+    conversations = [[m for m in json.loads(ms) if m["role"] != "assistant"] for ms in ev.examples["messages"]]
+    net = load_model(model, pick_device(), None, steps.job.trust_remote_code)
+    texts = greedy_answers(net, steps.tokenizer, conversations, max_new_tokens=MAX_NEW_TOKENS,
+                           on_progress=lambda n: _generated(steps, n))  # fmt: skip
+    atomic_write_parquet(path, pa.table({"idx": ev.examples["idx"].to_numpy(), "text": texts}))
 
 
 def _generated(steps: Steps, n: int) -> None:

@@ -12,6 +12,11 @@ Concurrency without a database server:
 - ``jobs/<id>.cancel`` is the only thing another process writes: the owner checks it between chunks and steps.
 - ``workers/<pid>.json`` lists running workers (scoring.jobs.worker), so ``score`` starts one only when none is
   alive.
+
+Many processes, one job (``torchrun`` / ``accelerate launch`` ... ``score NAME --wait``, scoring.ranks): rank 0
+holds the lock and writes the record; every rank runs a score or evaluation job's stages together (a pass shared
+out by chunks, fine-tunes data-parallel); a map or influence job runs on rank 0 while the others wait. A rank that
+fails exits with an error, so the launcher stops the others instead of leaving them waiting.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import os
 import traceback
 from dataclasses import replace
 
+from scoring import ranks
 from scoring.errors import UserError
 from scoring.jobs import memory
 from scoring.jobs.evaluate import EVALUATE_JOB, run_evaluate_job
@@ -71,7 +77,10 @@ def cancel(cache: Cache, job_id: str) -> Job:
 
 
 def run(cache: Cache, job_id: str, progress: bool = False) -> Job:
-    """Own and run one job to the end (or until cancelled). Raises UserError if another process owns it."""
+    """Own and run one job to the end (or until cancelled). Raises UserError if another process owns it. Under a
+    launcher, every rank calls it (:func:`_run_ranked`)."""
+    if ranks.join().many:
+        return _run_ranked(cache, job_id, progress)
     lock = _lock(cache, job_id)
     if lock is None:
         raise UserError(f"job {job_id} is being run by another process; `status` follows it")
@@ -87,6 +96,35 @@ def run(cache: Cache, job_id: str, progress: bool = False) -> Job:
         return job
     finally:
         lock.release()
+
+
+RANKED_KINDS = ("score", "pair_score", EVALUATE_JOB)  # kinds whose stages every rank runs; the rest run on rank 0 alone
+
+
+def _run_ranked(cache: Cache, job_id: str, progress: bool) -> Job:
+    """:func:`run` on every rank of a launcher: rank 0 holds the job's lock and writes its record; the stages of a
+    score or evaluation job run on every rank, any other job on rank 0 while the rest wait. Returns the job as rank
+    0 left it."""
+    main = ranks.current().main
+    ranks.barrier()  # rank 0 has saved the request before anyone reads it
+    lock = _lock(cache, job_id) if main else None
+    if not ranks.all_true(lock is not None or not main):
+        raise UserError(f"job {job_id} is being run by another process; `status` follows it")
+    try:
+        job = load_job(cache, job_id)
+        if job.state == "done":
+            return job
+        job.progress(state="running", owner_pid=os.getpid(), error=None)
+        save_job(cache, job)
+        memory.bound_heap()
+        if job.kind in RANKED_KINDS or main:
+            _run_owned(cache, job, progress)
+            save_job(cache, job)
+        ranks.barrier()
+        return job if main else load_job(cache, job_id)
+    finally:
+        if lock:
+            lock.release()
 
 
 def _run_owned(cache: Cache, job: Job, progress: bool) -> None:
@@ -117,9 +155,20 @@ def _run_owned(cache: Cache, job: Job, progress: bool) -> None:
         job.progress(state="cancelled", stage="cancelled", finished=now())
     except UserError as error:
         job.progress(state="failed", error=str(error), finished=now())
+        _fail_launch(cache, job)
     except Exception as error:  # recorded for status; the worker keeps serving other jobs
         job.progress(state="failed", error=f"{type(error).__name__}: {error}", finished=now())
         log = cache.logs_dir() / f"job-{job.id}.log"  # appended: a worker's job log holds the job's output
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"[rank {ranks.current().rank}] " if ranks.current().many else "")
             fh.write(traceback.format_exc())
+        _fail_launch(cache, job)
+
+
+def _fail_launch(cache: Cache, job: Job) -> None:
+    """Under a launcher a failed rank raises (after rank 0 has recorded the failure): its process exits with an
+    error and the launcher stops the other ranks, which may be waiting for it at a collective step."""
+    if ranks.current().many:
+        save_job(cache, job)
+        raise UserError(f"job {job.id} failed on rank {ranks.current().rank}: {job.error}")

@@ -2,7 +2,8 @@
 
 Both dataset kinds run their stages through one :class:`Steps`: it records each stage in the job (so ``status``
 and the app follow it), draws the progress bar in the foreground, and turns a cancel request into
-:class:`Stopped`. What a stage computes lives in scoring.passes (the pass runner) and scoring.train.
+:class:`Stopped`. Under a launcher every rank runs the same steps together (scoring.ranks): a pass is shared out
+by chunks, a fine-tune is data-parallel, and rank 0 alone writes the record. What a stage computes lives in scoring.passes (the pass runner) and scoring.train.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
+from scoring import ranks
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_meta, load_examples
 from scoring.jobs import memory
@@ -32,7 +34,7 @@ class Steps:
 
     def __init__(self, cache: Cache, job: Job, tokenizer, should_stop: Callable[[], bool], progress: bool):
         self.cache, self.job, self.tokenizer = cache, job, tokenizer
-        self.should_stop, self.progress = should_stop, progress
+        self.should_stop, self.progress = should_stop, progress and ranks.current().main  # one progress bar
         self.template = template_fingerprint(tokenizer)
 
     def stage(self, text: str, **changes) -> None:
@@ -62,7 +64,7 @@ class Steps:
             job.set_pass_key(role, key)
         manifest = pass_manifest(cache, key)
         name = f"{role} pass" + (f" on {dataset}" if other else "")
-        if manifest and manifest.get("complete"):
+        if ranks.all_true(bool(manifest and manifest.get("complete"))):  # every rank decides alike
             self.stage(job.stage, done=manifest["n_examples"], total=manifest["n_examples"])
             self.timed(name, started)  # reused: ~0 s
             return key

@@ -19,6 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from scoring import ranks
 from scoring.env import device_override
 from scoring.errors import UserError
 from scoring.store.cache import Cache, atomic_write_json, read_json, scratch_dir
@@ -157,13 +158,14 @@ def _resolve_hub(name: str, cache: Cache) -> ModelRef:
 
 
 def pick_device() -> str:
-    """``$DAVIR_DEVICE`` when set, else CUDA when there is one, else the CPU."""
+    """``$DAVIR_DEVICE`` when set, else CUDA when there is one, else the CPU; under a launcher (scoring.ranks),
+    CUDA means this rank's own GPU."""
     override = device_override()
     if override:
-        return override
+        return ranks.device(override)
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return ranks.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def pick_dtype(device: str, requested: str = "auto"):

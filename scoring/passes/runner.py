@@ -9,8 +9,11 @@ pair) and how their loss rows become the example's row of the kind's loss table 
 - crash safety: a chunk becomes one part file, written under a temporary name and renamed (scoring/store/parts.py).
   A kill loses at most the chunk in flight; a restart skips every part already on disk, and a chunk's numbers
   depend only on the chunk, so a resumed pass is bit-identical to an uninterrupted one;
-- several workers: each chunk is claimed with an flock before it is computed, so workers (or GPUs) can fill one
-  pass without writing a part twice; a temp file left by a worker that died holding the claim is removed;
+- several workers on one machine: each chunk is claimed with an flock before it is computed, so workers can fill
+  one pass without writing a part twice; a temp file left by a worker that died holding the claim is removed;
+- many processes under ``torchrun`` / ``accelerate launch`` (scoring.ranks): each rank scores a deterministic share
+  of the chunks still missing (no lock has to work across nodes), rank 0 writes the manifest, and the ranks return
+  together;
 - the pass's manifest (what produced it, complete or not) and its key: a fingerprint of the dataset content, the
   model, the prompt template, every field of the pass config and the kind's code version.
 """
@@ -24,7 +27,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from scoring import schema
+from scoring import ranks, schema
 from scoring.models.formatting import Encoded, encode, encode_side
 from scoring.models.loading import ModelRef, dtype_name, load_model, model_card, pick_device, pick_dtype
 from scoring.passes.engine import PassConfig, fingerprint_fields, score_encoded
@@ -123,19 +126,20 @@ def run_pass(cache: Cache, key: str, kind: RowKind, model, tokenizer, examples, 
              should_stop: Callable[[], bool] | None = None) -> bool:
     """Fill ``passes/<key>/parts`` until every chunk is on disk. Returns False when stopped early.
 
-    ``examples``: a DataFrame with the kind's columns. Chunks another live worker has claimed are left to it; once
-    ours are done we wait for theirs to land (or for their claim to die with its worker, and then score them).
+    ``examples``: a DataFrame with the kind's columns. One process (or several workers on one machine): chunks
+    another live worker has claimed are left to it; once ours are done we wait for theirs to land (or for their
+    claim to die with its worker, and then score them). Under a launcher (scoring.ranks), each rank scores its own
+    share of the chunks still missing instead, and the ranks return together.
     """
     config = replace(config, **dict(kind.fixed))
     parts = cache.parts_dir(key)
     parts.mkdir(parents=True, exist_ok=True)
-    n = len(examples)
-    order = scoring_order(n, config.seed)
-    ranges = chunk_ranges(n, config.chunk_size)
-    records = examples[list(kind.columns)].to_dict("records")
-    tokens, scored_here, started = 0, 0, time.perf_counter()
+    work = _PassWork(kind, model, tokenizer, examples[list(kind.columns)].to_dict("records"), config, parts,
+                     on_progress)  # fmt: skip
+    if ranks.current().many:
+        return _run_ranked(work, should_stop)
     while True:
-        todo = [r for r in ranges if r not in done_ranges(parts)]
+        todo = [r for r in work.ranges if r not in done_ranges(parts)]
         if not todo:
             return True
         for start, end in todo:
@@ -145,24 +149,62 @@ def run_pass(cache: Cache, key: str, kind: RowKind, model, tokenizer, examples, 
             if claim is None:  # another worker holds this chunk
                 continue
             try:
-                path = part_path(parts, start, end)
-                if path.exists():  # finished by another worker since we looked
-                    continue
-                for stale in stale_tmp_paths(path):
-                    stale.unlink(missing_ok=True)  # half-written by a worker that died holding this claim
-                table, n_tokens = _score_chunk(kind, model, tokenizer, [records[r] for r in order[start:end]], config)
-                atomic_write_parquet(path, table)
+                if not part_path(parts, start, end).exists():  # else finished by another worker since we looked
+                    work.score(start, end)
             finally:
                 claim.release()
-            scored_here += end - start
-            tokens += n_tokens
-            if on_progress:
-                n_done = sum(e - s for s, e in done_ranges(parts))
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                eta = (n - n_done) * elapsed / scored_here
-                on_progress(PassProgress(done=n_done, total=n, tokens_per_s=tokens / elapsed, eta_s=eta))
-        if not done_ranges(parts) >= set(ranges):
+        if not done_ranges(parts) >= set(work.ranges):
             time.sleep(0.5)  # the rest is claimed by other workers
+
+
+class _PassWork:
+    """The chunks of one pass and how one of them is scored, written and reported."""
+
+    def __init__(self, kind: RowKind, model, tokenizer, records: list[dict], config: PassConfig, parts,
+                 on_progress: Callable[[PassProgress], None] | None):  # fmt: skip
+        self.kind, self.model, self.tokenizer, self.records, self.config = kind, model, tokenizer, records, config
+        self.parts, self.on_progress = parts, on_progress
+        self.order = scoring_order(len(records), config.seed)
+        self.ranges = chunk_ranges(len(records), config.chunk_size)
+        self.tokens, self.scored_here, self.written, self.started = 0, 0, 0, time.perf_counter()
+
+    def score(self, start: int, end: int) -> None:
+        """Score chunk [start, end) of the order and write its part (removing a dead writer's temp file first)."""
+        path = part_path(self.parts, start, end)
+        for stale in stale_tmp_paths(path):
+            stale.unlink(missing_ok=True)  # half-written by a worker that died with this chunk
+        chunk = [self.records[r] for r in self.order[start:end]]
+        table, n_tokens = _score_chunk(self.kind, self.model, self.tokenizer, chunk, self.config)
+        atomic_write_parquet(path, table)
+        self.written += 1
+        ranks.maybe_fail(self.written)
+        self.scored_here += end - start
+        self.tokens += n_tokens
+        if self.on_progress:
+            n, n_done = len(self.records), sum(e - s for s, e in done_ranges(self.parts))
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            eta = (n - n_done) * elapsed / self.scored_here
+            self.on_progress(PassProgress(done=n_done, total=n, tokens_per_s=self.tokens / elapsed, eta_s=eta))
+
+
+def _run_ranked(work: _PassWork, should_stop: Callable[[], bool] | None) -> bool:
+    """The pass under a launcher: rank 0 lists the chunks not on disk, each rank scores every world-th of them (no
+    lock has to work across nodes; another world size resumes from the same parts), then all meet. True on every
+    rank when every chunk is on disk; False on every rank when any of them was stopped."""
+    todo = ranks.from_main([r for r in work.ranges if r not in done_ranges(work.parts)])
+    stopped = False
+    for start, end in ranks.shard(todo):
+        if should_stop and should_stop():
+            stopped = True
+            break
+        work.score(start, end)
+    if not ranks.all_true(not stopped):
+        return False
+    missing = ranks.from_main(len(set(work.ranges) - done_ranges(work.parts)))
+    if missing:
+        raise RuntimeError(f"{missing} chunk(s) of the pass are not on disk after every rank finished its share: "
+                           "is the cache on a filesystem every rank sees?")
+    return True
 
 
 def pass_manifest(cache: Cache, key: str) -> dict | None:
@@ -176,20 +218,25 @@ def fill_pass(cache: Cache, key: str, kind: RowKind, ref: ModelRef, tokenizer, e
     """Run, resume or reuse the pass ``key`` of model ``ref`` over ``examples``, keeping its manifest.
 
     ``about``: what the manifest records besides the model, config and counts (role, dataset, its fingerprint,
-    template). Returns False when stopped early (the manifest then still says incomplete)."""
+    template). Returns False when stopped early (the manifest then still says incomplete). Under a launcher every
+    rank calls it together; rank 0 alone writes the manifest."""
     manifest_path = cache.pass_dir(key) / "manifest.json"
     manifest = read_json(manifest_path)
-    if manifest and manifest.get("complete"):
+    if ranks.all_true(bool(manifest and manifest.get("complete"))):
         return True
     device = pick_device()
     dtype = pick_dtype(device, config.dtype)
     manifest = {"key": key, "kind": kind.name, **about, "model": model_card(ref), "config": fingerprint_fields(config),
                 "code_version": kind.code_version, "dtype": dtype_name(dtype), "n_examples": len(examples),
                 "complete": False, "created": now()}  # fmt: skip
-    atomic_write_json(manifest_path, manifest)
+    main = ranks.current().main
+    if main:
+        atomic_write_json(manifest_path, manifest)
     model = load_model(ref, device, dtype, trust_remote_code)
     if not run_pass(cache, key, kind, model, tokenizer, examples, config, on_progress, should_stop):
         return False
     manifest.update(complete=True, finished=now())
-    atomic_write_json(manifest_path, manifest)
+    if main:
+        atomic_write_json(manifest_path, manifest)
+    ranks.barrier()  # nobody reads the pass as incomplete once it is done
     return True

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
+from scoring import ranks
 from scoring.errors import UserError
 from scoring.store.cache import Cache, atomic_write_json, read_json
 from scoring.store.claims import pid_alive
@@ -171,7 +172,10 @@ def load_job(cache: Cache, job_id: str) -> Job:
 
 
 def save_job(cache: Cache, job: Job) -> None:
+    """Write the job record atomically; under a launcher only rank 0 writes it (scoring.ranks)."""
     job.updated = now()
+    if not ranks.current().main:
+        return
     atomic_write_json(job_path(cache, job.id), job.to_dict())
 
 

@@ -12,12 +12,16 @@ gradient (up to float summation order), the activations of one group at a time. 
 the backward pass; the LM head's loss works a slice at a time in both directions (scoring/passes/head.py).
 
 What is counted as a group's tokens: its real tokens when the rows are packed (a CPU), rows x longest row when
-padded. Under DDP the gradients of all groups but a micro-batch's last are accumulated without a reduction.
+padded.
+
+Under a launcher (DDP, scoring.ranks) the groups run through the unwrapped model: the trunk and a sliced LM head,
+not the DDP wrapper's forward, so DDP's gradient hooks never fire; the gradients are reduced here instead, once per
+optimizer step (at the micro-batch Trainer marks ``sync_gradients``), summed when the loss was divided by the
+tokens of every rank's batch (Trainer's ``average_tokens_across_devices``), averaged otherwise.
 """
 from __future__ import annotations
 
-import contextlib
-
+from scoring import ranks
 from scoring.passes.engine import micro_batches
 from scoring.passes.packing import packed_batches
 
@@ -43,21 +47,32 @@ def scored_positions(inputs: dict):
     return inputs["labels"] != -100
 
 
-def backward_groups(trainer, model, group_losses) -> object:
+def backward_groups(trainer, model, group_losses, summed: bool = False) -> object:
     """Backpropagate each group's loss in turn (``group_losses``: callables, each the loss of one group, already
-    scaled to its share of the micro-batch), under the trainer's autocast, without a DDP reduction but for the last;
-    returns their sum, detached (the micro-batch's loss as Trainer reports it)."""
+    scaled to its share of the micro-batch), under the trainer's autocast; returns their sum, detached (the
+    micro-batch's loss as Trainer reports it). Under a launcher, at the last micro-batch of an optimizer step, the
+    gradients are then reduced over the ranks: summed (``summed``: each rank's loss is already over every rank's
+    tokens) or averaged. The loss returned is this rank's, scaled so that its mean over the ranks (what Trainer logs)
+    is the whole step's."""
     import torch
 
     reported = None
-    for i, compute in enumerate(group_losses):
-        sync = contextlib.nullcontext() if i == len(group_losses) - 1 else trainer.accelerator.no_sync(model)
-        with sync:
-            with trainer.accelerator.autocast():
-                loss = compute()
-            trainer.accelerator.backward(loss)
+    for compute in group_losses:
+        with trainer.accelerator.autocast():
+            loss = compute()
+        trainer.accelerator.backward(loss)
         reported = loss.detach() if reported is None else reported + loss.detach()
-    return reported if reported is not None else torch.zeros(())
+    if trainer.accelerator.sync_gradients:
+        ranks.reduce_gradients(model.parameters(), average=not summed)
+    if reported is None:
+        return torch.zeros(())
+    # Trainer logs the mean over ranks of what each returns: a rank's share of a summed loss, times the ranks
+    return reported * ranks.current().world if summed else reported
+
+
+def unwrapped(trainer, model):
+    """The model itself, out of the DDP wrapper Trainer puts it in under a launcher (whose forward we bypass)."""
+    return trainer.accelerator.unwrap_model(model)
 
 
 def bounded_step(trainer, model, inputs: dict, num_items_in_batch, budget: int, packed: bool, loss_sum):
@@ -67,14 +82,16 @@ def bounded_step(trainer, model, inputs: dict, num_items_in_batch, budget: int, 
     steps, Trainer's own normalisation then)."""
     import torch
 
+    model = unwrapped(trainer, model)
     model.train()
     inputs = trainer._prepare_inputs(inputs)
     scored = scored_positions(inputs)
     if num_items_in_batch is None:
         total = scored[:, 1:].sum() * trainer.current_gradient_accumulation_steps
-    else:
+    else:  # every rank's tokens when Trainer averages tokens across devices (its default)
         total = num_items_in_batch
     total = torch.as_tensor(total, device=scored.device, dtype=torch.float32)
     groups = token_groups(inputs["attention_mask"].sum(1).tolist(), budget, packed)
+    summed = num_items_in_batch is not None and trainer.args.average_tokens_across_devices
     return backward_groups(trainer, model, [lambda rows=rows: loss_sum(model, rows_of(inputs, rows)) / total
-                                            for rows in groups])  # fmt: skip
+                                            for rows in groups], summed)  # fmt: skip

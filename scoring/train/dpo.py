@@ -46,12 +46,15 @@ from scoring.models.loading import ModelRef
 from scoring.passes.engine import head_losses, trunk_and_head
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
-from scoring.train.bounded import TRAIN_HEAD_ROWS, backward_groups, token_groups
+from scoring import ranks
+from scoring.train.bounded import TRAIN_HEAD_ROWS, backward_groups, token_groups, unwrapped
 from scoring.train.dpo_config import DPOTrainConfig
 from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_base, lora_config
 from scoring.train.trainer import optimizer_steps, progress_hooks, train_and_save, trainer_arguments
 
 Pair = tuple[list[dict], str, str]  # (prompt turns, chosen reply, rejected reply)
+REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+                  "logps/rejected")  # fmt: skip
 REF_LOGP_FLOOR = 1e-6  # DavIR-DPO divides by max(|log π_ref(y|x)|, this): a reply the reference is sure of, not by 0
 
 
@@ -111,7 +114,7 @@ def train_dpo(
 
     ``ref_logps``: (log π_ref(y_w|x), log π_ref(y_l|x)) per pair, already computed on these tokens (``ref_source``
     names where from, for the key); None lets TRL compute them."""
-    cfg = cfg.for_pairs(len(pairs))
+    cfg = cfg.for_pairs(len(pairs), ranks.current().world)
     key = dpo_key(base, pairs_fingerprint(pairs), template_fp, max_length, cfg, ref_source if ref_logps else "trl")
     checkpoint = Checkpoint(cache, f"dpo-{key}")
     if (done := checkpoint.finished()) is not None:
@@ -223,6 +226,7 @@ def _arguments(cfg: DPOTrainConfig, partial: Path, n_pairs: int, device: str, ma
 def grouped_step(trainer, model, inputs):
     """A DPO micro-batch as token-bounded groups of pairs, each group's mean loss weighted by its share of the
     micro-batch's pairs (and divided by the accumulation steps, as Trainer divides a mean loss)."""
+    model = unwrapped(trainer, model)
     model.train()
     inputs = trainer._prepare_inputs(inputs)
     n, groups = pair_groups(inputs, trainer.token_budget)
@@ -248,6 +252,14 @@ def grouped_ref_logps(trainer, model, inputs):
             logps = sequence_logps(model, sub["input_ids"], sub["attention_mask"], sub["completion_mask"])
             chosen[rows], rejected[rows] = logps.float().chunk(2, dim=0)
     return chosen, rejected
+
+
+def reward_means(kept: dict[str, list[float]], prefix: str) -> dict[str, float]:
+    """The reward metrics kept since the last log, each the mean over every rank's pairs (a collective step under a
+    launcher), as {prefix + name: mean}; ``kept`` is emptied."""
+    means = ranks.means_over_ranks({name: kept.get(name, []) for name in REWARD_METRICS})
+    kept.clear()
+    return {prefix + name: value for name, value in means.items() if value is not None}
 
 
 def _trainer_class():
@@ -283,22 +295,21 @@ def _trainer_class():
             return grouped_ref_logps(self, model, inputs)
 
         def record_rewards(self, chosen, rejected, logps) -> None:
-            """Keep this batch's reward metrics (gathered over processes) for the next :meth:`log`."""
+            """Keep this group's reward metrics, per pair, for the next :meth:`log` (which averages them over the
+            ranks: a group is one rank's, and ranks run different numbers of groups, so nothing collective here)."""
             metrics = self.objective_metrics["train" if self.model.training else "eval"]
-            chosen, rejected = self.accelerator.gather(chosen), self.accelerator.gather(rejected)
-            chosen_logps, rejected_logps = (self.accelerator.gather(half) for half in logps.chunk(2, dim=0))
+            chosen_logps, rejected_logps = logps.chunk(2, dim=0)
             values = {"rewards/chosen": chosen, "rewards/rejected": rejected,
                       "rewards/accuracies": (chosen > rejected).float(), "rewards/margins": chosen - rejected,
                       "logps/chosen": chosen_logps, "logps/rejected": rejected_logps}  # fmt: skip
             for name, value in values.items():
-                metrics[name].append(value.mean().item())
+                metrics[name] += value.float().tolist()
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            """TRL's log, plus the DavIR-DPO reward metrics kept since the last one (averaged, "eval_" in eval)."""
+            """TRL's log, plus the DavIR-DPO reward metrics kept since the last one (the mean over the pairs of
+            every rank, "eval_" in eval)."""
             mode = "train" if self.model.training else "eval"
-            prefix = "eval_" if mode == "eval" else ""
-            logs.update({prefix + k: sum(v) / len(v) for k, v in self.objective_metrics[mode].items()})
-            self.objective_metrics[mode].clear()
+            logs.update(reward_means(self.objective_metrics[mode], "eval_" if mode == "eval" else ""))
             super().log(logs, start_time)
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):

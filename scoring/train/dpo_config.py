@@ -49,11 +49,13 @@ class DPOTrainConfig(BaseTrainConfig):
             del fields["objective"]
         return fields
 
-    def for_pairs(self, n_pairs: int) -> DPOTrainConfig:
+    def for_pairs(self, n_pairs: int, world: int = 1) -> DPOTrainConfig:
         """This config for ``n_pairs`` training pairs: the batch shrinks (down to one pair) until one epoch makes at
         least ``min_steps`` optimizer steps. Still one pass over the pairs; only the step count changes, so a warm-up
-        on a few dozen validation pairs is not over in 3 steps. The checkpoint key records the batch used."""
+        on a few dozen validation pairs is not over in 3 steps. The checkpoint key records the batch used. Trained by
+        ``world`` processes (DDP), the shrunk batch stays a multiple of ``world`` (at least one pair per process), so
+        a small warm-up makes fewer steps there than in one process, and trains a checkpoint of its own."""
         if self.min_steps <= 0 or n_pairs // self.batch_size >= self.min_steps:
             return self
-        batch = max(1, n_pairs // self.min_steps)
+        batch = max(world, n_pairs // self.min_steps // world * world)
         return replace(self, batch_size=batch, micro_batch_size=min(self.micro_batch_size, batch))

@@ -22,7 +22,7 @@ from scoring.store.cache import Cache
 from scoring.store.keys import key_of
 from scoring.train.bounded import TRAIN_HEAD_ROWS, bounded_step
 from scoring.train.sft_config import TrainConfig
-from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_base, lora_config
+from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, accumulation_steps, load_base, lora_config
 from scoring.train.trainer import optimizer_steps, progress_hooks, train_and_save, trainer_arguments
 
 
@@ -99,7 +99,7 @@ def train_reference(
 
         model = get_peft_model(model, lora_config(cfg))
     packed = not device.startswith("cuda") and uses_packing(model, PassConfig(), max_length)
-    trainer = _trainer_class(packed, cfg.micro_batch_tokens)(
+    trainer = _trainer_class(packed, cfg.micro_batch_tokens, cfg.micro_batch_size * accumulation_steps(cfg))(
         model=model,
         args=_arguments(cfg, partial, len(data), device),
         train_dataset=data,
@@ -124,13 +124,20 @@ def _arguments(cfg: TrainConfig, partial: Path, n_examples: int, device: str):
     )
 
 
-def _trainer_class(packed: bool, budget: int):
+def _trainer_class(packed: bool, budget: int, batch: int):
     """transformers' Trainer whose training step runs each micro-batch as groups of at most ``budget`` tokens
     (scoring/train/bounded.py), the loss computed like the scoring engine's: packed rows on a CPU (``packed``),
-    padded rows elsewhere, the LM head a slice at a time."""
+    padded rows elsewhere, the LM head a slice at a time. Its sampler groups examples of like length into optimizer
+    steps of ``batch`` examples whatever the number of processes, so that a DDP run's step k trains on the same
+    examples as one process's."""
     from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class ReferenceTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            data = train_dataset if train_dataset is not None else self.train_dataset
+            return LengthGroupedSampler(batch, lengths=[len(item["input_ids"]) for item in data.items])
+
         def training_step(self, model, inputs, num_items_in_batch=None):
             return bounded_step(self, model, inputs, num_items_in_batch, budget, packed,
                                 lambda m, sub: sft_loss_sum(m, sub, packed))  # fmt: skip

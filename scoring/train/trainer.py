@@ -2,7 +2,9 @@
 checkpoint's place, reuse of a finished checkpoint, the base model in fp32, bf16 or not, LoRA, the step
 arithmetic and the TrainingArguments both methods set alike, the progress / timed-checkpoint / stop callback, resume
 from the last ``.partial/checkpoint-*``, and the final save (LoRA merged back, model + tokenizer + a record, renamed
-into place atomically).
+into place atomically). Under ``torchrun`` / ``accelerate launch`` Trainer and TRL train data-parallel (DDP): each
+rank's micro-batches are its share of the same optimizer step (:func:`per_rank_batches`), the ranks stop and save
+checkpoints together, and rank 0 alone writes the final model (scoring.ranks).
 
 Why shared: the two methods differ only in their data, loss and trainer class (transformers' Trainer vs TRL's
 DPOTrainer); everything around them must behave the same so that a cancelled job resumes, a finished checkpoint is
@@ -21,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from scoring import ranks
+from scoring.errors import UserError
 from scoring.models.loading import ModelRef, cpu_has_bf16, folder_fingerprint, save_tokenizer
 from scoring.store.cache import Cache, atomic_write_json
 from scoring.train.config import BaseTrainConfig
@@ -89,6 +93,21 @@ def accumulation_steps(cfg: BaseTrainConfig) -> int:
     return max(1, cfg.batch_size // cfg.micro_batch_size)
 
 
+def per_rank_batches(cfg: BaseTrainConfig, world: int) -> tuple[int, int]:
+    """(examples per forward on each rank, micro-batches per optimizer step on each rank) for ``world`` ranks, so
+    that one optimizer step still sees ``cfg.batch_size`` examples, the same ones as in one process: the rank's
+    micro-batch shrinks to ``batch_size / world`` when the configured one would overshoot, and the accumulation
+    steps are divided among the ranks."""
+    if world == 1:
+        return cfg.micro_batch_size, accumulation_steps(cfg)
+    batch = cfg.micro_batch_size * accumulation_steps(cfg)
+    micro = min(cfg.micro_batch_size, batch // world)
+    if micro < 1 or batch % (micro * world):
+        raise UserError(f"a batch of {batch} examples does not split evenly over {world} processes "
+                        f"({micro or 1} per forward each); choose a batch size that is a multiple of {world}")
+    return micro, batch // (micro * world)
+
+
 def optimizer_steps(cfg: BaseTrainConfig, n_examples: int) -> int:
     """How many optimizer steps ``cfg.epochs`` over ``n_examples`` take (at least one; at most ``cfg.max_steps``
     when set)."""
@@ -103,8 +122,8 @@ def trainer_arguments(cfg: BaseTrainConfig, output_dir: Path, n_examples: int, d
         "output_dir": str(output_dir),
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps or -1,
-        "per_device_train_batch_size": cfg.micro_batch_size,
-        "gradient_accumulation_steps": accumulation_steps(cfg),
+        "per_device_train_batch_size": per_rank_batches(cfg, ranks.current().world)[0],
+        "gradient_accumulation_steps": per_rank_batches(cfg, ranks.current().world)[1],
         "learning_rate": cfg.lora_learning_rate if cfg.method == "lora" else cfg.learning_rate,
         "lr_scheduler_type": cfg.scheduler,
         "warmup_steps": int(cfg.warmup_ratio * steps),
@@ -127,7 +146,8 @@ def trainer_arguments(cfg: BaseTrainConfig, output_dir: Path, n_examples: int, d
 
 def progress_hooks(cfg: BaseTrainConfig, on_progress: OnProgress | None, should_stop: ShouldStop | None):
     """A Trainer callback: report steps, save a resumable checkpoint every ``cfg.checkpoint_minutes`` (a
-    checkpoint costs ~3x the model on disk, so by time, not by step), and stop (saving) when asked."""
+    checkpoint costs ~3x the model on disk, so by time, not by step), and stop (saving) when asked. Under a launcher
+    the ranks decide together (a rank that saved or stopped alone would leave the others waiting)."""
     from transformers import TrainerCallback
 
     class Hooks(TrainerCallback):
@@ -137,10 +157,10 @@ def progress_hooks(cfg: BaseTrainConfig, on_progress: OnProgress | None, should_
         def on_step_end(self, args, state, control, **kw):
             if on_progress:
                 on_progress(state.global_step, state.max_steps)
-            if time.monotonic() - self.last_save > cfg.checkpoint_minutes * 60:
+            if ranks.any_true(time.monotonic() - self.last_save > cfg.checkpoint_minutes * 60):
                 control.should_save = True
                 self.last_save = time.monotonic()
-            if should_stop and should_stop():
+            if ranks.any_true(bool(should_stop and should_stop())):
                 control.should_training_stop = True
                 control.should_save = True
 
@@ -149,7 +169,7 @@ def progress_hooks(cfg: BaseTrainConfig, on_progress: OnProgress | None, should_
 
 def train_resuming(trainer, partial: Path) -> None:
     """Train, picking up from the last Trainer checkpoint in ``partial`` when a previous run left one."""
-    resume = any(partial.glob("checkpoint-*"))
+    resume = ranks.from_main(any(partial.glob("checkpoint-*")))
     trainer.train(resume_from_checkpoint=True if resume else None)
 
 
@@ -171,9 +191,12 @@ def save_final(trained, tokenizer, cfg: BaseTrainConfig, partial: Path, final: P
 def train_and_save(trainer, checkpoint: Checkpoint, tokenizer, cfg: BaseTrainConfig, should_stop: ShouldStop | None,
                    record_name: str, record: dict) -> ModelRef | None:  # fmt: skip
     """Run ``trainer`` (resuming), then save its model as ``checkpoint``; None when stopped early (the partial
-    folder keeps a Trainer checkpoint to resume from)."""
+    folder keeps a Trainer checkpoint to resume from). Under a launcher: data-parallel, saved by rank 0 alone, every
+    rank returning once it is saved."""
     train_resuming(trainer, checkpoint.partial)
-    if should_stop and should_stop():
+    if ranks.any_true(bool(should_stop and should_stop())):
         return None
-    save_final(trainer.model, tokenizer, cfg, checkpoint.partial, checkpoint.final, record_name, record)
+    if ranks.current().main:
+        save_final(trainer.model, tokenizer, cfg, checkpoint.partial, checkpoint.final, record_name, record)
+    ranks.barrier()
     return checkpoint.model_ref()
