@@ -36,7 +36,16 @@ from scoring.jobs.steps import Stopped
 from scoring.scores.embedding_map import compute_map
 from scoring.store.cache import Cache
 from scoring.store.claims import Claim, try_claim
-from scoring.store.jobs import ACTIVE, FINISHED, Job, cancel_marker, load_job, now, read_job, save_job
+from scoring.store.jobs import (
+    ACTIVE,
+    FINISHED,
+    Job,
+    cancel_marker,
+    load_job,
+    now,
+    read_job,
+    save_job,
+)
 
 
 def enqueue(cache: Cache, request: Job) -> tuple[Job, bool]:
@@ -76,37 +85,17 @@ def cancel(cache: Cache, job_id: str) -> Job:
     return job
 
 
-def run(cache: Cache, job_id: str, progress: bool = False) -> Job:
-    """Own and run one job to the end (or until cancelled). Raises UserError if another process owns it. Under a
-    launcher, every rank calls it (:func:`_run_ranked`)."""
-    if ranks.join().many:
-        return _run_ranked(cache, job_id, progress)
-    lock = _lock(cache, job_id)
-    if lock is None:
-        raise UserError(f"job {job_id} is being run by another process; `status` follows it")
-    try:
-        job = load_job(cache, job_id)
-        if job.state == "done":
-            return job
-        job.progress(state="running", owner_pid=os.getpid(), error=None)
-        save_job(cache, job)
-        memory.bound_heap()  # a job's peak memory follows its configuration, not the heap's history
-        _run_owned(cache, job, progress)
-        save_job(cache, job)
-        return job
-    finally:
-        lock.release()
-
-
 RANKED_KINDS = ("score", "pair_score", EVALUATE_JOB)  # kinds whose stages every rank runs; the rest run on rank 0 alone
 
 
-def _run_ranked(cache: Cache, job_id: str, progress: bool) -> Job:
-    """:func:`run` on every rank of a launcher: rank 0 holds the job's lock and writes its record; the stages of a
-    score or evaluation job run on every rank, any other job on rank 0 while the rest wait. Returns the job as rank
-    0 left it."""
-    main = ranks.current().main
-    ranks.barrier()  # rank 0 has saved the request before anyone reads it
+def run(cache: Cache, job_id: str, progress: bool = False) -> Job:
+    """Own and run one job to the end (or until cancelled). Raises UserError if another process owns it.
+
+    Under a launcher every rank calls it: rank 0 holds the job's lock and writes its record; the stages of a score
+    or evaluation job run on every rank, any other job on rank 0 while the rest wait. Returns the job as rank 0
+    left it."""
+    main = ranks.join().main
+    ranks.barrier()  # rank 0 has saved the request before anyone reads it (free for one process)
     lock = _lock(cache, job_id) if main else None
     if not ranks.all_true(lock is not None or not main):
         raise UserError(f"job {job_id} is being run by another process; `status` follows it")
@@ -116,8 +105,8 @@ def _run_ranked(cache: Cache, job_id: str, progress: bool) -> Job:
             return job
         job.progress(state="running", owner_pid=os.getpid(), error=None)
         save_job(cache, job)
-        memory.bound_heap()
-        if job.kind in RANKED_KINDS or main:
+        memory.bound_heap()  # a job's peak memory follows its configuration, not the heap's history
+        if main or job.kind in RANKED_KINDS:
             _run_owned(cache, job, progress)
             save_job(cache, job)
         ranks.barrier()

@@ -46,7 +46,7 @@ def _backward(ctx, grad):  # grad: (N,) d loss / d nll of each token
             if need_states:
                 grad_states[start : start + ctx.rows] = (g.to(w.dtype) @ w).to(states.dtype)
             if need_weight:
-                grad_weight += g.T @ x.float()
+                grad_weight.addmm_(g.T, x.float())  # in place: no (V, H) temporary per slice
     return grad_states, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
 
 

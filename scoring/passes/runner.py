@@ -29,9 +29,22 @@ import pyarrow as pa
 
 from scoring import ranks, schema
 from scoring.models.formatting import Encoded, encode, encode_side
-from scoring.models.loading import ModelRef, dtype_name, load_model, model_card, pick_device, pick_dtype
+from scoring.models.loading import (
+    ModelRef,
+    dtype_name,
+    load_model,
+    model_card,
+    pick_device,
+    pick_dtype,
+)
 from scoring.passes.engine import PassConfig, fingerprint_fields, score_encoded
-from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet, read_json, stale_tmp_paths
+from scoring.store.cache import (
+    Cache,
+    atomic_write_json,
+    atomic_write_parquet,
+    read_json,
+    stale_tmp_paths,
+)
 from scoring.store.claims import try_claim
 from scoring.store.jobs import now
 from scoring.store.keys import key_of
@@ -141,6 +154,7 @@ def run_pass(cache: Cache, key: str, kind: RowKind, model, tokenizer, examples, 
     while True:
         todo = [r for r in work.ranges if r not in done_ranges(parts)]
         if not todo:
+            _sweep_claims(parts)
             return True
         for start, end in todo:
             if should_stop and should_stop():
@@ -149,12 +163,24 @@ def run_pass(cache: Cache, key: str, kind: RowKind, model, tokenizer, examples, 
             if claim is None:  # another worker holds this chunk
                 continue
             try:
-                if not part_path(parts, start, end).exists():  # else finished by another worker since we looked
+                scored = not part_path(parts, start, end).exists()  # else finished by another worker since we looked
+                if scored:
                     work.score(start, end)
             finally:
                 claim.release()
+            if scored:
+                work.report()
         if not done_ranges(parts) >= set(work.ranges):
             time.sleep(0.5)  # the rest is claimed by other workers
+
+
+def _sweep_claims(parts) -> None:
+    """Remove the claim files of finished chunks left by a worker killed between writing a part and releasing its
+    claim (a claim nobody holds any more is taken and released, which unlinks it)."""
+    for path in parts.glob(".claim-*"):
+        claim = try_claim(path)
+        if claim:
+            claim.release()
 
 
 class _PassWork:
@@ -169,7 +195,8 @@ class _PassWork:
         self.tokens, self.scored_here, self.written, self.started = 0, 0, 0, time.perf_counter()
 
     def score(self, start: int, end: int) -> None:
-        """Score chunk [start, end) of the order and write its part (removing a dead writer's temp file first)."""
+        """Score chunk [start, end) of the order and write its part (removing a dead writer's temp file first);
+        :meth:`report` then tells the caller."""
         path = part_path(self.parts, start, end)
         for stale in stale_tmp_paths(path):
             stale.unlink(missing_ok=True)  # half-written by a worker that died with this chunk
@@ -180,6 +207,9 @@ class _PassWork:
         ranks.maybe_fail(self.written)
         self.scored_here += end - start
         self.tokens += n_tokens
+
+    def report(self) -> None:
+        """The pass's progress so far, to ``on_progress``."""
         if self.on_progress:
             n, n_done = len(self.records), sum(e - s for s, e in done_ranges(self.parts))
             elapsed = max(time.perf_counter() - self.started, 1e-9)
@@ -198,6 +228,7 @@ def _run_ranked(work: _PassWork, should_stop: Callable[[], bool] | None) -> bool
             stopped = True
             break
         work.score(start, end)
+        work.report()
     if not ranks.all_true(not stopped):
         return False
     missing = ranks.from_main(len(set(work.ranges) - done_ranges(work.parts)))

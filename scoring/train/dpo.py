@@ -40,17 +40,31 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from scoring import ranks
 from scoring.errors import UserError
 from scoring.models.formatting import encode_side
 from scoring.models.loading import ModelRef
 from scoring.passes.engine import head_losses, trunk_and_head
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
-from scoring import ranks
-from scoring.train.bounded import TRAIN_HEAD_ROWS, backward_groups, token_groups, unwrapped
+from scoring.train.bounded import (
+    TRAIN_HEAD_ROWS,
+    backward_groups,
+    token_groups,
+    unwrapped,
+)
 from scoring.train.dpo_config import DPOTrainConfig
-from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_base, lora_config
-from scoring.train.trainer import optimizer_steps, progress_hooks, train_and_save, trainer_arguments
+from scoring.train.trainer import (
+    Checkpoint,
+    OnProgress,
+    ShouldStop,
+    load_base,
+    lora_config,
+    optimizer_steps,
+    progress_hooks,
+    train_and_save,
+    trainer_arguments,
+)
 
 Pair = tuple[list[dict], str, str]  # (prompt turns, chosen reply, rejected reply)
 REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",

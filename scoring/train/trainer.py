@@ -25,7 +25,12 @@ from pathlib import Path
 
 from scoring import ranks
 from scoring.errors import UserError
-from scoring.models.loading import ModelRef, cpu_has_bf16, folder_fingerprint, save_tokenizer
+from scoring.models.loading import (
+    ModelRef,
+    cpu_has_bf16,
+    folder_fingerprint,
+    save_tokenizer,
+)
 from scoring.store.cache import Cache, atomic_write_json
 from scoring.train.config import BaseTrainConfig
 
