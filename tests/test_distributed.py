@@ -26,7 +26,8 @@ from scoring.train.trainer import per_rank_batches
 from tests.tiny import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = 150  # three chunks of 64 and one of 22
+ROWS = 200  # four chunks (64, 64, 64, 8): rank 1's are the 2nd and the 4th, so a rank 1 killed after its first part
+# leaves the 4th unwritten whatever rank 0 manages before the launcher stops it
 SCORE = ("score", "d", "--scores", "davir,ppl", "--max-length", "64", "--wait")
 
 
@@ -129,8 +130,8 @@ def test_a_rank_killed_mid_pass_and_the_job_relaunched_loses_nothing(runs):
     assert out.returncode != 0  # rank 1 died after its first part; the launcher stopped rank 0
     parts = list((cache / "passes").glob("*/parts/part-*.parquet"))
     assert 1 <= len(parts) < len(chunk_ranges(ROWS, 64))
-    status = _scoring(cache, "status")
-    assert "interrupted" in status.stdout
+    status = _scoring(cache, "status")  # rank 0 killed by the launcher ("interrupted"), or failed first on the lost peer
+    assert "interrupted" in status.stdout or "failed" in status.stdout
     out = _scoring(cache, *SCORE, "--model", str(model), nproc=2)
     assert out.returncode == 0, out.stderr[-4000:]
     resumed, single = _passes(cache), _passes(one)
