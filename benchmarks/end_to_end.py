@@ -41,20 +41,11 @@ def build_random_model(folder: Path, size: str, rows: list[str], seed: int = 0) 
     ``rows``, saved as a model folder the job loads like any other."""
     import torch
     from throughput import random_config
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
-    from tests.tiny import CHATML
+    from tests.tiny import build_tokenizer
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(rows, trainers.BpeTrainer(vocab_size=49152, special_tokens=specials,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>", unk_token="<|endoftext|>")  # fmt: skip
-    tokenizer.chat_template = CHATML
+    tokenizer = build_tokenizer(corpus=rows, vocab_size=49152, unk_token="<|endoftext|>")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(random_config(size, tokenizer), dtype=torch.float32)
     model.save_pretrained(folder)

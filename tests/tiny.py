@@ -24,7 +24,9 @@ CORPUS = [
 ]
 
 
-def build_tokenizer(chat_template: bool = True):
+def build_tokenizer(chat_template: bool = True, corpus: list[str] | None = None, vocab_size: int = 384, **special):
+    """A byte-level BPE tokenizer of ``vocab_size`` trained on ``corpus`` (default: the small built-in one);
+    ``special``: further special tokens (``unk_token=...``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -33,14 +35,15 @@ def build_tokenizer(chat_template: bool = True):
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=384, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    core.train_from_iterator(CORPUS * 4, trainer=trainer)
+    core.train_from_iterator(CORPUS * 4 if corpus is None else corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<|im_start|>" if chat_template else "<|endoftext|>",
         eos_token="<|im_end|>" if chat_template else "<|endoftext|>",
         pad_token="<|endoftext|>",
+        **special,
     )
     if chat_template:
         tokenizer.chat_template = CHATML

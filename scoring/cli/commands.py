@@ -14,14 +14,7 @@ from scoring.cli.evaluate import print_evaluations
 from scoring.cli.pairs import print_influence, print_pair_status, select_pairs
 from scoring.cli.registry import arg, command, print_counts
 from scoring.errors import UserError
-from scoring.ingest.catalog import (
-    dataset_kind,
-    dataset_meta,
-    ingest,
-    ingest_heldout,
-    kind_of,
-    list_datasets,
-)
+from scoring.ingest.catalog import dataset_kind, dataset_meta, ingest, ingest_heldout, kind_of, list_datasets
 from scoring.ingest.demo import HELDOUT_NAME, write_demo, write_planted_pairs
 from scoring.ingest.sources import resolve_source
 from scoring.jobs.influence import DEFAULT_SAMPLE, influence_request
@@ -30,12 +23,7 @@ from scoring.jobs.requests import map_request, pass_config_for, score_request
 from scoring.jobs.runner import cancel, enqueue, run
 from scoring.jobs.worker import ensure_worker, live_workers, worker
 from scoring.scores.registry import FIRST_SCORE, parse_scores
-from scoring.scores.reports import (
-    auroc_report,
-    flag_counts,
-    format_auroc_table,
-    rank_agreement,
-)
+from scoring.scores.reports import auroc_report, flag_counts, format_auroc_table, rank_agreement
 from scoring.scores.tables import pick_job, score_table
 from scoring.selection.pairs import PAIR_RULE
 from scoring.selection.rules import default_budget, missing_budget_error

@@ -8,13 +8,7 @@ import json
 from scoring import ranks
 from scoring.cli.registry import arg, command
 from scoring.errors import UserError
-from scoring.jobs.evaluate import (
-    DEFAULT_AGAINST,
-    STARTS,
-    evaluate_request,
-    evaluations,
-    report,
-)
+from scoring.jobs.evaluate import DEFAULT_AGAINST, STARTS, evaluate_request, evaluations, report
 from scoring.jobs.runner import enqueue, run
 from scoring.jobs.worker import ensure_worker
 from scoring.store.cache import Cache

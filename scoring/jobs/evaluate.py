@@ -30,14 +30,7 @@ import pyarrow as pa
 from scoring import ranks
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_kind
-from scoring.jobs.measure import (
-    EvalSet,
-    eval_set,
-    load_eval_set,
-    measure,
-    record_steps,
-    resolve_eval,
-)
+from scoring.jobs.measure import EvalSet, eval_set, load_eval_set, measure, record_steps, resolve_eval
 from scoring.jobs.pairs import as_pairs, ref_logps, validation_split, with_logps
 from scoring.jobs.requests import with_id
 from scoring.jobs.steps import Steps, start
@@ -46,12 +39,7 @@ from scoring.passes.engine import PassConfig
 from scoring.passes.runner import INSTRUCTIONS, PAIRS
 from scoring.schema import NEVER_SELECTED
 from scoring.scores.tables import pick_job, score_table
-from scoring.selection.evaluation import (
-    Arm,
-    flipped_rules,
-    paired_difference,
-    random_like,
-)
+from scoring.selection.evaluation import Arm, flipped_rules, paired_difference, random_like
 from scoring.selection.rules import kept_sha256, parse_budget
 from scoring.selection.saved import SelectionSpec, load_selection, run_selection
 from scoring.store.cache import Cache, atomic_write_parquet

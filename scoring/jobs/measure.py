@@ -24,13 +24,7 @@ import pyarrow as pa
 
 from scoring import ranks
 from scoring.errors import UserError
-from scoring.ingest.catalog import (
-    dataset_kind,
-    dataset_meta,
-    ingest,
-    list_datasets,
-    load_examples,
-)
+from scoring.ingest.catalog import dataset_kind, dataset_meta, ingest, list_datasets, load_examples
 from scoring.ingest.demo import answers_of
 from scoring.jobs.steps import Steps, Stopped
 from scoring.models.loading import ModelRef, load_model, pick_device

@@ -36,16 +36,7 @@ from scoring.jobs.steps import Stopped
 from scoring.scores.embedding_map import compute_map
 from scoring.store.cache import Cache
 from scoring.store.claims import Claim, try_claim
-from scoring.store.jobs import (
-    ACTIVE,
-    FINISHED,
-    Job,
-    cancel_marker,
-    load_job,
-    now,
-    read_job,
-    save_job,
-)
+from scoring.store.jobs import ACTIVE, FINISHED, Job, cancel_marker, load_job, now, read_job, save_job
 
 
 def enqueue(cache: Cache, request: Job) -> tuple[Job, bool]:

@@ -20,13 +20,7 @@ from scoring.jobs import memory
 from scoring.models.formatting import template_fingerprint
 from scoring.models.loading import ModelRef, load_tokenizer, model_card, resolve
 from scoring.passes.engine import PassConfig
-from scoring.passes.runner import (
-    PassProgress,
-    RowKind,
-    fill_pass,
-    pass_key,
-    pass_manifest,
-)
+from scoring.passes.runner import PassProgress, RowKind, fill_pass, pass_key, pass_manifest
 from scoring.store.cache import Cache
 from scoring.store.jobs import ROLES, Job, save_job
 

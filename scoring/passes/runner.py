@@ -29,22 +29,9 @@ import pyarrow as pa
 
 from scoring import ranks, schema
 from scoring.models.formatting import Encoded, encode, encode_side
-from scoring.models.loading import (
-    ModelRef,
-    dtype_name,
-    load_model,
-    model_card,
-    pick_device,
-    pick_dtype,
-)
+from scoring.models.loading import ModelRef, dtype_name, load_model, model_card, pick_device, pick_dtype
 from scoring.passes.engine import PassConfig, fingerprint_fields, score_encoded
-from scoring.store.cache import (
-    Cache,
-    atomic_write_json,
-    atomic_write_parquet,
-    read_json,
-    stale_tmp_paths,
-)
+from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet, read_json, stale_tmp_paths
 from scoring.store.claims import try_claim
 from scoring.store.jobs import now
 from scoring.store.keys import key_of

@@ -47,24 +47,10 @@ from scoring.models.loading import ModelRef
 from scoring.passes.engine import head_losses, trunk_and_head
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
-from scoring.train.bounded import (
-    TRAIN_HEAD_ROWS,
-    backward_groups,
-    token_groups,
-    unwrapped,
-)
+from scoring.train.bounded import TRAIN_HEAD_ROWS, backward_groups, token_groups, unwrapped
 from scoring.train.dpo_config import DPOTrainConfig
-from scoring.train.trainer import (
-    Checkpoint,
-    OnProgress,
-    ShouldStop,
-    load_base,
-    lora_config,
-    optimizer_steps,
-    progress_hooks,
-    train_and_save,
-    trainer_arguments,
-)
+from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_base, lora_config, optimizer_steps
+from scoring.train.trainer import progress_hooks, train_and_save, trainer_arguments
 
 Pair = tuple[list[dict], str, str]  # (prompt turns, chosen reply, rejected reply)
 REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -258,7 +244,7 @@ def grouped_ref_logps(trainer, model, inputs):
     n, groups = pair_groups(inputs, trainer.token_budget)
     chosen = torch.zeros(n, device=inputs["input_ids"].device)
     rejected = torch.zeros_like(chosen)
-    adapter = trainer.accelerator.unwrap_model(trainer.model)
+    adapter = unwrapped(trainer, trainer.model)
     off = adapter.disable_adapter() if hasattr(adapter, "disable_adapter") else contextlib.nullcontext()
     with torch.no_grad(), off, trainer.accelerator.autocast():
         for rows in groups:

@@ -17,28 +17,13 @@ from pathlib import Path
 from scoring.models.formatting import encode
 from scoring.models.loading import ModelRef
 from scoring.passes.attention import install
-from scoring.passes.engine import (
-    PassConfig,
-    packed_batch,
-    response_losses,
-    uses_packing,
-)
+from scoring.passes.engine import PassConfig, packed_batch, response_losses, uses_packing
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
 from scoring.train.bounded import TRAIN_HEAD_ROWS, bounded_step
 from scoring.train.sft_config import TrainConfig
-from scoring.train.trainer import (
-    Checkpoint,
-    OnProgress,
-    ShouldStop,
-    accumulation_steps,
-    load_base,
-    lora_config,
-    optimizer_steps,
-    progress_hooks,
-    train_and_save,
-    trainer_arguments,
-)
+from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, accumulation_steps, load_base, lora_config
+from scoring.train.trainer import optimizer_steps, progress_hooks, train_and_save, trainer_arguments
 
 
 def reference_key(base: ModelRef, dataset_fingerprint: str, template_fp: str, max_length: int, cfg: TrainConfig) -> str:

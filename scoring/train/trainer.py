@@ -25,12 +25,7 @@ from pathlib import Path
 
 from scoring import ranks
 from scoring.errors import UserError
-from scoring.models.loading import (
-    ModelRef,
-    cpu_has_bf16,
-    folder_fingerprint,
-    save_tokenizer,
-)
+from scoring.models.loading import ModelRef, cpu_has_bf16, folder_fingerprint, save_tokenizer
 from scoring.store.cache import Cache, atomic_write_json
 from scoring.train.config import BaseTrainConfig
 
@@ -123,12 +118,13 @@ def optimizer_steps(cfg: BaseTrainConfig, n_examples: int) -> int:
 def trainer_arguments(cfg: BaseTrainConfig, output_dir: Path, n_examples: int, device: str) -> dict:
     """The TrainingArguments (or TRL config) fields both methods set alike, from ``cfg``."""
     steps = optimizer_steps(cfg, n_examples)
+    micro, accumulation = per_rank_batches(cfg, ranks.current().world)
     return {
         "output_dir": str(output_dir),
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps or -1,
-        "per_device_train_batch_size": per_rank_batches(cfg, ranks.current().world)[0],
-        "gradient_accumulation_steps": per_rank_batches(cfg, ranks.current().world)[1],
+        "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": accumulation,
         "learning_rate": cfg.lora_learning_rate if cfg.method == "lora" else cfg.learning_rate,
         "lr_scheduler_type": cfg.scheduler,
         "warmup_steps": int(cfg.warmup_ratio * steps),
