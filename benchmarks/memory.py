@@ -3,10 +3,12 @@ configuration, not the data?
 
     python benchmarks/memory.py                                  # GSM8K 200 and 2,000 rows, LIMA 200, HH-RLHF 200
     python benchmarks/memory.py --runs gsm8k:200 lima:64 --train-steps 1
+    python benchmarks/memory.py --fine-tune-alone gsm8k:200 --train-steps 0   # one epoch, step by step
 
 Each run ingests the first N rows of a dataset in ../shared/data (gsm8k: train.jsonl, instruction data; lima:
 lima.json, long answers; hh: HH-RLHF helpful-base pairs) into one benchmark cache (``--cache``, default
-/tmp/davir-memory; the default model is converted once there), then runs the real score job in a fresh Python
+/tmp/davir-memory; the default model is converted once there and kept, every job, pass and trained model of an
+earlier run is removed first), then runs the real score job in a fresh Python
 process: for instruction data the base pass (with IFD's response-alone pass), the reference fine-tune and the
 reference pass; for pairs the reference pass, the two DPO warm-ups and their passes. The fine-tunes stop after
 ``--train-steps`` optimizer steps (their sampler puts the longest batch first, so the steps run are the most
@@ -17,7 +19,8 @@ kernel's VmHWM, reset at the start of each stage), in the one process that runs 
 
 The last line printed is JSON: {"cpu", "model", "max_length", "train_steps", "target_mb", "runs": {"gsm8k:200":
 {"peak_mb": {stage: MB}, "seconds": {stage: s}, "rows": N}, ...}, "max_peak_mb", "meets_target", "flat"}; ``flat``
-compares each stage's peak across the sizes of one dataset (largest / smallest).
+compares each stage's peak across the sizes of one dataset (largest / smallest). ``--fine-tune-alone`` prints
+{"cpu", ..., "steps": [{"step", "peak_mb", "after_mb", "s"}], "max_peak_mb"} instead.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from scoring.store.cache import Cache  # noqa: E402  (after the path: run as a script from anywhere)
 
 DATA = ROOT.parent / "shared" / "data"
 SOURCES = {
@@ -47,11 +52,11 @@ def child(cache_root: Path, data: str, rows: int, max_length: int, train_steps: 
     from scoring.ingest.catalog import ingest
     from scoring.jobs.requests import pass_config_for, score_request
     from scoring.jobs.runner import enqueue, run
-    from scoring.store.cache import Cache
     from scoring.train.dpo_config import DPOTrainConfig
     from scoring.train.sft_config import TrainConfig
 
     cache = Cache(cache_root)
+    forget_results(cache)
     name = f"{data}-{rows}"
     ingest(str(SOURCES[data]), cache, name=name, limit=rows, progress=False)
     kind = "pair" if data == "hh" else "sft"
@@ -64,6 +69,56 @@ def child(cache_root: Path, data: str, rows: int, max_length: int, train_steps: 
         raise SystemExit(f"{name}: the job ended {job.state}: {job.error}")
     return {"rows": rows, "peak_mb": job.peak_mb, "seconds": job.timings,
             "wall_s": round(time.perf_counter() - started, 1)}  # fmt: skip
+
+
+def fine_tune_alone(cache_root: Path, data: str, rows: int, max_length: int, train_steps: int) -> dict:
+    """In a fresh process: the reference fine-tune alone (no pass before it), each optimizer step's peak resident
+    memory and the resident memory left after it (freed memory handed back first): does memory creep from step to
+    step over a long run?"""
+    from scoring.ingest.catalog import dataset_meta, ingest, load_examples
+    from scoring.jobs import memory
+    from scoring.models.formatting import template_fingerprint
+    from scoring.models.loading import DEFAULT_MODEL, load_tokenizer, resolve
+    from scoring.train.sft import train_reference
+    from scoring.train.sft_config import TrainConfig
+
+    cache = Cache(cache_root)
+    forget_results(cache)
+    name = f"{data}-{rows}"
+    ingest(str(SOURCES[data]), cache, name=name, limit=rows, progress=False)
+    base = resolve(DEFAULT_MODEL, cache)
+    tokenizer = load_tokenizer(base)
+    messages = [json.loads(m) for m in load_examples(cache, name, columns=["messages"])["messages"]]
+    memory.bound_heap()
+    memory.release()
+    steps: list[dict] = []
+    started = time.perf_counter()
+    memory.reset_peak()
+
+    def on_step(step: int, total: int) -> None:
+        peak = memory.peak_mb()
+        memory.release()
+        steps.append({"step": step, "peak_mb": peak, "after_mb": memory.rss_mb(),
+                      "s": round(time.perf_counter() - started, 1)})  # fmt: skip
+        memory.reset_peak()
+
+    train_reference(cache, base, tokenizer, messages, dataset_meta(cache, name)["fingerprint"],
+                    template_fingerprint(tokenizer), max_length, TrainConfig(max_steps=train_steps or 0), "cpu",
+                    on_step)  # fmt: skip
+    return {"rows": rows, "steps": steps, "max_peak_mb": max(s["peak_mb"] for s in steps)}
+
+
+def forget_results(cache) -> None:
+    """Remove every job, pass and trained model from the benchmark's cache, keeping the converted default model:
+    each run measures its stages from scratch (a job, pass or checkpoint left by an earlier run would be reused at
+    ~0 MB, or, for a job, its old figures returned as they were)."""
+    import shutil
+
+    shutil.rmtree(cache.jobs_dir(), ignore_errors=True)
+    shutil.rmtree(cache.root / "passes", ignore_errors=True)
+    for model in cache.models_dir().glob("*"):
+        if model.name.lstrip(".").startswith(("ref-", "dpo-")):
+            shutil.rmtree(model, ignore_errors=True)
 
 
 def _cpu() -> str:
@@ -83,8 +138,19 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--train-steps", type=int, default=2, help="optimizer steps of each fine-tune")
     parser.add_argument("--json-only", action="store_true")
+    parser.add_argument("--fine-tune-alone", metavar="DATA:ROWS",
+                        help="only the reference fine-tune, in this process, printing each step's peak and what is "
+                             "left after it (--train-steps 0: a whole epoch)")
     parser.add_argument("--child", nargs=2, metavar=("DATA", "ROWS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fine_tune_alone:
+        data, _, rows = args.fine_tune_alone.partition(":")
+        if data not in ("gsm8k", "lima") or not rows.isdigit():
+            parser.error("--fine-tune-alone: DATA:ROWS with DATA gsm8k or lima")
+        out = fine_tune_alone(Path(args.cache), data, int(rows), args.max_length, args.train_steps)
+        print(json.dumps({"cpu": _cpu(), "cores": os.cpu_count(), "max_length": args.max_length,
+                          "date": time.strftime("%Y-%m-%d"), **out}))  # fmt: skip
+        return
     if args.child:
         print(json.dumps(child(Path(args.cache), args.child[0], int(args.child[1]), args.max_length,
                                args.train_steps)))  # fmt: skip

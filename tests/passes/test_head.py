@@ -44,3 +44,23 @@ def test_shared_weight_accumulates_like_tied_embeddings():
     weight.grad = None
     loss(lambda s: sliced_nll(s, weight, targets, 4)).backward()
     torch.testing.assert_close(weight.grad, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("already", [False, True])
+def test_into_grad_adds_the_weight_gradient_in_place(already):
+    """Training's path: the head's weight gradient goes straight into ``weight.grad`` (the same tensor, added to
+    what is there: an earlier micro-batch's, and the tied embedding's), not through autograd."""
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(30, 8, generator=g, requires_grad=True)
+    ids = torch.randint(0, 30, (11,), generator=g)
+    targets = torch.randint(0, 30, (11,), generator=g)
+    earlier = torch.randn(30, 8, generator=g)
+
+    def run(fn):
+        weight.grad = earlier.clone() if already else None
+        fn(torch.tanh(weight[ids])).sum().backward()
+        return weight.grad
+
+    want = run(lambda s: F.cross_entropy(s @ weight.T, targets, reduction="none")).clone()
+    got = run(lambda s: sliced_nll(s, weight, targets, 4, into_grad=True))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -30,7 +30,7 @@ DPO_KEY_FIELDS = {
 def test_the_default_key_fields_are_pinned():
     assert TrainConfig().key_fields() == SFT_KEY_FIELDS
     assert DPOTrainConfig().key_fields() == DPO_KEY_FIELDS
-    memory = {"checkpoint_minutes": 10.0, "micro_batch_tokens": 1024, "activation_checkpointing": "auto",
+    memory = {"checkpoint_minutes": 10.0, "micro_batch_tokens": 0, "activation_checkpointing": "auto",
               "max_steps": 0}
     assert asdict(TrainConfig()) == {**SFT_KEY_FIELDS, **memory}  # what a job record stores
     assert asdict(DPOTrainConfig()) == {**DPO_KEY_FIELDS, "objective": "dpo", **memory}
@@ -49,6 +49,14 @@ def test_how_often_we_save_and_how_memory_is_laid_out_are_not_part_of_the_key():
     assert replace(cfg, checkpoint_minutes=1.0).key_fields() == cfg.key_fields()
     assert replace(cfg, micro_batch_tokens=64, activation_checkpointing="off").key_fields() == cfg.key_fields()
     assert replace(cfg, seed=1).key_fields() != cfg.key_fields()
+
+
+def test_the_token_budget_of_a_group_is_auto_by_device_unless_set():
+    assert TrainConfig().group_tokens("cpu") == 512
+    assert TrainConfig().group_tokens("cuda:1") == 1024
+    assert TrainConfig(micro_batch_tokens=2048).group_tokens("cpu") == 2048
+    with pytest.raises(ValueError, match="micro_batch_tokens"):
+        TrainConfig(micro_batch_tokens=-1).group_tokens("cpu")
 
 
 def test_a_job_record_round_trips_and_the_base_needs_a_method():
