@@ -58,7 +58,8 @@ class BaseTrainConfig:
         on a CPU and 1,024 on a GPU. On a CPU, 512-token groups lowered the default model's fine-tune peak by
         ~70 MB against 1,024, at the same speed."""
         if self.micro_batch_tokens < 0:
-            raise ValueError(f"micro_batch_tokens must be 0 (auto) or a number of tokens, not {self.micro_batch_tokens}")
+            raise ValueError(f"micro_batch_tokens must be 0 (auto) or a number of tokens, "
+                             f"not {self.micro_batch_tokens}")
         return self.micro_batch_tokens or (1024 if device.startswith("cuda") else 512)
 
     def checkpointing_on(self, device: str) -> bool:
