@@ -49,16 +49,12 @@ TARGET_MB = 3 * 1024
 
 def child(cache_root: Path, data: str, rows: int, max_length: int, train_steps: int) -> dict:
     """In a fresh process: ingest, run the score job here, return what it recorded."""
-    from scoring.ingest.catalog import ingest
     from scoring.jobs.requests import pass_config_for, score_request
     from scoring.jobs.runner import enqueue, run
     from scoring.train.dpo_config import DPOTrainConfig
     from scoring.train.sft_config import TrainConfig
 
-    cache = Cache(cache_root)
-    forget_results(cache)
-    name = f"{data}-{rows}"
-    ingest(str(SOURCES[data]), cache, name=name, limit=rows, progress=False)
+    cache, name = fresh_dataset(cache_root, data, rows)
     kind = "pair" if data == "hh" else "sft"
     request = score_request(cache, name, pass_config=pass_config_for(kind, max_length),
                             train=TrainConfig(max_steps=train_steps), dpo=DPOTrainConfig(max_steps=train_steps))
@@ -75,17 +71,14 @@ def fine_tune_alone(cache_root: Path, data: str, rows: int, max_length: int, tra
     """In a fresh process: the reference fine-tune alone (no pass before it), each optimizer step's peak resident
     memory and the resident memory left after it (freed memory handed back first): does memory creep from step to
     step over a long run?"""
-    from scoring.ingest.catalog import dataset_meta, ingest, load_examples
+    from scoring.ingest.catalog import dataset_meta, load_examples
     from scoring.jobs import memory
     from scoring.models.formatting import template_fingerprint
     from scoring.models.loading import DEFAULT_MODEL, load_tokenizer, resolve
     from scoring.train.sft import train_reference
     from scoring.train.sft_config import TrainConfig
 
-    cache = Cache(cache_root)
-    forget_results(cache)
-    name = f"{data}-{rows}"
-    ingest(str(SOURCES[data]), cache, name=name, limit=rows, progress=False)
+    cache, name = fresh_dataset(cache_root, data, rows)
     base = resolve(DEFAULT_MODEL, cache)
     tokenizer = load_tokenizer(base)
     messages = [json.loads(m) for m in load_examples(cache, name, columns=["messages"])["messages"]]
@@ -106,6 +99,18 @@ def fine_tune_alone(cache_root: Path, data: str, rows: int, max_length: int, tra
                     template_fingerprint(tokenizer), max_length, TrainConfig(max_steps=train_steps or 0), "cpu",
                     on_step)  # fmt: skip
     return {"rows": rows, "steps": steps, "max_peak_mb": max(s["peak_mb"] for s in steps)}
+
+
+def fresh_dataset(cache_root: Path, data: str, rows: int) -> tuple[Cache, str]:
+    """The benchmark's cache with no earlier result in it, and the first ``rows`` of ``data`` ingested there:
+    (cache, dataset name)."""
+    from scoring.ingest.catalog import ingest
+
+    cache = Cache(cache_root)
+    forget_results(cache)
+    name = f"{data}-{rows}"
+    ingest(str(SOURCES[data]), cache, name=name, limit=rows, progress=False)
+    return cache, name
 
 
 def forget_results(cache) -> None:

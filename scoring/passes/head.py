@@ -43,14 +43,14 @@ def _backward(ctx, grad):  # grad: (N,) d loss / d nll of each token
     need_states, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     grad_states = torch.empty_like(states) if need_states else None
     param = ctx.param if need_weight else None
-    if param is not None and param.grad is None:
-        param.grad = torch.zeros_like(param)
-    if not need_weight:
-        grad_weight = None
-    elif param is not None:
-        grad_weight = param.grad  # accumulated in place; autograd gets None for the weight
-    else:
+    if param is not None:  # accumulated in place; autograd gets None for the weight
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        grad_weight = param.grad
+    elif need_weight:
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+    else:
+        grad_weight = None
     with torch.autocast(states.device.type, enabled=False):
         w = weight.to(states.dtype)
         for start in range(0, states.shape[0], ctx.rows):
@@ -63,9 +63,8 @@ def _backward(ctx, grad):  # grad: (N,) d loss / d nll of each token
                 grad_states[start : start + ctx.rows] = (g.to(w.dtype) @ w).to(states.dtype)
             if need_weight:
                 grad_weight.addmm_(g.T, x.float())  # in place: no (V, H) temporary per slice
-    if grad_weight is None or param is not None:
-        return grad_states, None, None, None, None
-    return grad_states, grad_weight.to(weight.dtype), None, None, None
+    returned = None if grad_weight is None or param is not None else grad_weight.to(weight.dtype)
+    return grad_states, returned, None, None, None
 
 
 @cache
