@@ -34,7 +34,7 @@ from scoring.models.loading import pick_device
 from scoring.passes import packing
 from scoring.passes.attention import can_pack, install
 from scoring.passes.fused import supports as fused_supports
-from scoring.passes.head import plain_linear_head, sliced_nll
+from scoring.passes.head import plain_linear_head, sliced_nll, trunk_inputs
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def response_losses(model, ids, attention, scored, head_rows: int = 2048, want_h
     trunk, _ = trunk_and_head(model)
     # Right padding under a causal mask: a real token never attends to the pads after it, so no padding mask is
     # needed and attention takes its fast is_causal path. Pad positions compute garbage nobody reads.
-    hidden = trunk(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, H)
+    hidden = trunk(**trunk_inputs(trunk, ids), use_cache=False).last_hidden_state  # (B, T, H)
     predicts = scored[:, 1:]  # (B, T-1): position t-1 predicts token t
     losses = head_losses(model, hidden[:, :-1][predicts], ids[:, 1:][predicts], head_rows)  # (N,)
     pooled = None

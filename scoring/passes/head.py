@@ -13,6 +13,11 @@ Training (``into_grad``): the weight's gradient is added straight into ``weight.
 being returned to autograd as a new (V, H) fp32 tensor that autograd then adds there (113 MB more at the peak of a
 backward pass on SmolLM2, whose head is also its input embedding). The gradient is the same; what changes is that
 only ``.backward()`` sees it (``torch.autograd.grad`` would not), which is how Trainer trains.
+
+The other end of the model gets the same treatment (:func:`trunk_inputs`): while training, the input embedding's
+lookup adds its gradient into ``weight.grad`` row by row (``index_add_``), where autograd's own embedding backward
+makes a dense (V, H) fp32 gradient first and then adds it there: on the default model another 113 MB at the end of
+every group's backward pass, the moment every other gradient is already allocated.
 """
 from __future__ import annotations
 
@@ -99,3 +104,56 @@ def plain_linear_head(model):
     if getattr(model.config, "final_logit_softcapping", None):
         return None
     return head.weight
+
+
+def _embed_forward(ctx, ids, weight, padding_idx):
+    import torch.nn.functional as F
+
+    ctx.save_for_backward(ids)
+    ctx.param, ctx.padding_idx = weight, padding_idx
+    return F.embedding(ids, weight)
+
+
+def _embed_backward(ctx, grad):  # grad: (..., H) d loss / d each looked-up row
+    import torch
+
+    (ids,) = ctx.saved_tensors
+    param = ctx.param
+    if param.grad is None:
+        param.grad = torch.zeros_like(param)
+    ids, grad = ids.reshape(-1), grad.reshape(-1, grad.shape[-1])
+    if ctx.padding_idx is not None:  # nn.Embedding's rule: the padding row is never trained
+        keep = ids != ctx.padding_idx
+        ids, grad = ids[keep], grad[keep]
+    param.grad.index_add_(0, ids, grad.to(param.grad.dtype))
+    return None, None, None
+
+
+@cache
+def _embed_function():
+    import torch
+
+    class EmbedIntoGrad(torch.autograd.Function):
+        """``F.embedding(ids, weight)`` whose backward adds the weight's gradient into ``weight.grad`` in place."""
+
+        forward = staticmethod(_embed_forward)
+        backward = staticmethod(_embed_backward)
+
+    return EmbedIntoGrad
+
+
+def trunk_inputs(trunk, ids) -> dict:
+    """The keyword arguments that feed ``ids`` to ``trunk`` (a transformers decoder): ``input_ids``, or, while
+    training a plain fp32 embedding through ``.backward()``, ``inputs_embeds`` looked up so that the embedding's
+    gradient goes straight into its ``.grad`` (module docstring). Anything else (no grad, a frozen or LoRA-wrapped
+    embedding, a scaled or max-norm one, bf16 weights) keeps the trunk's own lookup."""
+    import torch
+
+    embedding = trunk.get_input_embeddings() if hasattr(trunk, "get_input_embeddings") else None
+    weight = getattr(embedding, "weight", None)
+    plain = (type(embedding) is torch.nn.Embedding and embedding.max_norm is None and not embedding.sparse
+             and embedding.scale_grad_by_freq is False)  # fmt: skip
+    if not (torch.is_grad_enabled() and plain and weight.requires_grad and weight.is_leaf
+            and weight.dtype == torch.float32):  # fmt: skip
+        return {"input_ids": ids}
+    return {"inputs_embeds": _embed_function().apply(ids, weight, embedding.padding_idx)}

@@ -28,6 +28,7 @@ import numpy as np
 
 from scoring.passes.attention import Pack
 from scoring.passes.fused import packed_trunk
+from scoring.passes.head import trunk_inputs
 
 MIN_SHARED_PREFIX = 4  # a shorter common prefix is not worth the extra concatenations in attention
 
@@ -80,7 +81,8 @@ def packed_hidden(trunk, seqs: list[list[int]], prefix: int, device, fused: bool
     pos = torch.tensor(positions, dtype=torch.long, device=device)  # (N,)
     if fused:
         return packed_trunk(trunk, ids, pos, pack), pack
-    hidden = trunk(input_ids=ids[None], position_ids=pos[None], use_cache=False, davir_pack=pack).last_hidden_state
+    inputs = trunk_inputs(trunk, ids[None])
+    hidden = trunk(**inputs, position_ids=pos[None], use_cache=False, davir_pack=pack).last_hidden_state
     return hidden[0], pack  # (N, H)
 
 

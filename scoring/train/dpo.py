@@ -45,6 +45,7 @@ from scoring.errors import UserError
 from scoring.models.formatting import encode_side
 from scoring.models.loading import ModelRef
 from scoring.passes.engine import head_losses, trunk_and_head
+from scoring.passes.head import trunk_inputs
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
 from scoring.train.bounded import TRAIN_HEAD_ROWS, backward_groups, token_groups, unwrapped
@@ -158,7 +159,8 @@ def sequence_logps(model, input_ids, attention_mask, completion_mask):
     import torch
 
     trunk, _ = trunk_and_head(model)
-    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    inputs = trunk_inputs(trunk, input_ids)
+    hidden = trunk(**inputs, attention_mask=attention_mask, use_cache=False).last_hidden_state
     mask = completion_mask[:, 1:].bool()
     nll = head_losses(model, hidden[:, :-1][mask], input_ids[:, 1:][mask], TRAIN_HEAD_ROWS)
     rows = mask.nonzero()[:, 0]
