@@ -1,7 +1,9 @@
 """One job over many processes (scoring.ranks): ``torchrun --nproc-per-node 2`` (gloo, on the CPU) against one
 process over the tiny model -- the same ids and identical losses for the base pass, each part on disk once, the
 reference trained under DDP within float tolerance of the one-process one -- and a rank killed mid-pass, after which
-the re-launched job resumes with nothing lost. Plus the collective steps themselves, in two real gloo processes.
+the re-launched job resumes with nothing lost; a pair job's two DPO warm-ups (π_θ and θ_val) trained under DDP
+against one process, to float tolerance, and the pair scores they give. Plus the collective steps themselves, in two
+real gloo processes.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from scoring import ranks
 from scoring.passes.runner import chunk_ranges
@@ -103,8 +106,6 @@ def test_two_ranks_score_what_one_process_scores(runs):
         assert np.array_equal(rows[column].to_numpy(), single["base"][2][column].to_numpy()), column
     # the reference, trained data-parallel: the same steps on the same examples, to float tolerance. Measured on
     # the update (trained - base): 0.3 % apart here; each rank stepping on its own half-batch's gradients: 24 %
-    import torch
-
     base, a, b = _weights(root / "model"), _weights(next((one / "models").glob("ref-*"))), _weights(
         next((two / "models").glob("ref-*")))
     update_one = torch.cat([(a[k] - base[k]).flatten() for k in base])
@@ -138,6 +139,60 @@ def test_a_rank_killed_mid_pass_and_the_job_relaunched_loses_nothing(runs):
     assert resumed["base"][1] == single["base"][1]
     assert np.array_equal(resumed["base"][2]["loss_sum"].to_numpy(), single["base"][2]["loss_sum"].to_numpy())
     assert not list(cache.rglob("*.tmp"))
+
+
+PAIRS, VAL_FRACTION = 96, 0.333  # 64 training pairs and 32 validation pairs: each warm-up's shrunk batch (4 and 2
+# pairs, DPOTrainConfig.for_pairs) is already a multiple of 2 ranks, so both launches train the same checkpoints
+
+
+def _pair_models(cache: Path) -> dict[int, tuple[str, dict, dict]]:
+    """{training pairs: (checkpoint folder name, its davir_dpo.json, its weights)} for the DPO warm-ups in ``cache``."""
+    out = {}
+    for folder in (cache / "models").glob("dpo-*"):
+        meta = json.loads((folder / "davir_dpo.json").read_text())
+        out[meta["n_pairs"]] = (folder.name, meta, _weights(folder))
+    return out
+
+
+def test_two_ranks_train_the_dpo_warm_ups_one_process_trains(tmp_path):
+    model = build_model(tmp_path / "model")
+    topics = ("planets", "rivers", "capitals", "birds", "colours", "numbers", "songs", "trees")
+    rows = [{"id": f"p{i:03d}", "prompt": f"Write one sentence about {topics[i % 8]} (item {i}).",
+             "chosen": f"Here is a sentence about {topics[i % 8]}: they are interesting, item {i}.",
+             "rejected": f"I do not know about {topics[i % 8]}." if i % 2 else f"qzx vvk {topics[i % 8]} plo {i}"}
+            for i in range(PAIRS)]  # fmt: skip
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    caches, tables = {}, {}
+    for name, nproc in (("one", 0), ("two", 2)):
+        cache = caches[name] = tmp_path / name
+        assert _scoring(cache, "ingest", str(data), "--name", "d").returncode == 0
+        out = _scoring(cache, "score", "d", "--model", str(model), "--max-length", "64", "--val-fraction",
+                       str(VAL_FRACTION), "--wait", nproc=nproc)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-4000:]
+        out = _scoring(cache, "scores", "d", "--out", str(tmp_path / f"{name}.csv"))
+        assert out.returncode == 0, out.stderr
+        tables[name] = pd.read_csv(tmp_path / f"{name}.csv").sort_values("id").reset_index(drop=True)
+    single, ranked = _pair_models(caches["one"]), _pair_models(caches["two"])
+    assert set(single) == set(ranked) == {64, 32}  # π_θ on the training pairs, θ_val on the validation pairs
+    base = _weights(tmp_path / "model")
+    for n_pairs in (64, 32):
+        (key_one, meta_one, one), (key_two, meta_two, two) = single[n_pairs], ranked[n_pairs]
+        assert meta_two["steps"] == meta_one["steps"] >= 16 and meta_two["train"] == meta_one["train"]
+        # the same steps on the same pairs: the update (trained - base) within float tolerance. Measured: 2e-6 apart
+        # for both; each rank stepping on its own half-batch's gradients instead: 21 %
+        update_one = torch.cat([(one[k] - base[k]).flatten() for k in base])
+        update_two = torch.cat([(two[k] - base[k]).flatten() for k in base])
+        assert float(update_one.norm()) > 0
+        assert float((update_two - update_one).norm() / update_one.norm()) < 1e-3, n_pairs
+    assert single[64][0] == ranked[64][0]  # π_θ's key does not name the launch: the one-process checkpoint is reused
+    one, two = tables["one"], tables["two"]
+    assert two["id"].tolist() == one["id"].tolist()
+    for column in ("irm", "lossdiff", "davir_dpo"):
+        scale = float(one[column].abs().max())
+        assert scale > 0
+        np.testing.assert_allclose(two[column], one[column], rtol=0, atol=1e-3 * scale, err_msg=column)
+    assert np.array_equal(two["margin_base"].to_numpy(), one["margin_base"].to_numpy())  # π_ref's pass: exact
 
 
 def _collectives(rank: int, world: int, port: int, out: str) -> None:
