@@ -73,17 +73,17 @@ def _backward(ctx, grad):  # grad: (N,) d loss / d nll of each token
 
 
 @cache
-def _sliced_function():
-    """The autograd Function, made on first use (torch is imported lazily, as everywhere in the engine)."""
+def _function(name: str, forward, backward, doc: str):
+    """An autograd Function class, made on first use (torch is imported lazily, as everywhere in the engine)."""
     import torch
 
-    class SlicedNLL(torch.autograd.Function):
-        """NLL of ``targets`` (N,) under logits = states (N, H) @ weight (V, H)^T, fp32, sliced by ``rows``."""
+    return type(name, (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": doc})
 
-        forward = staticmethod(_forward)
-        backward = staticmethod(_backward)
 
-    return SlicedNLL
+def _sliced_function():
+    return _function("SlicedNLL", _forward, _backward,
+                     "NLL of ``targets`` (N,) under logits = states (N, H) @ weight (V, H)^T, fp32, sliced by ``rows``.")
 
 
 def sliced_nll(states, weight, targets, rows: int = 512, into_grad: bool = False):
@@ -129,17 +129,9 @@ def _embed_backward(ctx, grad):  # grad: (..., H) d loss / d each looked-up row
     return None, None, None
 
 
-@cache
 def _embed_function():
-    import torch
-
-    class EmbedIntoGrad(torch.autograd.Function):
-        """``F.embedding(ids, weight)`` whose backward adds the weight's gradient into ``weight.grad`` in place."""
-
-        forward = staticmethod(_embed_forward)
-        backward = staticmethod(_embed_backward)
-
-    return EmbedIntoGrad
+    return _function("EmbedIntoGrad", _embed_forward, _embed_backward,
+                     "``F.embedding(ids, weight)`` whose backward adds the weight's gradient into ``weight.grad``.")
 
 
 def trunk_inputs(trunk, ids) -> dict:
