@@ -22,7 +22,12 @@ Usage::
     python benchmarks/throughput.py [--model M] [--n N] [--max-length L] [--data PATH]
                                     [--random-weights 0.5b|1b|3b|7b|CONFIG] [--batch-tokens B] [--threads T]
                                     [--repeats R] [--device D] [--dtype auto|bf16|fp16|fp32] [--cache DIR]
-                                    [--compile] [--kernels auto|off]
+                                    [--compile] [--kernels auto|off] [--profile]
+
+``--profile`` adds ``profile``: {"baseline" | "engine": {"s", "matmul_share", "attention_share", "top"}}, one more
+run of each way under torch.profiler after the timed ones (with ``--threads 1``, so the engine's rows run on the
+profiled thread): how much of each way's time its matrix products take, and so how far the engine can get ahead of
+the loop by anything but faster products.
 """
 from __future__ import annotations
 
@@ -195,6 +200,28 @@ def run_baseline(model, encoded, device: str, warm: bool = True) -> tuple[list[f
 # ---------------------------------------------------------------- main
 
 
+MATRIX_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
+                 "aten::_scaled_dot_product_flash_attention", "aten::_scaled_dot_product_efficient_attention")
+
+
+def profile(run) -> dict:
+    """One more call of ``run()`` under torch.profiler: the share of operator time in matrix products and in
+    attention, and the ten largest operators. Operators are counted on the calling thread only, so the engine is
+    profiled whole only with ``--threads 1`` (with more, its scoring workers run rows on threads of their own)."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _, seconds = run()
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(self_us.values()) or 1
+    top = sorted(self_us.items(), key=lambda kv: -kv[1])[:10]
+    return {"s": round(seconds, 3),
+            "matmul_share": round(sum(self_us.get(k, 0) for k in MATRIX_OPS) / total, 3),
+            "attention_share": round(sum(self_us.get(k, 0) for k in ATTENTION_OPS) / total, 3),
+            "top": {k: round(v / total, 3) for k, v in top}}  # fmt: skip
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None,
@@ -215,6 +242,8 @@ def parse_args(argv=None):
                         help="GPU: torch.compile the engine's decoder layers (PassConfig.compile; the warm-up compiles)")
     parser.add_argument("--kernels", choices=["auto", "off"], default="auto",
                         help="CPU: the engine's fused bf16 kernels (PassConfig.kernels; 'off': transformers' layers)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timed rounds, one more of each way under torch.profiler (use --threads 1)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds of (baseline, engine), alternated; each way's best time is reported")
     return parser.parse_args(argv)
@@ -327,6 +356,12 @@ def main(argv=None) -> dict:
         "torch": torch.__version__,
         "compiled": args.compile,
     }
+    if args.profile:
+        result["profile"] = {
+            "baseline": profile(lambda: run_baseline(baseline_model, encoded, device, warm=False)),
+            "engine": profile(lambda: run_engine(engine_model, encoded, pass_config, tokenizer.pad_token_id, device,
+                                                 warm=False)),
+        }  # fmt: skip
     print(json.dumps(result), flush=True)
     return result
 
