@@ -81,6 +81,16 @@ def _weights(folder: Path) -> dict:
     return load_file(folder / "model.safetensors")
 
 
+def _update(trained: dict, base: dict) -> torch.Tensor:
+    """What training changed: trained - base over every weight, flattened into one vector."""
+    return torch.cat([(trained[k] - base[k]).flatten() for k in base])
+
+
+def _gap(update: torch.Tensor, reference: torch.Tensor) -> float:
+    """How far ``update`` is from ``reference``, relative to the size of ``reference``."""
+    return float((update - reference).norm() / reference.norm())
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same score job run by one process and by two ranks under torchrun, each in its own cache."""
@@ -108,10 +118,9 @@ def test_two_ranks_score_what_one_process_scores(runs):
     # the update (trained - base): 0.3 % apart here; each rank stepping on its own half-batch's gradients: 24 %
     base, a, b = _weights(root / "model"), _weights(next((one / "models").glob("ref-*"))), _weights(
         next((two / "models").glob("ref-*")))
-    update_one = torch.cat([(a[k] - base[k]).flatten() for k in base])
-    update_two = torch.cat([(b[k] - base[k]).flatten() for k in base])
+    update_one, update_two = _update(a, base), _update(b, base)
     assert float(update_one.norm()) > 0
-    assert float((update_two - update_one).norm() / update_one.norm()) < 0.02
+    assert _gap(update_two, update_one) < 0.02
     ref_one, ref_two = single["ref"][2], ranked["ref"][2]
     assert ref_two["id"].tolist() == ref_one["id"].tolist()
     np.testing.assert_allclose(ref_two["loss_sum"], ref_one["loss_sum"], rtol=2e-3)
@@ -177,14 +186,13 @@ def test_two_ranks_train_the_dpo_warm_ups_one_process_trains(tmp_path):
     assert set(single) == set(ranked) == {64, 32}  # π_θ on the training pairs, θ_val on the validation pairs
     base = _weights(tmp_path / "model")
     for n_pairs in (64, 32):
-        (key_one, meta_one, one), (key_two, meta_two, two) = single[n_pairs], ranked[n_pairs]
+        (_, meta_one, one), (_, meta_two, two) = single[n_pairs], ranked[n_pairs]
         assert meta_two["steps"] == meta_one["steps"] >= 16 and meta_two["train"] == meta_one["train"]
         # the same steps on the same pairs: the update (trained - base) within float tolerance. Measured: 2e-6 apart
         # for both; each rank stepping on its own half-batch's gradients instead: 21 %
-        update_one = torch.cat([(one[k] - base[k]).flatten() for k in base])
-        update_two = torch.cat([(two[k] - base[k]).flatten() for k in base])
+        update_one = _update(one, base)
         assert float(update_one.norm()) > 0
-        assert float((update_two - update_one).norm() / update_one.norm()) < 1e-3, n_pairs
+        assert _gap(_update(two, base), update_one) < 1e-3, n_pairs
     assert single[64][0] == ranked[64][0]  # π_θ's key does not name the launch: the one-process checkpoint is reused
     one, two = tables["one"], tables["two"]
     assert two["id"].tolist() == one["id"].tolist()
