@@ -6,6 +6,7 @@
 | ``DAVIR_DEVICE``         | force the scoring device: ``cpu``, ``cuda``, ``cuda:1`` …       | auto      |
 | ``DAVIR_WORKER_IDLE_EXIT`` | seconds an auto-started worker waits for work before exiting | ``60``    |
 | ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` | (set by ``torchrun`` / ``accelerate launch``) this process's place among many (scoring.ranks) | one process |
+| ``DAVIR_FSDP``           | ``1``: under a launcher, train sharded (FSDP) instead of data-parallel (scoring/train/sharded.py) | unset |
 | ``DAVIR_KILL_AFTER_PARTS`` | tests only: ``RANK:N`` kills that rank after its N-th part of a pass | unset |
 | ``HF_HUB_OFFLINE``       | (Hugging Face's own) no hub requests; ingest of a hub id fails at once | unset |
 | ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, ``LRU_CACHE_CAPACITY`` | (oneDNN's and PyTorch's) CPU matrix-product kernels kept per shape | ``64`` each (:func:`bound_kernel_caches`) |
@@ -22,6 +23,7 @@ DEVICE_VAR = "DAVIR_DEVICE"
 WORKER_IDLE_EXIT_VAR = "DAVIR_WORKER_IDLE_EXIT"
 HUB_OFFLINE_VAR = "HF_HUB_OFFLINE"
 KILL_AFTER_PARTS_VAR = "DAVIR_KILL_AFTER_PARTS"
+FSDP_VAR = "DAVIR_FSDP"
 
 
 # oneDNN (bf16 matrix products on a CPU) keeps a compiled kernel for every shape it meets, in two caches of 1,024
@@ -52,6 +54,10 @@ def launcher_place() -> tuple[int, int, int]:
     """(rank, world size, local rank) as ``torchrun`` / ``accelerate launch`` set them; (0, 1, 0) without one."""
     env = os.environ
     return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
+
+
+def fsdp_requested() -> bool:
+    return os.environ.get(FSDP_VAR, "").upper() in ("1", "ON", "YES", "TRUE")
 
 
 def kill_after_parts() -> str | None:

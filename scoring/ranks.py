@@ -17,7 +17,8 @@ rank 0 of a world of one, and every function here is free (no process group, no 
 
 Training under the launcher is data-parallel through Trainer / TRL (their DDP); the token-bounded training step
 (scoring/train/bounded.py) reduces the gradients itself with :func:`reduce_gradients`, because it runs the model's
-trunk and LM head directly rather than through the DDP wrapper's forward, whose hooks would otherwise do it.
+trunk and LM head directly rather than through the DDP wrapper's forward, whose hooks would otherwise do it. With
+``DAVIR_FSDP=1`` the model is sharded over the ranks instead and FSDP reduces them (scoring/train/sharded.py).
 
 ``DAVIR_KILL_AFTER_PARTS=RANK:N`` (for tests of a crash) makes rank RANK kill itself with SIGKILL right after it has
 written its N-th part of a pass, as a lost node would.

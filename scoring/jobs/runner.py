@@ -37,6 +37,7 @@ from scoring.scores.embedding_map import compute_map
 from scoring.store.cache import Cache
 from scoring.store.claims import Claim, try_claim
 from scoring.store.jobs import ACTIVE, FINISHED, Job, cancel_marker, load_job, now, read_job, save_job
+from scoring.train import sharded
 
 
 def enqueue(cache: Cache, request: Job) -> tuple[Job, bool]:
@@ -115,6 +116,9 @@ def _run_owned(cache: Cache, job: Job, progress: bool) -> None:
         return marker.exists()
 
     try:
+        for train in (job.train, job.dpo, (job.evaluation or {}).get("train")):
+            if train:  # DAVIR_FSDP=1 with LoRA is refused now, not after hours of passes
+                sharded.wanted(train.get("method", "full"))
         if job.kind == MAP_JOB:
             job.progress(stage="computing the UMAP map")
             save_job(cache, job)

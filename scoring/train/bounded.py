@@ -18,13 +18,16 @@ padded.
 Under a launcher (DDP, scoring.ranks) the groups run through the unwrapped model: the trunk and a sliced LM head,
 not the DDP wrapper's forward, so DDP's gradient hooks never fire; the gradients are reduced here instead, once per
 optimizer step (at the micro-batch Trainer marks ``sync_gradients``), summed when the loss was divided by the
-tokens of every rank's batch (Trainer's ``average_tokens_across_devices``), averaged otherwise.
+tokens of every rank's batch (Trainer's ``average_tokens_across_devices``), averaged otherwise. Under FSDP
+(scoring/train/sharded.py) each group runs through the sharded model's registered forward method and FSDP
+reduce-scatters its gradients, summed or averaged alike.
 """
 from __future__ import annotations
 
 from scoring import ranks
 from scoring.passes.engine import micro_batches
 from scoring.passes.packing import packed_batches
+from scoring.train import sharded
 
 TRAIN_HEAD_ROWS = 128  # hidden states through the LM head at once while training (128 x V fp32 logits at most)
 
@@ -61,13 +64,15 @@ def backward_groups(trainer, model, group_losses, summed: bool = False) -> objec
     # no cache of bf16 weight copies: with activation checkpointing they would stay alive through the backward pass
     # (+80 MB on the 135M default); a recomputed layer casts its weights again instead
     uncached = AutocastKwargs(cache_enabled=False)
+    if sharded.is_sharded(model):  # FSDP reduce-scatters each group's gradients as its backward ends
+        sharded.set_reduction(model, summed)
     reported = None
     for compute in group_losses:
         with trainer.accelerator.autocast(autocast_handler=uncached):
             loss = compute()
         trainer.accelerator.backward(loss)
         reported = loss.detach() if reported is None else reported + loss.detach()
-    if trainer.accelerator.sync_gradients:
+    if trainer.accelerator.sync_gradients and not sharded.is_sharded(model):
         ranks.reduce_gradients(model.parameters(), average=not summed)
     if reported is None:
         return torch.zeros(())
@@ -98,5 +103,5 @@ def bounded_step(trainer, model, inputs: dict, num_items_in_batch, budget: int, 
     total = torch.as_tensor(total, device=scored.device, dtype=torch.float32)
     groups = token_groups(inputs["attention_mask"].sum(1).tolist(), budget, packed)
     summed = num_items_in_batch is not None and trainer.args.average_tokens_across_devices
-    return backward_groups(trainer, model, [lambda rows=rows: loss_sum(model, rows_of(inputs, rows)) / total
-                                            for rows in groups], summed)  # fmt: skip
+    losses = [lambda rows=rows: sharded.run(model, loss_sum, rows_of(inputs, rows)) / total for rows in groups]
+    return backward_groups(trainer, model, losses, summed)

@@ -48,6 +48,7 @@ from scoring.passes.engine import head_losses, trunk_and_head
 from scoring.passes.head import trunk_inputs
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
+from scoring.train import sharded
 from scoring.train.bounded import TRAIN_HEAD_ROWS, backward_groups, token_groups, unwrapped
 from scoring.train.dpo_config import DPOTrainConfig
 from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_base, lora_config, optimizer_steps
@@ -124,9 +125,11 @@ def train_dpo(
     if not rows:
         raise UserError("no pair to train DPO on: every pair is flagged or has an empty side after truncation")
     partial = checkpoint.start()
-    trainer = dpo_trainer(load_base(base, trust_remote_code), tokenizer, rows, cfg, partial, max_length, device,
-                          trust_remote_code, [progress_hooks(cfg, on_progress, should_stop)],
-                          quiet=on_progress is not None)  # fmt: skip
+    model = load_base(base, trust_remote_code)
+    if sharded.wanted(cfg.method):
+        sharded.mark(model, device)  # sharded once TRL has seen it whole (it hashes the weights)
+    trainer = dpo_trainer(model, tokenizer, rows, cfg, partial, max_length, device, trust_remote_code,
+                          [progress_hooks(cfg, on_progress, should_stop)], quiet=on_progress is not None)  # fmt: skip
     record = {"base": base.fingerprint, "n_pairs": len(rows), "train": cfg.key_fields(),
               "steps": optimizer_steps(cfg, len(rows))}  # fmt: skip
     return train_and_save(trainer, checkpoint, tokenizer, cfg, should_stop, "davir_dpo.json", record)
@@ -234,7 +237,7 @@ def grouped_step(trainer, model, inputs):
     n, groups = pair_groups(inputs, trainer.token_budget)
     steps = trainer.current_gradient_accumulation_steps
     return backward_groups(trainer, model, [
-        lambda rows=rows: trainer.compute_loss(model, pair_rows(inputs, rows, n)) * (len(rows) / n / steps)
+        lambda rows=rows: sharded.run(model, trainer.compute_loss, pair_rows(inputs, rows, n)) * (len(rows) / n / steps)
         for rows in groups])  # fmt: skip
 
 
@@ -251,7 +254,7 @@ def grouped_ref_logps(trainer, model, inputs):
     with torch.no_grad(), off, trainer.accelerator.autocast():
         for rows in groups:
             sub = pair_rows(inputs, rows, n)
-            logps = sequence_logps(model, sub["input_ids"], sub["attention_mask"], sub["completion_mask"])
+            logps = sharded.run(model, sequence_logps, sub["input_ids"], sub["attention_mask"], sub["completion_mask"])
             chosen[rows], rejected[rows] = logps.float().chunk(2, dim=0)
     return chosen, rejected
 
@@ -267,7 +270,7 @@ def reward_means(kept: dict[str, list[float]], prefix: str) -> dict[str, float]:
 def _trainer_class():
     from trl import DPOTrainer
 
-    class PretokenizedDPOTrainer(DPOTrainer):
+    class PretokenizedDPOTrainer(sharded.ShardedCheckpoints, DPOTrainer):
         """DPOTrainer fed encode_side's {prompt_ids, chosen_ids, rejected_ids} (scoring's tokens), the ``objective``'s
         loss, each micro-batch as groups of pairs of at most ``token_budget`` tokens (scoring/train/bounded.py)."""
 
@@ -275,6 +278,7 @@ def _trainer_class():
             self.objective, self.token_budget = objective, token_budget
             self.objective_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # reward metrics, per log
             super().__init__(*args, **kwargs)
+            sharded.ensure(self.model)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             """The batch mean of -log σ(r_w - r_l), with the DPO rewards of :func:`dpo_rewards` ("dpo": TRL's
@@ -320,6 +324,7 @@ def _trainer_class():
         def _precompute_ref_logps(self, dataset, name, batch_size):
             if "ref_chosen_logps" in dataset.column_names:  # given by the caller (the ref pass)
                 return dataset
+            sharded.ensure(self.model)  # computed by the model as it will train: sharded, under FSDP
             return super()._precompute_ref_logps(dataset, name, batch_size)
 
     return PretokenizedDPOTrainer

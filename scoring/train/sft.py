@@ -20,6 +20,7 @@ from scoring.passes.attention import install
 from scoring.passes.engine import PassConfig, packed_batch, response_losses, uses_packing
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
+from scoring.train import sharded
 from scoring.train.bounded import TRAIN_HEAD_ROWS, bounded_step
 from scoring.train.sft_config import TrainConfig
 from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, accumulation_steps, load_base, lora_config
@@ -99,6 +100,8 @@ def train_reference(
 
         model = get_peft_model(model, lora_config(cfg))
     packed = not device.startswith("cuda") and uses_packing(model, PassConfig(), max_length)
+    if sharded.wanted(cfg.method):
+        model = sharded.shard(model, device)
     trainer = _trainer_class(packed, cfg.group_tokens(device), cfg.micro_batch_size * accumulation_steps(cfg))(
         model=model,
         args=_arguments(cfg, partial, len(data), device),
@@ -133,7 +136,7 @@ def _trainer_class(packed: bool, budget: int, batch: int):
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    class ReferenceTrainer(Trainer):
+    class ReferenceTrainer(sharded.ShardedCheckpoints, Trainer):
         def _get_train_sampler(self, train_dataset=None):
             data = train_dataset if train_dataset is not None else self.train_dataset
             return LengthGroupedSampler(batch, lengths=[len(item["input_ids"]) for item in data.items])

@@ -4,7 +4,8 @@ arithmetic and the TrainingArguments both methods set alike, the progress / time
 from the last ``.partial/checkpoint-*``, and the final save (LoRA merged back, model + tokenizer + a record, renamed
 into place atomically). Under ``torchrun`` / ``accelerate launch`` Trainer and TRL train data-parallel (DDP): each
 rank's micro-batches are its share of the same optimizer step (:func:`per_rank_batches`), the ranks stop and save
-checkpoints together, and rank 0 alone writes the final model (scoring.ranks).
+checkpoints together, and rank 0 alone writes the final model (scoring.ranks); with ``DAVIR_FSDP=1`` the model is
+sharded over them instead (scoring/train/sharded.py).
 
 Why shared: the two methods differ only in their data, loss and trainer class (transformers' Trainer vs TRL's
 DPOTrainer); everything around them must behave the same so that a cancelled job resumes, a finished checkpoint is
@@ -27,6 +28,7 @@ from scoring import ranks
 from scoring.errors import UserError
 from scoring.models.loading import ModelRef, cpu_has_bf16, folder_fingerprint, save_tokenizer
 from scoring.store.cache import Cache, atomic_write_json
+from scoring.train import sharded
 from scoring.train.config import BaseTrainConfig
 
 OnProgress = Callable[[int, int], None]  # (optimizer steps done, total)
@@ -175,14 +177,15 @@ def train_resuming(trainer, partial: Path) -> None:
 
 
 def save_final(trained, tokenizer, cfg: BaseTrainConfig, partial: Path, final: Path, record_name: str,
-               record: dict) -> None:  # fmt: skip
+               record: dict, state_dict: dict | None = None) -> None:  # fmt: skip
     """Merge LoRA back, save model + tokenizer + a record of how they were made, then rename into place: a
-    checkpoint folder either is complete or does not exist."""
+    checkpoint folder either is complete or does not exist. ``state_dict``: the weights gathered from a sharded
+    model (scoring/train/sharded.py)."""
     if cfg.method == "lora":
         trained = trained.merge_and_unload()
     staging = partial / "final"
     shutil.rmtree(staging, ignore_errors=True)
-    trained.save_pretrained(staging)
+    trained.save_pretrained(staging, state_dict=state_dict)
     save_tokenizer(tokenizer, staging)
     atomic_write_json(staging / record_name, record)
     os.replace(staging, final)
@@ -197,7 +200,8 @@ def train_and_save(trainer, checkpoint: Checkpoint, tokenizer, cfg: BaseTrainCon
     train_resuming(trainer, checkpoint.partial)
     if ranks.any_true(bool(should_stop and should_stop())):
         return None
+    whole = sharded.full_state_dict(trainer.model) if sharded.is_sharded(trainer.model) else None  # every rank
     if ranks.current().main:
-        save_final(trainer.model, tokenizer, cfg, checkpoint.partial, checkpoint.final, record_name, record)
+        save_final(trainer.model, tokenizer, cfg, checkpoint.partial, checkpoint.final, record_name, record, whole)
     ranks.barrier()
     return checkpoint.model_ref()

@@ -1,0 +1,186 @@
+"""FSDP: training a model too big for one device, its weights, gradients and Adam moments split over the ranks.
+
+The switch is ``DAVIR_FSDP=1`` in the environment of a ``torchrun`` / ``accelerate launch`` job (scoring.env); without
+it, or in a single process, training is data-parallel (DDP), the model whole on every rank. It changes no weight
+beyond float rounding, so it is not part of any checkpoint key, and a job may be re-launched with or without it; only
+a Trainer checkpoint saved halfway through must be resumed under the layout that saved it.
+
+How (PyTorch's FSDP2, ``fully_shard``, on the same process group as everything else: NCCL on GPUs, gloo on a CPU):
+
+- every decoder layer is one unit and the rest of the model (embeddings, final norm, LM head, tied or not) the root
+  unit; a unit's full weights exist only while it runs (each layer's again for its backward pass), its gradients
+  are reduce-scattered as soon as its backward is done, and each rank keeps and updates its 1/world share;
+- the token-bounded training step (scoring/train/bounded.py) runs the model's trunk and a sliced LM head directly,
+  not through ``forward``, so the loss of each group runs as ``model.davir_run(fn, ...)``, a method registered with
+  FSDP as a forward (:func:`run`): the root unit gathers its weights before it and the layers theirs as they are
+  called;
+- gradients are summed (or averaged) over the ranks as the DDP path sums (or averages) them
+  (:func:`set_reduction`); the reductions are plain sums, the division done apart, because gloo has neither an
+  averaging nor a pre-scaled sum;
+- a resumable Trainer checkpoint is the model's and the optimizer's shards through ``torch.distributed.checkpoint``
+  (:class:`ShardedCheckpoints`), which reshards on load, so a run may resume on another number of ranks; the final
+  model is gathered whole onto rank 0 (:func:`full_state_dict`) and saved like any other.
+
+Not sharded: LoRA (its adapters are small; with LoRA the base model must fit one device), and the scoring passes,
+which run inference on a whole model per rank. Each rank loads the whole model into CPU memory once before sharding
+it, so host memory must hold one fp32 copy per process of a node.
+"""
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+from scoring import ranks
+from scoring.env import fsdp_requested
+from scoring.errors import UserError
+
+SHARDS = "sharded"  # the folder, inside a Trainer checkpoint, of the model's and optimizer's shards
+
+
+def wanted(method: str) -> bool:
+    """Whether this run trains sharded: ``DAVIR_FSDP`` set and more than one process. LoRA is refused there."""
+    if not (fsdp_requested() and ranks.current().many):
+        return False
+    if method == "lora":
+        raise UserError("DAVIR_FSDP=1 shards full fine-tuning only: with --train-method lora the base model must "
+                        "fit one device (unset DAVIR_FSDP to train LoRA data-parallel)")
+    return True
+
+
+def _layer_classes(model) -> set[str]:
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    if not names:
+        raise UserError(f"{type(model).__name__} names no decoder layer class (_no_split_modules), so FSDP cannot "
+                        "split it into units; unset DAVIR_FSDP to train it data-parallel")
+    return names
+
+
+def _run(self, fn, *args):
+    return fn(self, *args)
+
+
+def mark(model, device: str) -> None:
+    """Mark ``model`` to be sharded on ``device``'s kind by :func:`ensure`, and tell Trainer now that it must neither
+    wrap it in DDP nor move it whole onto the device (as for a model transformers shards itself at load time). For a
+    trainer whose constructor must see the whole model (TRL's DPOTrainer hashes its weights)."""
+    model._is_distributed_loading_by_transformers = True
+    model.davir_fsdp_device = device
+
+
+def ensure(model) -> None:
+    """Shard a :func:`mark`-ed model now unless it already is: a unit per decoder layer, the rest in the root
+    unit, over every rank (cuda: each rank's own GPU)."""
+    device = getattr(model, "davir_fsdp_device", None)
+    if device is None or is_sharded(model):
+        return
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    classes = _layer_classes(model)
+    layers = [m for m in model.modules() if type(m).__name__ in classes]
+    if not layers:
+        raise UserError(f"none of {type(model).__name__}'s modules is a {' / '.join(sorted(classes))}")
+    mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (ranks.join().world,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    for unit in units(model):
+        unit.set_force_sum_reduction_for_comms(True)
+    model.davir_run = types.MethodType(_run, model)
+    register_fsdp_forward_method(model, "davir_run")
+
+
+def shard(model, device: str):
+    """``model`` split over the ranks in place (:func:`mark`, then :func:`ensure`); returns it."""
+    mark(model, device)
+    ensure(model)
+    return model
+
+
+def units(model) -> list:
+    """The FSDP units of ``model`` (none when it is not sharded)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(model) -> bool:
+    return hasattr(model, "davir_run")
+
+
+def run(model, fn, *args):
+    """``fn(model, *args)``, through FSDP's forward hooks when ``model`` is sharded (its weights gathered first)."""
+    return model.davir_run(fn, *args) if is_sharded(model) else fn(model, *args)
+
+
+def set_reduction(model, summed: bool) -> None:
+    """Make each backward's reduce-scatter sum the ranks' gradients (``summed``: each rank's loss is already over
+    every rank's tokens) or average them, as the DDP path's reduction does."""
+    factor = 1.0 if summed else float(ranks.current().world)
+    for unit in units(model):
+        unit.set_gradient_divide_factor(factor)
+
+
+def full_state_dict(model) -> dict:
+    """The whole model's weights on rank 0's CPU (empty on the others), a tied weight (the LM head that is the
+    input embedding) once, under its first name, as save_pretrained writes it; a collective step every rank must
+    take."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    first = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(param), name) != name:
+            state.pop(name, None)
+    return state
+
+
+class ShardedCheckpoints:
+    """A Trainer mixin: under FSDP a resumable checkpoint holds the model's and the optimizer's shards (torch's
+    distributed checkpoint, written by every rank, readable by any number of ranks) instead of one rank's copy of
+    each; the scheduler, the Trainer state and the RNG states are saved as always. Without FSDP it changes nothing,
+    but refuses to resume a checkpoint saved under the other layout."""
+
+    def _sharded(self) -> bool:
+        return is_sharded(self.model)
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if self._sharded() and _internal_call:
+            return  # saved with the optimizer's shards, below
+        return super().save_model(output_dir, _internal_call)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self._sharded():
+            return super()._save_optimizer_and_scheduler(output_dir)
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model, optimizer = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model, "optimizer": optimizer}, checkpoint_id=str(Path(output_dir) / SHARDS))
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / "scheduler.pt")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        saved_sharded = (Path(resume_from_checkpoint) / SHARDS).is_dir()
+        if saved_sharded != self._sharded():
+            raise UserError(f"{resume_from_checkpoint} was saved {'with' if saved_sharded else 'without'} "
+                            f"DAVIR_FSDP=1: re-launch {'with' if saved_sharded else 'without'} it to resume, or delete "
+                            f"{Path(resume_from_checkpoint).parent} to train from the start")
+        if not self._sharded():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        return None  # the shards are loaded with the optimizer's, once it exists
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        if checkpoint is None or not self._sharded():
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model, optimizer = get_state_dict(self.model, self.optimizer)
+        state = {"model": model, "optimizer": optimizer}
+        dcp.load(state, checkpoint_id=str(Path(checkpoint) / SHARDS))
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])  # fmt: skip
+        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / "scheduler.pt", weights_only=True))

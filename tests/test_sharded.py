@@ -1,0 +1,162 @@
+"""Training sharded (FSDP, ``DAVIR_FSDP=1``; scoring/train/sharded.py) on the CPU over gloo: the gradients two
+sharded ranks make are one process's, summed or averaged as asked; a sharded reference fine-tune lands where one
+process's does, and one stopped halfway and re-launched on twice the ranks lands where an uninterrupted sharded run
+does; a checkpoint is only resumed under the layout that saved it; LoRA and a model without decoder layers are
+refused.
+(The DPO warm-ups under FSDP: tests/test_distributed.py.)
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoring.errors import UserError
+from scoring.train import sharded
+from tests.test_distributed import ROOT, _free_port, _gap, _update, _weights
+from tests.tiny import build_model
+
+TRAIN = ROOT / "tests" / "sharded_train.py"
+
+
+def _batch(seed: int = 1) -> dict:
+    """Four right-padded rows of different lengths, the loss on all but their first 6 tokens."""
+    torch.manual_seed(seed)
+    ids = torch.randint(5, 300, (4, 24))
+    attention = torch.ones_like(ids)
+    for row, n in enumerate((24, 17, 20, 9)):
+        attention[row, n:] = 0
+    labels = torch.where(attention.bool(), ids, -100)
+    labels[:, :6] = -100
+    return {"input_ids": ids, "labels": labels, "attention_mask": attention}
+
+
+def _loss_sum(model, inputs: dict, packed: bool):
+    from scoring.train.sft import sft_loss_sum
+
+    return sft_loss_sum(model, inputs, packed)
+
+
+def _gradients(rank: int, world: int, port: int, folder: str, out: str) -> None:
+    """One of two gloo processes: the tiny model sharded, each rank's half of :func:`_batch` through the sharded
+    model's forward method and backward, then the whole gradients gathered; for both reductions, packed or not."""
+    from transformers import AutoModelForCausalLM
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), DAVIR_DEVICE="cpu")  # fmt: skip
+    inputs = _batch()
+    total = float((inputs["labels"][:, 1:] != -100).sum())
+    mine = {k: v[rank::world] for k, v in inputs.items()}
+    for summed in (True, False):
+        for packed in (False, True):
+            model = sharded.shard(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), "cpu")
+            sharded.set_reduction(model, summed)
+            # summed: each rank's loss is over every rank's tokens; averaged: over its share, times the ranks
+            scale = 1.0 if summed else float(world)
+            loss = sharded.run(model, _loss_sum, mine, packed) * scale / total
+            loss.backward()
+            grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+            if rank == 0:
+                torch.save(grads, Path(out, f"{summed}-{packed}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_sharded_ranks_make_one_process_gradients(tmp_path):
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+
+    folder = build_model(tmp_path / "model")
+    mp.spawn(_gradients, args=(2, _free_port(), str(folder), str(tmp_path)), nprocs=2, join=True)
+    inputs = _batch()
+    total = float((inputs["labels"][:, 1:] != -100).sum())
+    for packed in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        (_loss_sum(model, inputs, packed) / total).backward()
+        want = {n: p.grad for n, p in model.named_parameters()}
+        for summed in (True, False):
+            got = torch.load(tmp_path / f"{summed}-{packed}.pt")
+            assert got.keys() == want.keys()
+            for name, grad in want.items():
+                assert float(grad.norm()) > 0, name
+                # measured: within 2e-7 of one process; a reduction that sums where it should average: 100 %
+                assert _gap(got[name], grad) < 1e-5, (summed, packed, name)
+
+
+def _train(cache: Path, model: Path, out: Path, nproc: int, stop_after: int = 0, fsdp: bool = True) -> dict:
+    """tests/sharded_train.py in one process (``nproc`` 0) or under torchrun; its result ({path, steps} or error)."""
+    launcher = [sys.executable] if not nproc else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
+        "--master-port", str(_free_port())]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", DAVIR_FSDP="1" if fsdp else "")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
+    run = subprocess.run([*launcher, str(TRAIN), str(cache), str(model), str(out), str(stop_after)],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_a_sharded_fine_tune_stopped_and_relaunched_is_the_uninterrupted_one(tmp_path):
+    model = build_model(tmp_path / "model")
+    one = _train(tmp_path / "one", model, tmp_path / "one.json", nproc=0)
+    whole = _train(tmp_path / "whole", model, tmp_path / "whole.json", nproc=2)
+    assert one["steps"] == whole["steps"] == list(range(1, 9))
+    stopped = _train(tmp_path / "cut", model, tmp_path / "stopped.json", nproc=2, stop_after=3)
+    assert stopped == {"path": None, "steps": [1, 2, 3]}
+    (checkpoint,) = (tmp_path / "cut" / "models").glob(".ref-*.partial/checkpoint-*")
+    assert (checkpoint / sharded.SHARDS).is_dir() and not list(checkpoint.glob("*.safetensors"))
+    # one process cannot resume the shards: a clear error, and the checkpoint is left alone
+    refused = _train(tmp_path / "cut", model, tmp_path / "refused.json", nproc=0)
+    assert "saved with DAVIR_FSDP=1" in refused["error"] and checkpoint.is_dir()
+    # re-launched on 4 ranks: the shards of 2 are resharded on load (each step still sees the same 4 examples)
+    resumed = _train(tmp_path / "cut", model, tmp_path / "resumed.json", nproc=4)
+    assert resumed["steps"] == [4, 5, 6, 7, 8]  # from the checkpoint on, not from step 1
+    base = _weights(model)
+    trained = {name: _weights(Path(result["path"])) for name, result in
+               (("one", one), ("whole", whole), ("resumed", resumed))}  # fmt: skip
+    assert trained["one"].keys() == trained["whole"].keys() == base.keys()  # a tied head saved once, like one process
+    update = {name: _update(weights, base) for name, weights in trained.items()}
+    assert float(update["one"].norm()) > 0
+    # measured: the sharded update 2.2e-7 from one process's; the resumed one 2.1e-7 from the uninterrupted one (0
+    # when re-launched on 2 ranks again); resumed without loading the shards: 65 %
+    assert _gap(update["whole"], update["one"]) < 1e-4
+    assert _gap(update["resumed"], update["whole"]) < 1e-6
+
+
+def test_fsdp_is_asked_for_under_a_launcher_and_refuses_lora(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DAVIR_FSDP"):
+        monkeypatch.delenv(name, raising=False)
+    assert not sharded.wanted("full")
+    monkeypatch.setenv("DAVIR_FSDP", "1")
+    assert not sharded.wanted("full")  # one process: nothing to shard over
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert sharded.wanted("full")
+    with pytest.raises(UserError, match="full fine-tuning only"):
+        sharded.wanted("lora")
+    monkeypatch.setenv("DAVIR_FSDP", "0")
+    assert not sharded.wanted("full")
+
+
+def test_a_model_without_decoder_layers_is_refused():
+    with pytest.raises(UserError, match="no decoder layer class"):
+        sharded.shard(torch.nn.Linear(2, 2), "cpu")
+    assert not sharded.is_sharded(torch.nn.Linear(2, 2))
+
+
+def test_a_lora_job_under_fsdp_fails_before_any_pass(tmp_path, monkeypatch):
+    from scoring.jobs.runner import _run_owned
+    from scoring.store.cache import Cache
+    from scoring.store.jobs import Job
+
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0"), ("DAVIR_FSDP", "1")):
+        monkeypatch.setenv(name, value)
+    cache = Cache(tmp_path)
+    job = Job(id="lora", kind="score", dataset="missing", dataset_fingerprint="f", train={"method": "lora"})
+    with pytest.raises(UserError, match="failed on rank 0: DAVIR_FSDP=1 shards full fine-tuning only"):
+        _run_owned(cache, job, progress=False)  # the dataset does not exist: no pass was started
+    assert job.state == "failed" and not (tmp_path / "passes").exists()
