@@ -4,6 +4,7 @@ configuration, not the data?
     python benchmarks/memory.py                                  # GSM8K 200 and 2,000 rows, LIMA 200, HH-RLHF 200
     python benchmarks/memory.py --runs gsm8k:200 lima:64 --train-steps 1
     python benchmarks/memory.py --fine-tune-alone gsm8k:200 --train-steps 0   # one epoch, step by step
+    python benchmarks/memory.py --fine-tune-alone gsm8k:200 --train-steps 4 --ranks 2 --fsdp   # per rank, sharded
 
 Each run ingests the first N rows of a dataset in ../shared/data (gsm8k: train.jsonl, instruction data; lima:
 lima.json, long answers; hh: HH-RLHF helpful-base pairs) into one benchmark cache (``--cache``, default
@@ -20,7 +21,8 @@ kernel's VmHWM, reset at the start of each stage), in the one process that runs 
 The last line printed is JSON: {"cpu", "model", "max_length", "train_steps", "target_mb", "runs": {"gsm8k:200":
 {"peak_mb": {stage: MB}, "seconds": {stage: s}, "rows": N}, ...}, "max_peak_mb", "meets_target", "flat"}; ``flat``
 compares each stage's peak across the sizes of one dataset (largest / smallest). ``--fine-tune-alone`` prints
-{"cpu", ..., "steps": [{"step", "peak_mb", "after_mb", "s"}], "max_peak_mb"} instead.
+{"cpu", ..., "steps": [{"step", "peak_mb", "after_mb", "s"}], "max_peak_mb"} instead; with ``--ranks N`` it runs
+under torchrun (gloo) and prints each rank's steps under "per_rank", DDP or, with ``--fsdp``, sharded.
 """
 from __future__ import annotations
 
@@ -78,7 +80,13 @@ def fine_tune_alone(cache_root: Path, data: str, rows: int, max_length: int, tra
     from scoring.train.sft import train_reference
     from scoring.train.sft_config import TrainConfig
 
-    cache, name = fresh_dataset(cache_root, data, rows)
+    from scoring import ranks
+
+    if ranks.current().main:  # under a launcher (--ranks): rank 0 prepares the cache, the others wait for it
+        cache, name = fresh_dataset(cache_root, data, rows)
+        resolve(DEFAULT_MODEL, cache)
+    ranks.barrier()
+    cache, name = Cache(cache_root), f"{data}-{rows}"
     base = resolve(DEFAULT_MODEL, cache)
     tokenizer = load_tokenizer(base)
     messages = [json.loads(m) for m in load_examples(cache, name, columns=["messages"])["messages"]]
@@ -99,6 +107,35 @@ def fine_tune_alone(cache_root: Path, data: str, rows: int, max_length: int, tra
                     template_fingerprint(tokenizer), max_length, TrainConfig(max_steps=train_steps or 0), "cpu",
                     on_step)  # fmt: skip
     return {"rows": rows, "steps": steps, "max_peak_mb": max(s["peak_mb"] for s in steps)}
+
+
+def launched(args) -> dict:
+    """--fine-tune-alone under ``torchrun --nproc-per-node RANKS`` (gloo, one thread per rank), DDP or sharded
+    (``--fsdp``): each rank's step peaks, as {"cpu", ..., "ranks", "fsdp", "per_rank": [{"rank", "max_peak_mb",
+    "steps"}], "max_peak_mb"}."""
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as out:
+        env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                   DAVIR_FSDP="1" if args.fsdp else "")  # fmt: skip
+        run = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.ranks), "--master-addr",
+             "127.0.0.1", "--master-port", str(port), __file__, "--cache", args.cache, "--max-length",
+             str(args.max_length), "--train-steps", str(args.train_steps), "--fine-tune-alone", args.fine_tune_alone,
+             "--rank-out", out],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        if run.returncode != 0:
+            raise SystemExit(f"the launched fine-tune failed:\n{run.stderr[-3000:]}")
+        per_rank = [{"rank": r, **json.loads(Path(out, f"rank-{r}.json").read_text())} for r in range(args.ranks)]
+    return {"cpu": _cpu(), "cores": os.cpu_count(), "max_length": args.max_length, "date": time.strftime("%Y-%m-%d"),
+            "ranks": args.ranks, "fsdp": args.fsdp, "fine_tune": args.fine_tune_alone,
+            "per_rank": [{"rank": r["rank"], "max_peak_mb": r["max_peak_mb"], "steps": r["steps"]} for r in per_rank],
+            "max_peak_mb": max(r["max_peak_mb"] for r in per_rank)}  # fmt: skip
 
 
 def fresh_dataset(cache_root: Path, data: str, rows: int) -> tuple[Cache, str]:
@@ -146,13 +183,25 @@ def main() -> None:
     parser.add_argument("--fine-tune-alone", metavar="DATA:ROWS",
                         help="only the reference fine-tune, in this process, printing each step's peak and what is "
                              "left after it (--train-steps 0: a whole epoch)")
+    parser.add_argument("--ranks", type=int, default=1, help="--fine-tune-alone under torchrun with this many "
+                        "processes (gloo), each rank's steps reported")
+    parser.add_argument("--fsdp", action="store_true", help="with --ranks: train sharded (DAVIR_FSDP=1), not DDP")
     parser.add_argument("--child", nargs=2, metavar=("DATA", "ROWS"), help=argparse.SUPPRESS)
+    parser.add_argument("--rank-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fine_tune_alone:
         data, _, rows = args.fine_tune_alone.partition(":")
         if data not in ("gsm8k", "lima") or not rows.isdigit():
             parser.error("--fine-tune-alone: DATA:ROWS with DATA gsm8k or lima")
+        if args.ranks > 1:
+            print(json.dumps(launched(args)))
+            return
         out = fine_tune_alone(Path(args.cache), data, int(rows), args.max_length, args.train_steps)
+        if args.rank_out:  # one rank of launched(): its own figures, in a file of its own
+            from scoring import ranks
+
+            Path(args.rank_out, f"rank-{ranks.current().rank}.json").write_text(json.dumps(out))
+            return
         print(json.dumps({"cpu": _cpu(), "cores": os.cpu_count(), "max_length": args.max_length,
                           "date": time.strftime("%Y-%m-%d"), **out}))  # fmt: skip
         return

@@ -100,25 +100,30 @@ def barrier() -> None:
         _dist().barrier()
 
 
-def _reduce_flag(flag: bool, op_name: str) -> bool:
+def _reduce_int(number: int, op_name: str) -> int:
     if not join().many:
-        return flag
+        return number
     import torch
 
     dist = _dist()
-    value = torch.tensor([int(flag)], device=_flag_device())
+    value = torch.tensor([int(number)], device=_flag_device())
     dist.all_reduce(value, op=getattr(dist.ReduceOp, op_name))
-    return bool(value.item())
+    return int(value.item())
 
 
 def all_true(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on every rank (a collective step: every rank must call it)."""
-    return _reduce_flag(flag, "MIN")
+    return bool(_reduce_int(flag, "MIN"))
 
 
 def any_true(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any rank (a collective step)."""
-    return _reduce_flag(flag, "MAX")
+    return bool(_reduce_int(flag, "MAX"))
+
+
+def most(number: int) -> int:
+    """The largest of every rank's ``number`` (a collective step)."""
+    return _reduce_int(number, "MAX")
 
 
 def from_main(obj):

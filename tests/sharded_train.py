@@ -1,8 +1,8 @@
 """Fine-tune the tiny model's reference in this process (or under ``torchrun``, one rank), optionally stopping after
-a number of optimizer steps as a cancelled job does; used by tests/test_distributed.py to train sharded (FSDP),
-stop, and resume.
+a number of optimizer steps as a cancelled job does; or (``dpo``) train it by DPO on pairs whose reference
+log-probs the trainer computes itself. Used by tests/test_sharded.py to train sharded (FSDP), stop, and resume.
 
-usage: python tests/sharded_train.py CACHE MODEL OUT.json [STOP_AFTER_STEPS]
+usage: python tests/sharded_train.py CACHE MODEL OUT.json [STOP_AFTER_STEPS [dpo]]
 """
 from __future__ import annotations
 
@@ -18,25 +18,37 @@ from scoring.errors import UserError  # noqa: E402
 from scoring.models.formatting import template_fingerprint  # noqa: E402
 from scoring.models.loading import load_tokenizer, resolve  # noqa: E402
 from scoring.store.cache import Cache  # noqa: E402
+from scoring.train.dpo import train_dpo  # noqa: E402
+from scoring.train.dpo_config import DPOTrainConfig  # noqa: E402
 from scoring.train.sft import train_reference  # noqa: E402
 from scoring.train.sft_config import TrainConfig  # noqa: E402
 
 CONVS = [[{"role": "user", "content": f"What is {i} + {i * 7 % 13}?"},
           {"role": "assistant", "content": f"{i} + {i * 7 % 13} = {i + i * 7 % 13}. " * (1 + i % 3)}]
          for i in range(32)]  # fmt: skip
-CONFIG = TrainConfig(learning_rate=1e-3, precision="fp32", batch_size=4, micro_batch_size=2)  # 8 steps
+PAIRS = [([{"role": "user", "content": f"Say something about {i}."}], f"{i} is a number. " * (1 + i % 4),
+          f"no {i}" if i % 2 else "I will not.") for i in range(32)]  # fmt: skip
+DPO_CONFIG = DPOTrainConfig(learning_rate=1e-3, precision="fp32", batch_size=4, micro_batch_size=2, min_steps=0,
+                            micro_batch_tokens=64)  # 8 steps; a group: one pair or two (ranks run different numbers)
+CONFIG = TrainConfig(learning_rate=1e-3, precision="fp32", batch_size=4, micro_batch_size=2,  # 8 steps
+                     micro_batch_tokens=64)  # a token group: one row or two (so ranks run different numbers)
 
 
-def main(cache: str, model: str, out: str, stop_after: int = 0) -> None:
+def main(cache: str, model: str, out: str, stop_after: str = "0", method: str = "sft") -> None:
     ranks.join()
     cache_ = Cache(Path(cache))
     base = resolve(model, cache_)
     tokenizer = load_tokenizer(base)
     steps: list[int] = []
+    hooks = {"on_progress": lambda step, total: steps.append(step),
+             "should_stop": lambda: int(stop_after) > 0 and len(steps) >= int(stop_after)}  # fmt: skip
     try:
-        ref = train_reference(cache_, base, tokenizer, CONVS, "sharded-fp", template_fingerprint(tokenizer), 64,
-                              CONFIG, on_progress=lambda step, total: steps.append(step),
-                              should_stop=lambda: bool(stop_after) and len(steps) >= stop_after)  # fmt: skip
+        if method == "dpo":
+            ref = train_dpo(cache_, base, tokenizer, PAIRS, template_fingerprint(tokenizer), 64, DPO_CONFIG,
+                            "cpu", **hooks)  # fmt: skip
+        else:
+            ref = train_reference(cache_, base, tokenizer, CONVS, "sharded-fp", template_fingerprint(tokenizer), 64,
+                                  CONFIG, **hooks)  # fmt: skip
         result = {"path": ref.path if ref else None, "steps": steps}
     except UserError as e:
         result = {"error": str(e)}
@@ -45,4 +57,4 @@ def main(cache: str, model: str, out: str, stop_after: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], *(int(a) for a in sys.argv[4:]))
+    main(*sys.argv[1:])

@@ -67,7 +67,7 @@ def backward_groups(trainer, model, group_losses, summed: bool = False) -> objec
     if sharded.is_sharded(model):  # FSDP reduce-scatters each group's gradients as its backward ends
         sharded.set_reduction(model, summed)
     reported = None
-    for compute in group_losses:
+    for compute in sharded.matched(model, group_losses):
         with trainer.accelerator.autocast(autocast_handler=uncached):
             loss = compute()
         trainer.accelerator.backward(loss)

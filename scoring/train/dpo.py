@@ -251,11 +251,14 @@ def grouped_ref_logps(trainer, model, inputs):
     rejected = torch.zeros_like(chosen)
     adapter = unwrapped(trainer, trainer.model)
     off = adapter.disable_adapter() if hasattr(adapter, "disable_adapter") else contextlib.nullcontext()
+    runs = sharded.forwards(model, len(groups))  # under FSDP: as many forwards as every other rank runs
     with torch.no_grad(), off, trainer.accelerator.autocast():
-        for rows in groups:
+        for i in range(runs):
+            rows = groups[min(i, len(groups) - 1)]  # past its own groups, a rank repeats its last one, unused
             sub = pair_rows(inputs, rows, n)
             logps = sharded.run(model, sequence_logps, sub["input_ids"], sub["attention_mask"], sub["completion_mask"])
-            chosen[rows], rejected[rows] = logps.float().chunk(2, dim=0)
+            if i < len(groups):
+                chosen[rows], rejected[rows] = logps.float().chunk(2, dim=0)
     return chosen, rejected
 
 
@@ -322,9 +325,27 @@ def _trainer_class():
             return dataset
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
-            if "ref_chosen_logps" in dataset.column_names:  # given by the caller (the ref pass)
+            """π_ref's log-probs of every pair, as columns of ``dataset`` (unless the caller gave them: the ref
+            pass). Computed like TRL's, each rank over its share of the pairs, then gathered; but every rank keeps
+            the gathered values itself, where TRL has rank 0 write them to a file in its own temporary folder (that
+            of an in-memory dataset), which no other rank can open."""
+            if "ref_chosen_logps" in dataset.column_names:
                 return dataset
+            import numpy as np
+            import torch
+            from torch.utils.data import DataLoader
+
             sharded.ensure(self.model)  # computed by the model as it will train: sharded, under FSDP
-            return super()._precompute_ref_logps(dataset, name, batch_size)
+            loader = self.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                                         collate_fn=self.data_collator))  # fmt: skip
+            chosen, rejected = [], []
+            for batch in loader:
+                logps = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(self.model, batch))
+                chosen.append(logps[0].cpu())
+                rejected.append(logps[1].cpu())
+            columns = {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+            for column, values in columns.items():
+                dataset = dataset.add_column(column, np.asarray(torch.cat(values).float()))
+            return dataset
 
     return PretokenizedDPOTrainer

@@ -14,6 +14,8 @@ How (PyTorch's FSDP2, ``fully_shard``, on the same process group as everything e
   not through ``forward``, so the loss of each group runs as ``model.davir_run(fn, ...)``, a method registered with
   FSDP as a forward (:func:`run`): the root unit gathers its weights before it and the layers theirs as they are
   called;
+- every forward is a collective step (weights are gathered), so a rank whose share of a micro-batch splits into
+  fewer token groups than another's runs extra ones, weighted 0, until it has run as many (:func:`matched`);
 - gradients are summed (or averaged) over the ranks as the DDP path sums (or averages) them
   (:func:`set_reduction`); the reductions are plain sums, the division done apart, because gloo has neither an
   averaging nor a pre-scaled sum;
@@ -109,8 +111,36 @@ def is_sharded(model) -> bool:
 
 
 def run(model, fn, *args):
-    """``fn(model, *args)``, through FSDP's forward hooks when ``model`` is sharded (its weights gathered first)."""
-    return model.davir_run(fn, *args) if is_sharded(model) else fn(model, *args)
+    """``fn(model, *args)``, through FSDP's forward hooks when ``model`` is sharded (its weights gathered first).
+    Without gradients (π_ref's log-probs before training), every unit is resharded after it: the root unit keeps
+    its gathered weights after a forward for the backward pass to come, and with none coming, the next steps would
+    run on that stale copy (a DPO run whose trainer computed π_ref's log-probs first trained 69 % off)."""
+    if not is_sharded(model):
+        return fn(model, *args)
+    out = model.davir_run(fn, *args)
+    import torch
+
+    if not torch.is_grad_enabled():
+        for unit in units(model):
+            unit.reshard()
+    return out
+
+
+def forwards(model, count: int) -> int:
+    """How many forward passes this rank must run where it has ``count`` to run: under FSDP every forward gathers
+    weights with the other ranks (a collective step), so each rank runs as many as the rank with the most (the
+    extra ones weighted 0, :func:`matched`); ``count`` itself when ``model`` is not sharded."""
+    return ranks.most(count) if is_sharded(model) else count
+
+
+def matched(model, calls: list) -> list:
+    """``calls`` (each runs one forward of ``model``) and as many repeats of the first, each returning 0 times its
+    result, as :func:`forwards` asks for: a rank whose share of a micro-batch splits into fewer token groups than
+    another's still takes every collective step with it, and its gradients do not change."""
+    if not calls:
+        raise ValueError("a rank has no forward pass to match the others' with")
+    extra = forwards(model, len(calls)) - len(calls)
+    return list(calls) + [lambda: calls[0]() * 0.0] * extra
 
 
 def set_reduction(model, summed: bool) -> None:
