@@ -2,8 +2,8 @@
 sharded ranks make are one process's, summed or averaged as asked; a sharded reference fine-tune lands where one
 process's does, and one stopped halfway and re-launched on twice the ranks lands where an uninterrupted sharded run
 does; a checkpoint is only resumed under the layout that saved it; LoRA and a model without decoder layers are
-refused.
-(The DPO warm-ups under FSDP: tests/test_distributed.py.)
+refused; a DPO run that computes its own reference log-probs under a launcher, DDP or FSDP, lands where one
+process's does. (The DPO warm-ups of a pair job under FSDP: tests/test_distributed.py.)
 """
 from __future__ import annotations
 
@@ -131,18 +131,19 @@ def test_a_sharded_fine_tune_stopped_and_relaunched_is_the_uninterrupted_one(tmp
     assert _gap(update["resumed"], update["whole"]) < 1e-6
 
 
-def test_a_sharded_dpo_run_computing_its_own_reference_log_probs_lands_where_one_process_does(tmp_path):
-    """No reference pass gives the log-probs here: the trainer computes them from the sharded model first, each
-    rank over its share of the pairs in token groups whose numbers differ between the ranks."""
+def test_a_launched_dpo_run_computing_its_own_reference_log_probs_lands_where_one_process_does(tmp_path):
+    """No reference pass gives the log-probs here: the trainer computes them first, each rank over its share of the
+    pairs (sharded: in token groups whose numbers differ between the ranks), and every rank keeps them all."""
     model = build_model(tmp_path / "model")
-    one = _train(tmp_path / "one", model, tmp_path / "one.json", nproc=0, method="dpo")
-    two = _train(tmp_path / "two", model, tmp_path / "two.json", nproc=2, method="dpo")
-    assert one["steps"] == two["steps"] == list(range(1, 9))
     base = _weights(model)
-    update_one, update_two = (_update(_weights(Path(r["path"])), base) for r in (one, two))
-    assert float(update_one.norm()) > 0
-    # measured: 3.4e-7 (DDP: 1.9e-7); without resharding after the no-grad forwards (sharded.run): 69 %
-    assert _gap(update_two, update_one) < 1e-4
+    one = _train(tmp_path / "one", model, tmp_path / "one.json", nproc=0, method="dpo")
+    update_one = _update(_weights(Path(one["path"])), base)
+    assert one["steps"] == list(range(1, 9)) and float(update_one.norm()) > 0
+    for fsdp in (False, True):
+        two = _train(tmp_path / f"two-{fsdp}", model, tmp_path / f"{fsdp}.json", nproc=2, fsdp=fsdp, method="dpo")
+        assert two["steps"] == one["steps"]
+        # measured: DDP 1.9e-7, FSDP 3.4e-7 (without resharding after the no-grad forwards, sharded.run: 69 %)
+        assert _gap(_update(_weights(Path(two["path"])), base), update_one) < 1e-4, fsdp
 
 
 def test_fsdp_is_asked_for_under_a_launcher_and_refuses_lora(monkeypatch):
