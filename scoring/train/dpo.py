@@ -22,7 +22,9 @@ none of TRL's private code is copied), with log π(y|x) from the trunk's hidden 
 through the LM head, a slice at a time in both directions (:func:`sequence_logps`): TRL's own forward keeps
 (rows x length x vocabulary) logits, which held 6.8-7.4 GB per step for 4 long HH-RLHF pairs on the 135M default.
 Each micro-batch runs as groups of pairs of at most ``micro_batch_tokens`` tokens (scoring/train/bounded.py), so a
-step's memory follows the configuration, not the pairs' lengths; TRL's precomputed reference log-probs likewise.
+step's memory follows the configuration, not the pairs' lengths; the precomputed reference log-probs likewise
+(computed like TRL's, but kept by every rank under a launcher). Under ``DAVIR_FSDP=1`` the model is sharded once
+TRL has seen it whole (scoring/train/sharded.py).
 |log π_ref| is clamped to at least ``REF_LOGP_FLOOR`` so that a reply the reference is certain of cannot divide by
 zero. The reward metrics (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
 logps/rejected) are logged like TRL's (DavIR-DPO's rewards normalised). Settings: scoring/train/dpo_config.py.

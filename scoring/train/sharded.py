@@ -15,7 +15,8 @@ How (PyTorch's FSDP2, ``fully_shard``, on the same process group as everything e
   FSDP as a forward (:func:`run`): the root unit gathers its weights before it and the layers theirs as they are
   called;
 - every forward is a collective step (weights are gathered), so a rank whose share of a micro-batch splits into
-  fewer token groups than another's runs extra ones, weighted 0, until it has run as many (:func:`matched`);
+  fewer token groups than another's runs extra ones, weighted 0, until it has run as many (:func:`matched`); a
+  forward without gradients (π_ref's log-probs) reshards every unit after it, as no backward pass will;
 - gradients are summed (or averaged) over the ranks as the DDP path sums (or averages) them
   (:func:`set_reduction`); the reductions are plain sums, the division done apart, because gloo has neither an
   averaging nor a pre-scaled sum;
