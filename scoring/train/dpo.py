@@ -42,6 +42,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from scoring import ranks
 from scoring.errors import UserError
 from scoring.models.formatting import encode_side
@@ -264,6 +266,27 @@ def grouped_ref_logps(trainer, model, inputs):
     return chosen, rejected
 
 
+def with_ref_logps(trainer, dataset, batch_size: int):
+    """``dataset`` with π_ref's log-probs of every pair as columns (ref_chosen_logps, ref_rejected_logps), from the
+    trainer's model before training. Computed like TRL's precomputation, each rank over its share of the pairs, then
+    gathered; but every rank keeps the gathered values itself, where TRL has rank 0 write them to a file in its own
+    temporary folder (that of an in-memory dataset), which no other rank can open."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    sharded.ensure(trainer.model)  # computed by the model as it will train: sharded, under FSDP
+    loader = trainer.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                                    collate_fn=trainer.data_collator))  # fmt: skip
+    chosen, rejected = [], []
+    for batch in loader:
+        logps = trainer.accelerator.gather_for_metrics(trainer.compute_ref_log_probs(trainer.model, batch))
+        chosen.append(logps[0].cpu())
+        rejected.append(logps[1].cpu())
+    for column, values in (("ref_chosen_logps", chosen), ("ref_rejected_logps", rejected)):
+        dataset = dataset.add_column(column, np.asarray(torch.cat(values).float()))
+    return dataset
+
+
 def reward_means(kept: dict[str, list[float]], prefix: str) -> dict[str, float]:
     """The reward metrics kept since the last log, each the mean over every rank's pairs (a collective step under a
     launcher), as {prefix + name: mean}; ``kept`` is emptied."""
@@ -327,27 +350,8 @@ def _trainer_class():
             return dataset
 
         def _precompute_ref_logps(self, dataset, name, batch_size):
-            """π_ref's log-probs of every pair, as columns of ``dataset`` (unless the caller gave them: the ref
-            pass). Computed like TRL's, each rank over its share of the pairs, then gathered; but every rank keeps
-            the gathered values itself, where TRL has rank 0 write them to a file in its own temporary folder (that
-            of an in-memory dataset), which no other rank can open."""
-            if "ref_chosen_logps" in dataset.column_names:
+            if "ref_chosen_logps" in dataset.column_names:  # given by the caller (the ref pass)
                 return dataset
-            import numpy as np
-            import torch
-            from torch.utils.data import DataLoader
-
-            sharded.ensure(self.model)  # computed by the model as it will train: sharded, under FSDP
-            loader = self.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                                         collate_fn=self.data_collator))  # fmt: skip
-            chosen, rejected = [], []
-            for batch in loader:
-                logps = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(self.model, batch))
-                chosen.append(logps[0].cpu())
-                rejected.append(logps[1].cpu())
-            columns = {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
-            for column, values in columns.items():
-                dataset = dataset.add_column(column, np.asarray(torch.cat(values).float()))
-            return dataset
+            return with_ref_logps(self, dataset, batch_size)
 
     return PretokenizedDPOTrainer
