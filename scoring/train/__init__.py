@@ -4,5 +4,6 @@ Laid out as TRL lays out its trainers, a config and a trainer module per method 
 config.py (the fields every run has) -> sft_config.py / dpo_config.py (each method's defaults);
 trainer.py (the Trainer plumbing both share) -> sft.py (the DavIR reference) / dpo.py (the DPO warm-ups, with the
 DPO or DavIR-DPO objective); bounded.py (each micro-batch as token-bounded groups, so memory follows the
-configuration); influence.py: the first-order influence of a pair on the validation loss at θ.
+configuration); sharded.py (FSDP under a launcher, ``DAVIR_FSDP=1``: the model split over the ranks);
+influence.py: the first-order influence of a pair on the validation loss at θ.
 """
