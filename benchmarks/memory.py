@@ -84,10 +84,11 @@ def fine_tune_alone(cache_root: Path, data: str, rows: int, max_length: int, tra
 
     if ranks.current().main:  # under a launcher (--ranks): rank 0 prepares the cache, the others wait for it
         cache, name = fresh_dataset(cache_root, data, rows)
-        resolve(DEFAULT_MODEL, cache)
+        base = resolve(DEFAULT_MODEL, cache)  # converted once, before any other rank reads it
     ranks.barrier()
-    cache, name = Cache(cache_root), f"{data}-{rows}"
-    base = resolve(DEFAULT_MODEL, cache)
+    if not ranks.current().main:
+        cache, name = Cache(cache_root), dataset_name(data, rows)
+        base = resolve(DEFAULT_MODEL, cache)
     tokenizer = load_tokenizer(base)
     messages = [json.loads(m) for m in load_examples(cache, name, columns=["messages"])["messages"]]
     memory.bound_heap()
@@ -138,6 +139,10 @@ def launched(args) -> dict:
             "max_peak_mb": max(r["max_peak_mb"] for r in per_rank)}  # fmt: skip
 
 
+def dataset_name(data: str, rows: int) -> str:
+    return f"{data}-{rows}"
+
+
 def fresh_dataset(cache_root: Path, data: str, rows: int) -> tuple[Cache, str]:
     """The benchmark's cache with no earlier result in it, and the first ``rows`` of ``data`` ingested there:
     (cache, dataset name)."""
@@ -145,7 +150,7 @@ def fresh_dataset(cache_root: Path, data: str, rows: int) -> tuple[Cache, str]:
 
     cache = Cache(cache_root)
     forget_results(cache)
-    name = f"{data}-{rows}"
+    name = dataset_name(data, rows)
     ingest(str(SOURCES[data]), cache, name=name, limit=rows, progress=False)
     return cache, name
 

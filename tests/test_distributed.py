@@ -41,16 +41,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _scoring(cache: Path, *argv: str, nproc: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m scoring`` (``nproc`` 0) or ``torchrun --nproc-per-node N -m scoring`` with the cache at ``cache``."""
+def launch(*argv: str, nproc: int = 0, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python ARGV`` (``nproc`` 0) or ``torchrun --nproc-per-node N ARGV`` (gloo, one thread per process), with
+    ``env`` added to this process's environment less any launcher place of its own."""
     launcher = [sys.executable] if not nproc else [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
         "--master-port", str(_free_port())]  # fmt: skip
     run_env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", **(env or {}))
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         run_env.pop(name, None)
-    return subprocess.run([*launcher, "-m", "scoring", "--cache", str(cache), *argv], capture_output=True, text=True,
-                          cwd=ROOT, env=run_env, timeout=600, check=False)  # fmt: skip
+    return subprocess.run([*launcher, *argv], capture_output=True, text=True, cwd=ROOT, env=run_env, timeout=timeout,
+                          check=False)  # fmt: skip
+
+
+def _scoring(cache: Path, *argv: str, nproc: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m scoring`` (``nproc`` 0) or ``torchrun --nproc-per-node N -m scoring`` with the cache at ``cache``."""
+    return launch("-m", "scoring", "--cache", str(cache), *argv, nproc=nproc, env=env)
 
 
 def _ingested(root: Path, name: str, model: Path) -> Path:

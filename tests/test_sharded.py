@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import torch
 
 from scoring.errors import UserError
 from scoring.train import sharded
-from tests.test_distributed import ROOT, _free_port, _gap, _update, _weights
+from tests.test_distributed import ROOT, _free_port, _gap, _update, _weights, launch
 from tests.tiny import build_model
 
 TRAIN = ROOT / "tests" / "sharded_train.py"
@@ -90,14 +88,8 @@ def test_two_sharded_ranks_make_one_process_gradients(tmp_path):
 def _train(cache: Path, model: Path, out: Path, nproc: int, stop_after: int = 0, fsdp: bool = True,
            method: str = "sft") -> dict:  # fmt: skip
     """tests/sharded_train.py in one process (``nproc`` 0) or under torchrun; its result ({path, steps} or error)."""
-    launcher = [sys.executable] if not nproc else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_port())]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", DAVIR_FSDP="1" if fsdp else "")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(name, None)
-    run = subprocess.run([*launcher, str(TRAIN), str(cache), str(model), str(out), str(stop_after), method],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=240, check=False)  # fmt: skip
+    run = launch(str(TRAIN), str(cache), str(model), str(out), str(stop_after), method, nproc=nproc,
+                 env={"DAVIR_FSDP": "1" if fsdp else ""}, timeout=240)  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
     return json.loads(out.read_text())
 

@@ -255,14 +255,17 @@ def grouped_ref_logps(trainer, model, inputs):
     rejected = torch.zeros_like(chosen)
     adapter = unwrapped(trainer, trainer.model)
     off = adapter.disable_adapter() if hasattr(adapter, "disable_adapter") else contextlib.nullcontext()
-    runs = sharded.forwards(model, len(groups))  # under FSDP: as many forwards as every other rank runs
+
+    def group(rows: list[int]):
+        sub = pair_rows(inputs, rows, n)
+        logps = sharded.run(model, sequence_logps, sub["input_ids"], sub["attention_mask"], sub["completion_mask"])
+        chosen[rows], rejected[rows] = logps.float().chunk(2, dim=0)
+        return logps
+
     with torch.no_grad(), off, trainer.accelerator.autocast():
-        for i in range(runs):
-            rows = groups[min(i, len(groups) - 1)]  # past its own groups, a rank repeats its last one, unused
-            sub = pair_rows(inputs, rows, n)
-            logps = sharded.run(model, sequence_logps, sub["input_ids"], sub["attention_mask"], sub["completion_mask"])
-            if i < len(groups):
-                chosen[rows], rejected[rows] = logps.float().chunk(2, dim=0)
+        # under FSDP as many forwards as every rank runs: the extra ones write the first group's values again
+        for call in sharded.matched(model, [lambda rows=rows: group(rows) for rows in groups]):
+            call()
     return chosen, rejected
 
 

@@ -127,20 +127,14 @@ def run(model, fn, *args):
     return out
 
 
-def forwards(model, count: int) -> int:
-    """How many forward passes this rank must run where it has ``count`` to run: under FSDP every forward gathers
-    weights with the other ranks (a collective step), so each rank runs as many as the rank with the most (the
-    extra ones weighted 0, :func:`matched`); ``count`` itself when ``model`` is not sharded."""
-    return ranks.most(count) if is_sharded(model) else count
-
-
 def matched(model, calls: list) -> list:
-    """``calls`` (each runs one forward of ``model``) and as many repeats of the first, each returning 0 times its
-    result, as :func:`forwards` asks for: a rank whose share of a micro-batch splits into fewer token groups than
-    another's still takes every collective step with it, and its gradients do not change."""
+    """``calls`` (each runs one forward of ``model``) and, when it is sharded, repeats of the first, each returning
+    0 times its result, up to as many calls as the rank with the most has: under FSDP every forward gathers weights
+    with the other ranks (a collective step), so a rank whose share of a micro-batch splits into fewer token groups
+    than another's still takes every collective step with it, and its gradients do not change."""
     if not calls:
         raise ValueError("a rank has no forward pass to match the others' with")
-    extra = forwards(model, len(calls)) - len(calls)
+    extra = ranks.most(len(calls)) - len(calls) if is_sharded(model) else 0
     return list(calls) + [lambda: calls[0]() * 0.0] * extra
 
 
@@ -175,6 +169,14 @@ class ShardedCheckpoints:
     def _sharded(self) -> bool:
         return is_sharded(self.model)
 
+    def _shards(self) -> dict:
+        """{"model", "optimizer"}: this rank's shards of both, as torch's distributed checkpoint reads and writes
+        them."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model, optimizer = get_state_dict(self.model, self.optimizer)
+        return {"model": model, "optimizer": optimizer}
+
     def save_model(self, output_dir=None, _internal_call=False):
         if self._sharded() and _internal_call:
             return  # saved with the optimizer's shards, below
@@ -185,10 +187,8 @@ class ShardedCheckpoints:
             return super()._save_optimizer_and_scheduler(output_dir)
         import torch
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        model, optimizer = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": model, "optimizer": optimizer}, checkpoint_id=str(Path(output_dir) / SHARDS))
+        dcp.save(self._shards(), checkpoint_id=str(Path(output_dir) / SHARDS))
         if self.args.should_save:
             torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / "scheduler.pt")
 
@@ -207,10 +207,9 @@ class ShardedCheckpoints:
             return super()._load_optimizer_and_scheduler(checkpoint)
         import torch
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        model, optimizer = get_state_dict(self.model, self.optimizer)
-        state = {"model": model, "optimizer": optimizer}
+        state = self._shards()
         dcp.load(state, checkpoint_id=str(Path(checkpoint) / SHARDS))
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optimizer"])  # fmt: skip
