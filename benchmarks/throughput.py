@@ -3,7 +3,8 @@
 Both ways score the same examples with the same weights in one run:
 
 - engine:   ``score_encoded(model, encoded, PassConfig(alone=False, embed=False, ...), pad_id)`` with the model in
-            the engine's dtype (``scoring.models.loading.pick_dtype``: bf16 on CUDA and on CPUs with native bf16).
+            the engine's dtype (``scoring.models.loading.pick_dtype``: bf16 on CUDA, and on CPUs with native bf16
+            whose measured bf16 products are not slower than fp32's, scoring/models/precision.py).
 - baseline: the model as ``AutoModelForCausalLM.from_pretrained(path)`` loads it (its default dtype), and for each
             example ``model(input_ids=..., labels=...)`` (prompt labels -100) under ``torch.inference_mode()``.
 
@@ -11,7 +12,7 @@ Tokens counted = the sum of the sequence lengths of the scored examples (the sam
 Progress goes to stderr; the last stdout line is one JSON object::
 
     engine_tokens_per_s, baseline_tokens_per_s, speedup, mfu, device, n_examples, tokens, model, params,
-    dtype_engine, dtype_baseline, engine_s, baseline_s, max_abs_diff_mean_loss, batch_tokens, max_length, ...
+    dtype_engine, cpu_model, cpu_bf16, dtype_baseline, engine_s, baseline_s, max_abs_diff_mean_loss, batch_tokens, max_length, ...
 
 ``mfu`` = 2 x parameters x tokens / engine seconds / the device's peak dense bf16 FLOP/s (null on CPU or on a GPU
 not in the table). It counts every token as a full forward pass of every parameter, although the engine skips
@@ -256,15 +257,16 @@ def main(argv=None) -> dict:
 
     from scoring.models.formatting import encode
     from scoring.models.loading import dtype_name, load_model, load_tokenizer, pick_device, pick_dtype, resolve
+    from scoring.models.precision import cpu_bf16, cpu_info
     from scoring.passes.engine import PassConfig, default_batch_tokens, uses_kernels, uses_packing
     from scoring.store.cache import Cache
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or pick_device()
-    engine_dtype = pick_dtype(device, args.dtype)
-    batch_tokens = args.batch_tokens or default_batch_tokens(device)
     cache = Cache(args.cache or os.environ.get("DAVIR_CACHE") or REPO / "cache")
+    engine_dtype = pick_dtype(device, args.dtype, cache.root)
+    batch_tokens = args.batch_tokens or default_batch_tokens(device)
     load_avg = os.getloadavg()
     log(f"device {device_label(device)}, engine dtype {dtype_name(engine_dtype)}, load average {load_avg[0]:.2f}")
 
@@ -337,6 +339,9 @@ def main(argv=None) -> dict:
         "model": model_name,
         "params": params,
         "dtype_engine": dtype_name(engine_dtype),
+        "cpu_model": cpu_info()[0],
+        # on a CPU: why "auto" picked the engine's dtype (the bf16 probe's GFLOP/s and verdict, scoring/models/precision.py)
+        "cpu_bf16": None if device.startswith("cuda") else cpu_bf16(cache.root),
         "dtype_baseline": dtype_name(baseline_dtype),
         "engine_s": round(engine_s, 3),
         "baseline_s": round(baseline_s, 3),

@@ -22,6 +22,7 @@ from pathlib import Path
 from scoring import ranks
 from scoring.env import device_override
 from scoring.errors import UserError
+from scoring.models.precision import cpu_bf16
 from scoring.store.cache import Cache, atomic_write_json, read_json, scratch_dir
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -168,23 +169,17 @@ def pick_device() -> str:
     return ranks.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(device: str, requested: str = "auto"):
-    """bf16 where the device runs it fast (CUDA with bf16 support, or a CPU with native bf16), else fp32."""
+def pick_dtype(device: str, requested: str = "auto", cache_root=None):
+    """bf16 where the device runs it fast (CUDA with bf16 support; a CPU whose measured bf16 products are not slower
+    than fp32's, scoring/models/precision.py, the measurement kept under ``cache_root``), else fp32 (fp16 on a GPU
+    without bf16)."""
     import torch
 
     if requested != "auto":
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[requested]
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    return torch.bfloat16 if cpu_bf16(cache_root)["bf16"] else torch.float32
 
 
 def dtype_name(dtype) -> str:

@@ -11,7 +11,8 @@ Throughput comes from four choices (benchmarks/throughput.py measures them again
 2. No full-vocabulary logits: we run the trunk, keep the hidden states of the positions that predict a scored
    token, and project only those through the LM head, a slice at a time, upcasting each slice to fp32 for the
    log-softmax. Prompt positions never reach the vocabulary.
-3. bf16 where the device runs it natively (CUDA, or a CPU with AMX / AVX512-BF16); fp32 otherwise.
+3. bf16 where the device runs it fast (CUDA; a CPU with AMX / AVX512-BF16 whose measured bf16 products are not
+   slower than fp32's, scoring/models/precision.py); fp32 otherwise.
 4. On a CPU in bf16, fused kernels (scoring/passes/fused.py, scoring/passes/cpu_kernels.py) for everything a Llama-style layer
    does outside its matrix products and attention, and for the log-softmax of the LM head: 1.6x the eager
    speed of SmolLM2-135M. On a GPU, ``compile`` fuses the same steps with torch.compile.
@@ -48,7 +49,7 @@ class PassConfig:
     embed: bool = True  # keep a mean-pooled last hidden state per example
     alone: bool = True  # also score the response with no prompt (IFD's denominator)
     seed: int = 0  # the shuffled scoring order
-    dtype: str = "auto"  # "auto" (bf16 where native, else fp32), "bf16", "fp16", "fp32"
+    dtype: str = "auto"  # "auto" (bf16 where it pays: loading.pick_dtype, else fp32), "bf16", "fp16", "fp32"
     pack: str = "auto"  # "auto" (packed rows on CPU where the model allows), "on" (wherever allowed), "off"
     compile: bool = False  # on a GPU: torch.compile each decoder layer (see compile_layers); ignored on a CPU
     kernels: str = "auto"  # "auto": packed bf16 rows of a Llama-style model on a CPU use fused.py's kernels; "off"

@@ -243,7 +243,7 @@ def fill_pass(cache: Cache, key: str, kind: RowKind, ref: ModelRef, tokenizer, e
     if ranks.all_true(bool(manifest and manifest.get("complete"))):
         return True
     device = pick_device()
-    dtype = pick_dtype(device, config.dtype)
+    dtype = pick_dtype(device, config.dtype, cache.root)
     manifest = {"key": key, "kind": kind.name, **about, "model": model_card(ref), "config": fingerprint_fields(config),
                 "code_version": kind.code_version, "dtype": dtype_name(dtype), "n_examples": len(examples),
                 "complete": False, "created": now()}  # fmt: skip

@@ -28,7 +28,7 @@ class BaseTrainConfig:
     warmup_ratio: float  # share of the optimizer steps spent warming the rate up
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # gradient clipping
-    precision: str = "auto"  # "auto" (bf16 where supported), "bf16", "fp32"
+    precision: str = "auto"  # "auto" (bf16 where it pays: trainer.use_bf16), "bf16", "fp32"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float

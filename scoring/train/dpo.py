@@ -133,7 +133,8 @@ def train_dpo(
     if sharded.wanted(cfg.method):
         sharded.mark(model, device)  # sharded once TRL has seen it whole (it hashes the weights)
     trainer = dpo_trainer(model, tokenizer, rows, cfg, partial, max_length, device, trust_remote_code,
-                          [progress_hooks(cfg, on_progress, should_stop)], quiet=on_progress is not None)  # fmt: skip
+                          [progress_hooks(cfg, on_progress, should_stop)], quiet=on_progress is not None,
+                          cache_root=cache.root)  # fmt: skip
     record = {"base": base.fingerprint, "n_pairs": len(rows), "train": cfg.key_fields(),
               "steps": optimizer_steps(cfg, len(rows))}  # fmt: skip
     return train_and_save(trainer, checkpoint, tokenizer, cfg, should_stop, "davir_dpo.json", record)
@@ -141,14 +142,15 @@ def train_dpo(
 
 def dpo_trainer(model, tokenizer, rows: list[dict], cfg: DPOTrainConfig, output_dir: Path, max_length: int,
                 device: str = "cpu", trust_remote_code: bool = False, callbacks: list | None = None,
-                quiet: bool = False):  # fmt: skip
+                quiet: bool = False, cache_root: Path | None = None):  # fmt: skip
     """TRL's DPOTrainer (our subclass, with ``cfg.objective``'s loss) on ``rows`` from :func:`pair_token_rows`;
-    their reference log-probs when the rows carry them, else TRL computes them from ``model`` here, once."""
+    their reference log-probs when the rows carry them, else TRL computes them from ``model`` here, once.
+    ``cache_root`` keeps this CPU's bf16 measurement (trainer.use_bf16)."""
     from datasets import Dataset
 
     return _trainer_class()(
         model=model,
-        args=_arguments(cfg, output_dir, len(rows), device, max_length, trust_remote_code, quiet),
+        args=_arguments(cfg, output_dir, len(rows), device, max_length, trust_remote_code, quiet, cache_root),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(cfg) if cfg.method == "lora" else None,  # TRL wraps the model itself
@@ -216,13 +218,13 @@ def davir_dpo_rewards(logps, ref_chosen_logps, ref_rejected_logps, beta: float):
 
 
 def _arguments(cfg: DPOTrainConfig, partial: Path, n_pairs: int, device: str, max_length: int,
-               trust_remote_code: bool, quiet: bool):  # fmt: skip
+               trust_remote_code: bool, quiet: bool, cache_root: Path | None):  # fmt: skip
     """TRL's DPOConfig: the shared TrainingArguments plus the DPO loss's own; ``quiet`` hides TRL's progress bar
     (when the caller reports progress itself)."""
     from trl import DPOConfig
 
     return DPOConfig(
-        **trainer_arguments(cfg, partial, n_pairs, device),
+        **trainer_arguments(cfg, partial, n_pairs, device, cache_root),
         beta=cfg.beta,
         loss_type=["sigmoid"],
         max_length=max_length,

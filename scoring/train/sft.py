@@ -104,7 +104,7 @@ def train_reference(
         model = sharded.shard(model, device)
     trainer = _trainer_class(packed, cfg.group_tokens(device), cfg.micro_batch_size * accumulation_steps(cfg))(
         model=model,
-        args=_arguments(cfg, partial, len(data), device),
+        args=_arguments(cfg, partial, len(data), device, checkpoint.cache.root),
         train_dataset=data,
         data_collator=collator(tokenizer.pad_token_id),
         callbacks=[progress_hooks(cfg, on_progress, should_stop)],
@@ -114,12 +114,12 @@ def train_reference(
     return train_and_save(trainer, checkpoint, tokenizer, cfg, should_stop, "davir_reference.json", record)
 
 
-def _arguments(cfg: TrainConfig, partial: Path, n_examples: int, device: str):
+def _arguments(cfg: TrainConfig, partial: Path, n_examples: int, device: str, cache_root: Path):
     """transformers' TrainingArguments: the shared ones plus the reference's own."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
-        **trainer_arguments(cfg, partial, n_examples, device),
+        **trainer_arguments(cfg, partial, n_examples, device, cache_root),
         save_total_limit=1,
         train_sampling_strategy="group_by_length",
         remove_unused_columns=False,  # the collator needs "labels" as the dataset gives it

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from scoring import ranks
 from scoring.errors import UserError
-from scoring.models.loading import ModelRef, cpu_has_bf16, folder_fingerprint, save_tokenizer
+from scoring.models.loading import ModelRef, folder_fingerprint, save_tokenizer
+from scoring.models.precision import cpu_bf16
 from scoring.store.cache import Cache, atomic_write_json
 from scoring.train import sharded
 from scoring.train.config import BaseTrainConfig
@@ -71,15 +72,17 @@ def load_base(base: ModelRef, trust_remote_code: bool = False):
     return AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, trust_remote_code=trust_remote_code)
 
 
-def use_bf16(cfg: BaseTrainConfig, device: str) -> bool:
-    """Whether to train in bf16 autocast: as ``cfg.precision`` says, or where the device supports it ("auto")."""
+def use_bf16(cfg: BaseTrainConfig, device: str, cache_root=None) -> bool:
+    """Whether to train in bf16 autocast: as ``cfg.precision`` says, or ("auto") on a GPU that supports it and on a
+    CPU whose measured bf16 products are not slower than fp32's (scoring/models/precision.py, kept under
+    ``cache_root``)."""
     if cfg.precision != "auto":
         return cfg.precision == "bf16"
     if device.startswith("cuda"):
         import torch
 
         return torch.cuda.is_bf16_supported()
-    return cpu_has_bf16()
+    return cpu_bf16(cache_root)["bf16"]
 
 
 def lora_config(cfg: BaseTrainConfig):
@@ -117,8 +120,10 @@ def optimizer_steps(cfg: BaseTrainConfig, n_examples: int) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def trainer_arguments(cfg: BaseTrainConfig, output_dir: Path, n_examples: int, device: str) -> dict:
-    """The TrainingArguments (or TRL config) fields both methods set alike, from ``cfg``."""
+def trainer_arguments(cfg: BaseTrainConfig, output_dir: Path, n_examples: int, device: str,
+                      cache_root: Path | None = None) -> dict:  # fmt: skip
+    """The TrainingArguments (or TRL config) fields both methods set alike, from ``cfg``; ``cache_root`` keeps this
+    CPU's bf16 measurement (:func:`use_bf16`)."""
     steps = optimizer_steps(cfg, n_examples)
     micro, accumulation = per_rank_batches(cfg, ranks.current().world)
     return {
@@ -132,7 +137,7 @@ def trainer_arguments(cfg: BaseTrainConfig, output_dir: Path, n_examples: int, d
         "warmup_steps": int(cfg.warmup_ratio * steps),
         "weight_decay": cfg.weight_decay,
         "max_grad_norm": cfg.max_grad_norm,
-        "bf16": use_bf16(cfg, device),
+        "bf16": use_bf16(cfg, device, cache_root),
         "use_cpu": not device.startswith("cuda"),
         "seed": cfg.seed,
         "data_seed": cfg.seed,

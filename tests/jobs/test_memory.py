@@ -11,7 +11,7 @@ import pytest
 
 from scoring.cli.commands import _job_line
 from scoring.jobs import memory
-from scoring.models.loading import cpu_has_bf16
+from scoring.models.precision import cpu_has_bf16
 from scoring.store.jobs import Job
 
 
