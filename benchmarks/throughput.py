@@ -23,7 +23,7 @@ Usage::
     python benchmarks/throughput.py [--model M] [--n N] [--max-length L] [--data PATH]
                                     [--random-weights 0.5b|1b|3b|7b|CONFIG] [--batch-tokens B] [--threads T]
                                     [--repeats R] [--device D] [--dtype auto|bf16|fp16|fp32] [--cache DIR]
-                                    [--compile] [--kernels auto|off] [--profile]
+                                    [--compile] [--pack auto|on|off] [--kernels auto|off] [--profile]
 
 ``--profile`` adds ``profile``: {"baseline" | "engine": {"s", "matmul_share", "attention_share", "top"}}, one more
 run of each way under torch.profiler after the timed ones (with ``--threads 1``, so the engine's rows run on the
@@ -241,6 +241,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
     parser.add_argument("--compile", action="store_true",
                         help="GPU: torch.compile the engine's decoder layers (PassConfig.compile; the warm-up compiles)")
+    parser.add_argument("--pack", choices=["auto", "on", "off"], default="auto",
+                        help="packed rows (PassConfig.pack; 'on' packs on a GPU too, through varlen flash attention)")
     parser.add_argument("--kernels", choices=["auto", "off"], default="auto",
                         help="CPU: the engine's fused bf16 kernels (PassConfig.kernels; 'off': transformers' layers)")
     parser.add_argument("--profile", action="store_true",
@@ -306,7 +308,7 @@ def main(argv=None) -> dict:
     else:
         engine_model = load_model(ref, device, engine_dtype)
     pass_config = PassConfig(max_length=args.max_length, batch_tokens=batch_tokens, head_rows=args.head_rows or PassConfig.head_rows,
-                             alone=False, embed=False, compile=args.compile, kernels=args.kernels)  # fmt: skip
+                             alone=False, embed=False, compile=args.compile, kernels=args.kernels, pack=args.pack)  # fmt: skip
 
     # Alternate the two ways so both see the same background load; keep each way's best time.
     baseline_times, engine_times = [], []

@@ -361,7 +361,7 @@ def test_reproduce_anywhere_rebuilds_the_same_score_job_in_another_cache(tmp_pat
 
     monkeypatch.setenv("DAVIR_DEVICE", "cpu")
     cache, source = ingest_small(tmp_path / "a", tmp_path, kind)
-    config = pass_config_for(kind, 96, 4096, False, "off")
+    config = pass_config_for(kind, 96, 4096, False, "off", "on")
     job = score_request(cache, "small", str(tiny_model), ["ppl", "ifd"] if kind == "sft" else ["irm", "margin_base"],
                         config, train=replace(TrainConfig(), method="lora", epochs=2.0),
                         dpo=replace(DPOTrainConfig(), beta=0.25, epochs=0.5, objective="davir-dpo"),

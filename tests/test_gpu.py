@@ -1,4 +1,5 @@
-"""GPU paths: bf16 scoring on CUDA agrees with fp32, compiled or not; the SFT reference and the DPO warm-up train in bf16 on CUDA;
+"""GPU paths: bf16 scoring on CUDA agrees with fp32, compiled or not, packed (one varlen flash call per layer) or
+padded; the SFT reference and the DPO warm-up train in bf16 on CUDA;
 a whole `score --wait` job runs on CUDA. Skipped cleanly where torch sees no CUDA device."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 from scoring.models.formatting import encode, template_fingerprint
 from scoring.models.loading import ModelRef, load_model, load_tokenizer, pick_dtype, resolve
+from scoring.passes import attention
 from scoring.passes.engine import PassConfig, score_encoded
 from scoring.train.dpo import train_dpo
 from scoring.train.dpo_config import DPOTrainConfig
@@ -27,9 +29,10 @@ CONVS = [[{"role": "user", "content": f"Add {i} and {i}."}, {"role": "assistant"
          for i in range(32)]  # fmt: skip
 
 
-def mean_losses(model, tokenizer, convs, compile: bool = False) -> list[float]:
+def mean_losses(model, tokenizer, convs, compile: bool = False, pack: str = "auto") -> list[float]:
     encoded = [encode(tokenizer, c, 128) for c in convs]
-    rows = score_encoded(model, encoded, PassConfig(alone=False, embed=False, compile=compile), tokenizer.pad_token_id)
+    config = PassConfig(alone=False, embed=False, compile=compile, pack=pack)
+    rows = score_encoded(model, encoded, config, tokenizer.pad_token_id)
     return [r["loss_sum"] / r["n_response_tokens"] for r in rows]
 
 
@@ -51,6 +54,32 @@ def test_compiled_layers_give_the_eager_numbers_on_cuda(tiny_model):
     compiled = mean_losses(model, tokenizer, CONVS, compile=True)
     assert getattr(model, "_davir_compiled", False)
     assert compiled == pytest.approx(eager, rel=2e-2)
+
+
+@pytest.mark.parametrize("prefix", [0, 5])
+def test_one_varlen_flash_call_gives_the_per_sequence_attention(prefix):
+    """The real kernel (tests/passes/test_packing.py checks the layout on a CPU against its documented semantics)."""
+    lengths = [3, 9, 1, 6, 40]
+    pack = attention.Pack(prefix=prefix, starts=[prefix + sum(lengths[:i]) for i in range(len(lengths))],
+                          lengths=lengths)  # fmt: skip
+    n = prefix + sum(lengths)
+    query = torch.randn(1, 4, n, 64, device="cuda", dtype=torch.bfloat16)
+    key, value = (torch.randn(1, 2, n, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    if attention.varlen_kernel(query) is None:
+        pytest.skip(f"torch {torch.__version__} has no torch.nn.attention.varlen")
+    expected = attention.per_sequence_attention(query.float(), key.float(), value.float(), pack, 0.125)
+    got = attention.varlen_attention(query, key, value, pack, 0.125, attention.varlen_kernel(query))
+    torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_packed_rows_on_cuda_give_the_padded_numbers(tiny_model):
+    """``pack="on"``: packed rows through one varlen call per layer (or per-sequence SDPA on an older torch)."""
+    ref = ModelRef("tiny", str(tiny_model), "x")
+    tokenizer = load_tokenizer(ref)
+    model = load_model(ref, "cuda", pick_dtype("cuda"))
+    padded = mean_losses(model, tokenizer, CONVS, pack="off")
+    packed = mean_losses(model, tokenizer, CONVS, pack="on")
+    assert packed == pytest.approx(padded, rel=2e-2)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

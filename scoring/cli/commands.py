@@ -70,6 +70,8 @@ SCORE_ARGS = (
         "an H200; ignored on a CPU)"),
     arg("--no-kernels", action="store_true", help="CPU: transformers' own layers instead of the fused bf16 kernels "
         "(about 1.6x slower; low-order bits differ)"),
+    arg("--pack", choices=["auto", "on", "off"], default="auto", help="examples side by side in rows without "
+        "padding: auto (on a CPU), on (a GPU too: one variable-length flash-attention call per layer), off"),
     arg("--train-method", choices=["full", "lora"], default="full", help="reference fine-tuning"),
     arg("--epochs", type=float, default=1.0, help="reference fine-tuning epochs (default 1)"),
     arg("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)"),
@@ -89,7 +91,7 @@ def _request(cache: Cache, args) -> Job:
     """The score job the command line asks for, either dataset kind (scoring.jobs.requests)."""
     kind = dataset_kind(cache, args.name)
     config = pass_config_for(kind, args.max_length, args.batch_tokens, args.compile,
-                             "off" if args.no_kernels else "auto")  # fmt: skip
+                             "off" if args.no_kernels else "auto", args.pack)  # fmt: skip
     return score_request(
         cache, args.name, args.model, parse_scores(args.scores, kind), config, reference=args.reference,
         train=replace(TrainConfig(), method=args.train_method, epochs=args.epochs),

@@ -90,6 +90,8 @@ def score_command(job: Job) -> str:
         parts.append("--compile")
     if config.get("kernels") == "off":
         parts.append("--no-kernels")
+    if config.get("pack", "auto") != "auto":
+        parts += ["--pack", str(config["pack"])]
     if job.trust_remote_code:
         parts.append("--trust-remote-code")
     return " ".join([*parts, *_training_flags(job), "--wait"])

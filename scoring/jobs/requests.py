@@ -34,11 +34,12 @@ PASS_DEFAULTS = {"sft": PassConfig(), "pair": PassConfig(embed=False, alone=Fals
 
 
 def pass_config_for(kind: str, max_length: int | None = None, batch_tokens: int | None = None,
-                    compile: bool = False, kernels: str = "auto") -> PassConfig:
+                    compile: bool = False, kernels: str = "auto", pack: str = "auto") -> PassConfig:
     """The kind's default pass config with what the user set on the command line or the Jobs page."""
     base = PASS_DEFAULTS[kind]
     return replace(base, max_length=int(max_length or base.max_length),
-                   batch_tokens=int(batch_tokens or default_batch_tokens()), compile=compile, kernels=kernels)
+                   batch_tokens=int(batch_tokens or default_batch_tokens()), compile=compile, kernels=kernels,
+                   pack=pack)  # fmt: skip
 
 
 def with_id(job: Job) -> Job:

@@ -4,9 +4,18 @@ A packed row holds several sequences side by side (:mod:`scoring.passes.packing`
 in transformers' ``AttentionInterface`` under ``ATTENTION`` by :func:`install`, runs causal SDPA over each
 sequence's own slice (plus the shared prefix), so no token attends across a boundary. :func:`can_pack` says when
 that gives exactly the numbers of the model's own attention.
+
+Two ways to run it, the same numbers (to the kernels' rounding):
+
+- on a GPU in bf16 / fp16 where torch has variable-length flash attention (``torch.nn.attention.varlen``, torch >=
+  2.10): **one kernel call per layer** for the whole row. The prefix is a sequence of its own; each sequence's own
+  tokens are queries over [prefix | own tokens] as keys (the prefix's keys gathered once per sequence), causal
+  aligned to the lower right as flash attention aligns it (:meth:`Pack.varlen_layout`);
+- elsewhere (a CPU, fp32, an older torch): one SDPA call per sequence, the prefix's keys concatenated in front.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 ATTENTION = "davir_packed"
@@ -20,6 +29,7 @@ class Pack:
     starts: list[int]  # row position of each sequence's first own token
     lengths: list[int]  # own tokens of each sequence (its length minus P)
     _masks: dict = field(default_factory=dict)  # own length -> (L, P + L) bool mask, built once per batch
+    _varlen: tuple | None = None  # varlen_layout's answer, built once per batch (every layer uses it)
 
     def mask(self, length: int, device):
         """Causal mask aligned to the lower right: own token r sees the whole prefix and own tokens 0..r."""
@@ -31,23 +41,84 @@ class Pack:
         return self._masks[length]
 
 
+    def varlen_layout(self, device) -> tuple:
+        """(key rows, cu_seq_q, cu_seq_k, max_q, max_k) for one variable-length attention call over the row.
+
+        Queries stay in row order: [prefix (P) | own tokens of seq 0 | of seq 1 | ...], one segment each. Keys are
+        gathered as [prefix | prefix, own 0 | prefix, own 1 | ...], so segment i's queries (L_i) meet its P + L_i
+        keys; causal attention aligned to the lower right lets own token r see the prefix and own tokens 0..r.
+        ``key rows`` is None when there is no prefix (the keys are the row itself)."""
+        import torch
+
+        if self._varlen is None:
+            p = self.prefix
+            q_lengths = ([p] if p else []) + list(self.lengths)
+            k_lengths = ([p] if p else []) + [p + length for length in self.lengths]
+            rows = None
+            if p:
+                prefix = torch.arange(p)
+                rows = torch.cat([prefix] + [torch.cat([prefix, torch.arange(start, start + length)])
+                                             for start, length in zip(self.starts, self.lengths)]).to(device)  # fmt: skip
+            cu_q, cu_k = (torch.tensor([0, *itertools.accumulate(n)], dtype=torch.int32, device=device)
+                          for n in (q_lengths, k_lengths))  # fmt: skip
+            self._varlen = (rows, cu_q, cu_k, max(q_lengths), max(k_lengths))
+        return self._varlen
+
+
+def varlen_kernel(query):
+    """torch's variable-length flash attention when it serves ``query`` (CUDA, bf16 or fp16, a head size that is a
+    multiple of 8 up to 256, a torch that has it), else None."""
+    import torch
+
+    size = query.shape[-1]
+    if not query.is_cuda or query.dtype not in (torch.bfloat16, torch.float16) or size > 256 or size % 8:
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def varlen_attention(query, key, value, pack: Pack, scaling, kernel):
+    """The packed row's attention as one call of ``kernel`` (``varlen_attn``'s signature). query (1, Hq, N, D);
+    key, value (1, Hkv, N, D). Returns (1, N, Hq, D)."""
+    rows, cu_q, cu_k, max_q, max_k = pack.varlen_layout(query.device)
+    q = query[0].transpose(0, 1).contiguous()  # (N, Hq, D)
+    k, v = key[0], value[0]  # (Hkv, N, D)
+    if rows is not None:
+        k, v = k[:, rows], v[:, rows]  # (Hkv, T_k, D): the prefix's keys in front of each sequence's
+    k, v = k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous()  # (T_k, Hkv, D)
+    out = kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale=scaling, window_size=(-1, 0),
+                 enable_gqa=q.shape[1] != k.shape[1])  # fmt: skip
+    return out.unsqueeze(0)
+
+
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """transformers attention-interface function: causal SDPA inside each packed sequence only.
+    """transformers attention-interface function: causal attention inside each packed sequence only.
 
     query (1, Hq, N, D); key, value (1, Hkv, N, D). Returns ((1, N, Hq, D), None) like the built-in functions.
     A call without a pack (a padded batch through the same model) is plain SDPA, so the model's attention
     implementation is switched once and for all instead of back and forth around each call -- a switch that
     worker threads sharing the model would race on.
     """
-    import torch
-    import torch.nn.functional as F
-
     pack: Pack | None = kwargs.get("davir_pack")
     if pack is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
+    if (kernel := varlen_kernel(query)) is not None:
+        return varlen_attention(query, key, value, pack, scaling, kernel), None
+    return per_sequence_attention(query, key, value, pack, scaling), None
+
+
+def per_sequence_attention(query, key, value, pack: Pack, scaling):
+    """The packed row's attention as one SDPA call per sequence. query (1, Hq, N, D); key, value (1, Hkv, N, D).
+    Returns (1, N, Hq, D), contiguous."""
+    import torch
+    import torch.nn.functional as F
+
     groups = query.shape[1] // key.shape[1]
     gqa = {}
     if groups > 1 and query.device.type == "cpu":  # the CPU flash kernel reads each key head for its query group
@@ -72,8 +143,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
                                                        **gqa))  # fmt: skip
         else:
             outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, **gqa))
-    out = torch.cat([o.transpose(1, 2) for o in outs], dim=1)  # (1, N, Hq, D), contiguous
-    return out, None
+    return torch.cat([o.transpose(1, 2) for o in outs], dim=1)  # (1, N, Hq, D), contiguous
 
 
 def install(model) -> None:
