@@ -15,6 +15,8 @@ Two ways to run it, the same numbers (to the kernels' rounding):
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 from dataclasses import dataclass, field
 
@@ -66,22 +68,51 @@ class Pack:
 
 
 def varlen_kernel(query):
-    """torch's variable-length flash attention when it serves ``query`` (CUDA, bf16 or fp16, a head size that is a
-    multiple of 8 up to 256, a torch that has it), else None."""
+    """torch's variable-length flash attention, as :func:`causal_varlen` adapts it, when it serves ``query`` (CUDA,
+    bf16 or fp16, a head size that is a multiple of 8 up to 256, a torch that has it), else None."""
     import torch
 
     size = query.shape[-1]
     if not query.is_cuda or query.dtype not in (torch.bfloat16, torch.float16) or size > 256 or size % 8:
         return None
+    return _torch_varlen()
+
+
+@functools.cache
+def _torch_varlen():
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    return varlen_attn
+    return causal_varlen(varlen_attn)
+
+
+def causal_varlen(varlen_attn):
+    """``varlen_attn`` (either of torch's signatures: the first releases take ``is_causal`` and no ``scale`` or
+    grouped-query heads; later ones ``window_size``, ``scale`` and ``enable_gqa``) as one call
+    ``(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, scale) -> out``: causal, aligned to the lower right, any number
+    of key heads dividing the query heads."""
+    params = inspect.signature(varlen_attn).parameters
+
+    def call(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        options: dict = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+        if q.shape[1] != k.shape[1]:
+            if "enable_gqa" in params:
+                options["enable_gqa"] = True
+            else:
+                groups = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        if "scale" in params:
+            options["scale"] = scale
+        elif scale is not None:  # the kernel's own scale is 1 / sqrt(D)
+            q = q * (scale * q.shape[-1] ** 0.5)
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **options)
+
+    return call
 
 
 def varlen_attention(query, key, value, pack: Pack, scaling, kernel):
-    """The packed row's attention as one call of ``kernel`` (``varlen_attn``'s signature). query (1, Hq, N, D);
+    """The packed row's attention as one call of ``kernel`` (:func:`causal_varlen`'s). query (1, Hq, N, D);
     key, value (1, Hkv, N, D). Returns (1, N, Hq, D)."""
     rows, cu_q, cu_k, max_q, max_k = pack.varlen_layout(query.device)
     q = query[0].transpose(0, 1).contiguous()  # (N, Hq, D)
@@ -89,9 +120,7 @@ def varlen_attention(query, key, value, pack: Pack, scaling, kernel):
     if rows is not None:
         k, v = k[:, rows], v[:, rows]  # (Hkv, T_k, D): the prefix's keys in front of each sequence's
     k, v = k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous()  # (T_k, Hkv, D)
-    out = kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale=scaling, window_size=(-1, 0),
-                 enable_gqa=q.shape[1] != k.shape[1])  # fmt: skip
-    return out.unsqueeze(0)
+    return kernel(q, k, v, cu_q, cu_k, max_q, max_k, scaling).unsqueeze(0)
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):

@@ -89,29 +89,41 @@ def test_cpu_workers_score_batches_side_by_side_and_restore_torch_threads(tiny_m
         assert row["loss_sum"] / e.n_response_tokens == pytest.approx(hf_mean_loss(model, e), rel=1e-5)
 
 
-def reference_varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
-    """torch.nn.attention.varlen.varlen_attn's documented semantics on a CPU (the kernel itself is CUDA-only): each
-    segment's queries over its own keys; window (-1, 0) is causal aligned to the lower right, as flash attention
-    aligns it when a segment has more keys than queries."""
-    assert window_size == (-1, 0) and cu_q.dtype == torch.int32 and cu_k.dtype == torch.int32
+def _segments(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, gqa):
+    """varlen_attn's documented semantics on a CPU (the kernel itself is CUDA-only): each segment's queries over its
+    own keys; causal aligned to the lower right, as flash attention aligns it when a segment has more keys than
+    queries."""
+    assert causal and cu_q.dtype == torch.int32 and cu_k.dtype == torch.int32
     assert max_q == int((cu_q[1:] - cu_q[:-1]).max()) and max_k == int((cu_k[1:] - cu_k[:-1]).max())
-    assert k.shape[0] == int(cu_k[-1]) and enable_gqa == (q.shape[1] != k.shape[1])
+    assert k.shape[0] == int(cu_k[-1]) and gqa == (q.shape[1] != k.shape[1])
     outs = []
     for j in range(len(cu_q) - 1):
         qs, ks, vs = (x[int(c[j]) : int(c[j + 1])].transpose(0, 1) for x, c in ((q, cu_q), (k, cu_k), (v, cu_k)))
         lq, lk = qs.shape[1], ks.shape[1]
         mask = torch.ones(lq, lk, dtype=torch.bool).tril(diagonal=lk - lq)
         outs.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale,
-                                                                     enable_gqa=enable_gqa).transpose(0, 1))  # fmt: skip
+                                                                     enable_gqa=gqa).transpose(0, 1))  # fmt: skip
     return torch.cat(outs)
 
 
+def varlen_attn_now(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                    window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):  # fmt: skip
+    """torch >= 2.13's signature."""
+    return _segments(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale, window_size == (-1, 0), enable_gqa)
+
+
+def varlen_attn_first(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+    """The first releases' signature: no scale (1 / sqrt(D)), as many key heads as query heads."""
+    return _segments(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, None, is_causal, False)
+
+
+@pytest.mark.parametrize("signature", [varlen_attn_now, varlen_attn_first])
 @pytest.mark.parametrize("prefix", [0, 5])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_one_varlen_call_lays_the_row_out_as_one_sdpa_call_per_sequence(prefix, kv_heads):
+def test_one_varlen_call_lays_the_row_out_as_one_sdpa_call_per_sequence(prefix, kv_heads, signature):
     """The GPU's one-call layout (prefix as its own segment, its keys gathered in front of each sequence's), run
-    through the kernel's documented semantics, gives the per-sequence SDPA path's output. tests/test_gpu.py runs
-    the real kernel against the same path."""
+    through either torch signature's documented semantics, gives the per-sequence SDPA path's output.
+    tests/test_gpu.py runs the real kernel against the same path."""
     lengths = [3, 9, 1, 6]
     starts = [prefix + sum(lengths[:i]) for i in range(len(lengths))]
     pack = attention.Pack(prefix=prefix, starts=starts, lengths=lengths)
@@ -119,8 +131,8 @@ def test_one_varlen_call_lays_the_row_out_as_one_sdpa_call_per_sequence(prefix, 
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(1, 4, n, 16, generator=generator)
     key, value = (torch.randn(1, kv_heads, n, 16, generator=generator) for _ in range(2))
-    expected = attention.per_sequence_attention(query, key, value, pack, 0.25)
-    got = attention.varlen_attention(query, key, value, pack, 0.25, reference_varlen_attn)
+    expected = attention.per_sequence_attention(query, key, value, pack, 0.3)
+    got = attention.varlen_attention(query, key, value, pack, 0.3, attention.causal_varlen(signature))
     assert got.shape == expected.shape == (1, n, 4, 16)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert pack.varlen_layout("cpu") is pack.varlen_layout("cpu")  # built once per row, shared by every layer
