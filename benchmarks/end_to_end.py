@@ -3,7 +3,7 @@ fine-tune (one epoch), reference pass, on Alpaca (../shared/data/alpaca, 52,002 
 
     python benchmarks/end_to_end.py                       # ~1B Llama, every Alpaca row, on the GPU when there is one
     python benchmarks/end_to_end.py --tiny                # a tiny Llama on 200 rows, on the CPU: what CI runs
-    python benchmarks/end_to_end.py --model 0.5b --rows 5000 --compile [--pack on]
+    python benchmarks/end_to_end.py --model 0.5b --rows 5000 --compile [--pack on] [--model-dir FOLDER] [--alpaca DIR]
 
 The model is built from a config with random weights (no download): ``--model`` is one of throughput.py's
 RANDOM_CONFIGS (0.5b, 1b, 3b, 7b; vocabulary 49,152, embeddings tied) with a byte-level BPE tokenizer of that size
@@ -53,9 +53,9 @@ def build_random_model(folder: Path, size: str, rows: list[str], seed: int = 0) 
     return folder
 
 
-def alpaca_texts(limit: int) -> list[str]:
+def alpaca_texts(folder: Path, limit: int) -> list[str]:
     out = []
-    for part in sorted(ALPACA.glob("*.json")):
+    for part in sorted(folder.glob("*.json")):
         for r in json.loads(part.read_text()):
             out.append("\n".join((r["instruction"], r.get("input", ""), r["output"])))
             if len(out) >= limit:
@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--pack", choices=["auto", "on", "off"], default="auto",
                         help="the passes' packed rows (auto: on a CPU; on: a GPU too, one varlen flash call a layer)")
     parser.add_argument("--cache", default=None, help="the job's cache (default: a new temporary folder)")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="an already built model folder (build_random_model's or tests/tiny.py's) instead of a new one")
+    parser.add_argument("--alpaca", type=Path, default=ALPACA, help=f"the Alpaca JSON parts (default {ALPACA})")
     args = parser.parse_args()
 
     import torch
@@ -92,11 +95,13 @@ def main() -> None:
     cache = Cache(Path(args.cache or tempfile.mkdtemp(prefix="davir-e2e-")))
     folder = cache.root / "bench-model"
     started = time.perf_counter()
-    if args.tiny:
+    if args.model_dir:
+        folder, name = args.model_dir, args.model_dir.name
+    elif args.tiny:
         build_model(folder, hidden=64, layers=2)
         name = "tiny"
     else:
-        build_random_model(folder, args.model, alpaca_texts(rows))
+        build_random_model(folder, args.model, alpaca_texts(args.alpaca, rows))
         name = f"random:{args.model}"
     build_s = time.perf_counter() - started
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -105,7 +110,7 @@ def main() -> None:
         params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)).parameters())
 
     started = time.perf_counter()
-    ingest(str(ALPACA), cache, name="alpaca", limit=rows, progress=False)
+    ingest(str(args.alpaca), cache, name="alpaca", limit=rows, progress=False)
     ingest_s = time.perf_counter() - started
     device = pick_device()
     request = score_request(cache, "alpaca", str(folder), pass_config=pass_config_for("sft", max_length,

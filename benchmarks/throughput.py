@@ -362,6 +362,7 @@ def main(argv=None) -> dict:
         "load_avg_1m_after": round(load_after, 2),
         "torch": torch.__version__,
         "compiled": args.compile,
+        "pack": args.pack,
     }
     if args.profile:
         result["profile"] = {
