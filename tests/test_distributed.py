@@ -7,8 +7,10 @@ real gloo processes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -50,8 +52,37 @@ def launch(*argv: str, nproc: int = 0, env: dict | None = None, timeout: int = 6
     run_env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", **(env or {}))
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         run_env.pop(name, None)
-    return subprocess.run([*launcher, *argv], capture_output=True, text=True, cwd=ROOT, env=run_env, timeout=timeout,
-                          check=False)  # fmt: skip
+    with subprocess.Popen([*launcher, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          env=run_env) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop(process)
+            raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a run and every rank it started. torchrun puts each rank in a session of its own, so killing torchrun
+    (what ``subprocess.run``'s timeout does) would leave them running, holding the port, the cores and the pipes;
+    SIGTERM lets torchrun stop them itself, and any rank still there a minute later is killed."""
+    ranks_of = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()
+                and _parent(entry) == process.pid]  # fmt: skip
+    process.terminate()
+    try:
+        process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        for pid in [process.pid, *ranks_of]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.communicate()
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _scoring(cache: Path, *argv: str, nproc: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -295,3 +326,17 @@ def test_a_step_keeps_its_examples_over_any_number_of_ranks():
     assert DPOTrainConfig().for_pairs(20).batch_size == 1
     assert DPOTrainConfig().for_pairs(20, world=2).batch_size == 2
     assert DPOTrainConfig().for_pairs(400, world=2).batch_size == DPOTrainConfig().batch_size
+
+
+def test_a_launch_past_its_timeout_leaves_no_rank_running(tmp_path):
+    """The tests' launcher kills every rank of a run that outlives its timeout, not torchrun alone."""
+    script = tmp_path / "sleep.py"
+    script.write_text("import os, sys, time\n"
+                      "open(os.path.join(sys.argv[1], os.environ['RANK']), 'w').write(str(os.getpid()))\n"
+                      "time.sleep(300)\n")  # fmt: skip
+    with pytest.raises(subprocess.TimeoutExpired):
+        launch(str(script), str(tmp_path), nproc=2, timeout=20)
+    pids = [int((tmp_path / rank).read_text()) for rank in ("0", "1")]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone (reaped by init once its parent was killed with it)
