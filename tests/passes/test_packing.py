@@ -141,3 +141,30 @@ def test_one_varlen_call_lays_the_row_out_as_one_sdpa_call_per_sequence(prefix, 
 def test_the_varlen_kernel_serves_only_half_precision_cuda_rows():
     assert attention.varlen_kernel(torch.zeros(1, 2, 3, 16)) is None  # a CPU row: one SDPA call per sequence
     assert attention.varlen_kernel(torch.zeros(1, 2, 3, 16, dtype=torch.bfloat16)) is None
+
+
+def test_compiled_layers_compile_once_for_rows_of_any_layout(tiny_model):
+    """``--compile`` with packed rows (a GPU with ``pack="on"``; compiled here on the CPU, where the engine never
+    compiles): the attention is opaque to torch.compile, so a new row layout reuses the layers' graphs. Traced, each
+    micro-batch's layout recompiled every layer until torch.compile fell back to eager after 8."""
+    from torch._dynamo.utils import counters
+
+    from scoring.passes.engine import compile_layers
+
+    model, tokenizer = load(tiny_model)
+    encoded = [encode(tokenizer, with_system(c), 256) for c in CONVS]
+    config = PassConfig(alone=False, embed=False, pack="on", batch_tokens=10**6)
+    chunks = [encoded[i * 3 : i * 3 + 3 + i] for i in range(4)]  # 3 to 6 sequences: four different layouts
+    eager = [score_encoded(model, chunk, config, tokenizer.pad_token_id) for chunk in chunks]
+    torch._dynamo.reset()
+    try:
+        compile_layers(model)
+        compiled = [score_encoded(model, chunks[0], config, tokenizer.pad_token_id)]
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs > 0  # the layers did compile
+        compiled += [score_encoded(model, chunk, config, tokenizer.pad_token_id) for chunk in chunks[1:]]
+        assert counters["stats"]["unique_graphs"] == graphs  # and no other layout compiled them again
+    finally:
+        torch._dynamo.reset()
+    for want, got in zip(eager, compiled):
+        assert [r["loss_sum"] for r in got] == pytest.approx([r["loss_sum"] for r in want], rel=1e-4)
