@@ -71,7 +71,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=None, help="tokens per example (default 1024; 256 with --tiny)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the passes' layers (a GPU)")
     parser.add_argument("--pack", choices=["auto", "on", "off"], default="auto",
-                        help="the passes' packed rows (auto: on a CPU; on: a GPU too, one varlen flash call a layer)")
+                        help="packed rows in the passes and the fine-tune (auto: on a CPU; on: a GPU too, one varlen "
+                             "flash-attention call a layer)")
     parser.add_argument("--cache", default=None, help="the job's cache (default: a new temporary folder)")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="an already built model folder (build_random_model's or tests/tiny.py's) instead of a new one")
@@ -114,7 +115,7 @@ def main() -> None:
     ingest_s = time.perf_counter() - started
     device = pick_device()
     request = score_request(cache, "alpaca", str(folder), pass_config=pass_config_for("sft", max_length,
-                            compile=args.compile, pack=args.pack), train=TrainConfig(epochs=1.0))  # fmt: skip
+                            compile=args.compile, pack=args.pack), train=TrainConfig(epochs=1.0, pack=args.pack))  # fmt: skip
     enqueue(cache, request)
     job = run(cache, request.id, progress=True)
     if job.state != "done":

@@ -363,7 +363,7 @@ def test_reproduce_anywhere_rebuilds_the_same_score_job_in_another_cache(tmp_pat
     cache, source = ingest_small(tmp_path / "a", tmp_path, kind)
     config = pass_config_for(kind, 96, 4096, False, "off", "on")
     job = score_request(cache, "small", str(tiny_model), ["ppl", "ifd"] if kind == "sft" else ["irm", "margin_base"],
-                        config, train=replace(TrainConfig(), method="lora", epochs=2.0),
+                        config, train=replace(TrainConfig(), method="lora", epochs=2.0, pack="on"),
                         dpo=replace(DPOTrainConfig(), beta=0.25, epochs=0.5, objective="davir-dpo"),
                         val_fraction=0.25, val_start="ref")  # fmt: skip
     enqueue(cache, job)

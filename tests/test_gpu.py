@@ -1,5 +1,5 @@
 """GPU paths: bf16 scoring on CUDA agrees with fp32, compiled or not, packed (one varlen flash call per layer) or
-padded; the SFT reference and the DPO warm-up train in bf16 on CUDA;
+padded; the SFT reference (padded or packed) and the DPO warm-up train in bf16 on CUDA;
 a whole `score --wait` job runs on CUDA. Skipped cleanly where torch sees no CUDA device."""
 from __future__ import annotations
 
@@ -82,10 +82,11 @@ def test_packed_rows_on_cuda_give_the_padded_numbers(tiny_model):
     assert packed == pytest.approx(padded, rel=2e-2)
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_reference_trains_in_bf16_on_cuda_and_learns_its_data(cache, tiny_model, method):
+@pytest.mark.parametrize("method, pack", [("full", "auto"), ("lora", "auto"), ("full", "on")])
+def test_reference_trains_in_bf16_on_cuda_and_learns_its_data(cache, tiny_model, method, pack):
+    """Padded rows (the GPU's "auto"), or packed through one varlen flash call per layer and its backward ("on")."""
     cfg = TrainConfig(method=method, epochs=3, learning_rate=3e-3, lora_learning_rate=1e-2, batch_size=4,
-                      micro_batch_size=4)
+                      micro_batch_size=4, pack=pack)
     assert use_bf16(cfg, "cuda")  # precision "auto" means bf16 on a GPU that has it
     base = resolve(str(tiny_model), cache)
     tokenizer = load_tokenizer(base)

@@ -71,7 +71,8 @@ SCORE_ARGS = (
     arg("--no-kernels", action="store_true", help="CPU: transformers' own layers instead of the fused bf16 kernels "
         "(about 1.6x slower; low-order bits differ)"),
     arg("--pack", choices=["auto", "on", "off"], default="auto", help="examples side by side in rows without "
-        "padding: auto (on a CPU), on (a GPU too: one variable-length flash-attention call per layer), off"),
+        "padding, in the passes and the reference fine-tune: auto (on a CPU), on (a GPU too: one variable-length "
+        "flash-attention call per layer), off"),
     arg("--train-method", choices=["full", "lora"], default="full", help="reference fine-tuning"),
     arg("--epochs", type=float, default=1.0, help="reference fine-tuning epochs (default 1)"),
     arg("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)"),
@@ -94,7 +95,7 @@ def _request(cache: Cache, args) -> Job:
                              "off" if args.no_kernels else "auto", args.pack)  # fmt: skip
     return score_request(
         cache, args.name, args.model, parse_scores(args.scores, kind), config, reference=args.reference,
-        train=replace(TrainConfig(), method=args.train_method, epochs=args.epochs),
+        train=replace(TrainConfig(), method=args.train_method, epochs=args.epochs, pack=args.pack),
         dpo=replace(DPOTrainConfig(), beta=args.beta, method=args.train_method, epochs=args.epochs,
                     objective=args.objective),
         val=args.val, val_fraction=args.val_fraction, val_start=args.val_from, trust_remote_code=args.trust_remote_code,

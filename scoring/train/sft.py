@@ -3,8 +3,9 @@
 Trained with transformers' Trainer (full fine-tuning, or LoRA through peft, merged back so the checkpoint loads
 like any model), through the plumbing shared with the DPO warm-ups (scoring/train/trainer.py); what is particular
 to the reference lives here: its dataset (labels only on the scored response tokens), the padding collator, and a
-loss computed like the scoring engine's (packed rows on a CPU), each micro-batch run as token-bounded groups so that
-memory follows the configuration, not the data (scoring/train/bounded.py). Settings: scoring/train/sft_config.py.
+loss computed like the scoring engine's (packed rows on a CPU, or wherever ``TrainConfig.pack`` asks), each
+micro-batch run as token-bounded groups so that memory follows the configuration, not the data
+(scoring/train/bounded.py). Settings: scoring/train/sft_config.py.
 
 The checkpoint lands under ``<cache>/models/ref-<key>/`` where the key is a fingerprint of (base model, dataset,
 template, max length, training config): the same inputs reuse it, different ones train anew. Training writes
@@ -99,7 +100,7 @@ def train_reference(
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(cfg))
-    packed = not device.startswith("cuda") and uses_packing(model, PassConfig(), max_length)
+    packed = cfg.packs(device) and uses_packing(model, PassConfig(pack="on"), max_length)
     if sharded.wanted(cfg.method):
         model = sharded.shard(model, device)
     trainer = _trainer_class(packed, cfg.group_tokens(device), cfg.micro_batch_size * accumulation_steps(cfg))(
@@ -129,10 +130,10 @@ def _arguments(cfg: TrainConfig, partial: Path, n_examples: int, device: str, ca
 
 def _trainer_class(packed: bool, budget: int, batch: int):
     """transformers' Trainer whose training step runs each micro-batch as groups of at most ``budget`` tokens
-    (scoring/train/bounded.py), the loss computed like the scoring engine's: packed rows on a CPU (``packed``),
-    padded rows elsewhere, the LM head a slice at a time. Its sampler groups examples of like length into optimizer
-    steps of ``batch`` examples whatever the number of processes, so that a DDP run's step k trains on the same
-    examples as one process's."""
+    (scoring/train/bounded.py), the loss computed like the scoring engine's: packed rows (``packed``: a CPU, or
+    ``TrainConfig.pack`` "on") or padded rows, the LM head a slice at a time. Its sampler groups examples of like
+    length into optimizer steps of ``batch`` examples whatever the number of processes, so that a DDP run's step k
+    trains on the same examples as one process's."""
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -151,7 +152,7 @@ def _trainer_class(packed: bool, budget: int, batch: int):
 def sft_loss_sum(model, inputs: dict, packed: bool):
     """The sum of the token losses of a right-padded batch (input_ids, labels with -100 off the scored tokens,
     attention_mask), differentiable, computed like the scoring engine: only the positions that predict a label reach
-    the LM head, a slice at a time in both directions (scoring/passes/head.py). ``packed`` (a CPU): the sequences
+    the LM head, a slice at a time in both directions (scoring/passes/head.py). ``packed``: the sequences
     side by side in one row with no padding and their shared prefix run once (scoring/passes/packing.py); on a CPU,
     fine-tuning SmolLM2 on GSM8K took 25-38 % less time than the padded batch."""
     import torch

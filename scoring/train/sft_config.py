@@ -19,3 +19,18 @@ class TrainConfig(BaseTrainConfig):
     scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     lora_dropout: float = 0.05
+    # How a group's sequences are laid out (scoring/train/bounded.py): "auto" packs them side by side with no padding
+    # on a CPU and pads them on a GPU; "on" packs on a GPU too (one variable-length flash-attention call per layer,
+    # scoring/passes/attention.py); "off" pads. Float rounding only, so not part of the key.
+    pack: str = "auto"
+
+    def key_fields(self) -> dict:
+        fields = super().key_fields()
+        fields.pop("pack")
+        return fields
+
+    def packs(self, device: str) -> bool:
+        """Whether the groups are packed rows on ``device`` (where the model allows it)."""
+        if self.pack not in ("auto", "on", "off"):
+            raise ValueError(f"pack must be auto, on or off, not {self.pack!r}")
+        return self.pack == "on" or (self.pack == "auto" and not device.startswith("cuda"))

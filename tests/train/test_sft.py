@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from scoring.models.formatting import template_fingerprint
 from scoring.models.loading import ModelRef, load_model, load_tokenizer, resolve
+from scoring.store.cache import Cache
 from scoring.train.sft import Examples, collator, packed_sft_loss, reference_key, train_reference
 from scoring.train.sft_config import TrainConfig
 
@@ -138,3 +139,24 @@ def test_bf16_precision_reaches_the_packed_loss(cache, tiny_model):
     _, fp32 = train(cache, tiny_model, TrainConfig(learning_rate=1e-3, precision="fp32"))
     a, b = weights(bf16.path), weights(fp32.path)
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_rows_packed_or_padded_reach_the_same_weights(tmp_path, tiny_model):
+    """``TrainConfig.pack``: "auto" packs on a CPU, "off" pads, "on" packs on a GPU too; the layout moves only float
+    rounding, so it is not part of the key and both give the same reference."""
+    assert TrainConfig(pack="on").packs("cuda:0") and not TrainConfig().packs("cuda") and TrainConfig().packs("cpu")
+    assert not TrainConfig(pack="off").packs("cpu")
+    with pytest.raises(ValueError, match="pack must be"):
+        TrainConfig(pack="yes").packs("cpu")
+    base = ModelRef("m", "/x", "fp")
+    assert reference_key(base, "d", "t", 64, TrainConfig(pack="off")) == reference_key(base, "d", "t", 64, TrainConfig())
+    refs = {}
+    for pack in ("auto", "off"):
+        cfg = TrainConfig(learning_rate=1e-3, precision="fp32", pack=pack)
+        refs[pack] = weights(train(Cache(tmp_path / pack), tiny_model, cfg)[1].path)
+    before = weights(str(tiny_model))
+    for name, packed in refs["auto"].items():
+        padded = refs["off"][name]
+        assert not torch.equal(packed, before[name]) or name.endswith("norm.weight")
+        torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(refs["auto"][k], refs["off"][k]) for k in before)  # two layouts did run
