@@ -1,6 +1,7 @@
 """Fine-tune the tiny model's reference in this process (or under ``torchrun``, one rank), optionally stopping after
 a number of optimizer steps as a cancelled job does; or (``dpo``) train it by DPO on pairs whose reference
 log-probs the trainer computes itself. Used by tests/test_sharded.py to train sharded (FSDP), stop, and resume.
+Each rank also writes the folders it loaded a whole model from to ``OUT.json.loads-RANK``.
 
 usage: python tests/sharded_train.py CACHE MODEL OUT.json [STOP_AFTER_STEPS [dpo]]
 """
@@ -34,8 +35,24 @@ CONFIG = TrainConfig(learning_rate=1e-3, precision="fp32", batch_size=4, micro_b
                      micro_batch_tokens=64)  # a token group: one row or two (so ranks run different numbers)
 
 
+def count_loads() -> list[str]:
+    """Every whole-model load of this process (``AutoModelForCausalLM.from_pretrained``), by folder."""
+    from transformers import AutoModelForCausalLM
+
+    loads: list[str] = []
+    load = AutoModelForCausalLM.from_pretrained
+
+    def counted(path, *args, **kwargs):
+        loads.append(str(path))
+        return load(path, *args, **kwargs)
+
+    AutoModelForCausalLM.from_pretrained = counted
+    return loads
+
+
 def main(cache: str, model: str, out: str, stop_after: str = "0", method: str = "sft") -> None:
     ranks.join()
+    loads = count_loads()
     cache_ = Cache(Path(cache))
     base = resolve(model, cache_)
     tokenizer = load_tokenizer(base)
@@ -52,6 +69,7 @@ def main(cache: str, model: str, out: str, stop_after: str = "0", method: str = 
         result = {"path": ref.path if ref else None, "steps": steps}
     except UserError as e:
         result = {"error": str(e)}
+    Path(f"{out}.loads-{ranks.current().rank}").write_text(json.dumps(loads))
     if ranks.current().main:
         Path(out).write_text(json.dumps(result))
 

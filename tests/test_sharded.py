@@ -99,6 +99,11 @@ def test_a_sharded_fine_tune_stopped_and_relaunched_is_the_uninterrupted_one(tmp
     one = _train(tmp_path / "one", model, tmp_path / "one.json", nproc=0)
     whole = _train(tmp_path / "whole", model, tmp_path / "whole.json", nproc=2)
     assert one["steps"] == whole["steps"] == list(range(1, 9))
+    # loaded sharded: rank 0 alone read the base model whole, rank 1 built it on the meta device and got its shares
+    loads = [json.loads((tmp_path / f"whole.json.loads-{rank}").read_text()) for rank in (0, 1)]
+    assert loads == [[str(model)], []], loads
+    for name in ("config.json", "generation_config.json"):  # and it saved what one process saves
+        assert Path(whole["path"], name).read_text() == Path(one["path"], name).read_text()
     stopped = _train(tmp_path / "cut", model, tmp_path / "stopped.json", nproc=2, stop_after=3)
     assert stopped == {"path": None, "steps": [1, 2, 3]}
     (checkpoint,) = (tmp_path / "cut" / "models").glob(".ref-*.partial/checkpoint-*")

@@ -95,14 +95,15 @@ def train_reference(
         return done
     partial = checkpoint.start()
     data = Examples(tokenizer, messages, max_length)
-    model = load_base(base)
+    if sharded.wanted(cfg.method):
+        model = sharded.load(base.path, device)  # only rank 0 holds the whole model, and only while loading
+    else:
+        model = load_base(base)
     if cfg.method == "lora":
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(cfg))
     packed = cfg.packs(device) and uses_packing(model, PassConfig(pack="on"), max_length)
-    if sharded.wanted(cfg.method):
-        model = sharded.shard(model, device)
     trainer = _trainer_class(packed, cfg.group_tokens(device), cfg.micro_batch_size * accumulation_steps(cfg))(
         model=model,
         args=_arguments(cfg, partial, len(data), device, checkpoint.cache.root),

@@ -25,8 +25,10 @@ How (PyTorch's FSDP2, ``fully_shard``, on the same process group as everything e
   model is gathered whole onto rank 0 (:func:`full_state_dict`) and saved like any other.
 
 Not sharded: LoRA (its adapters are small; with LoRA the base model must fit one device), and the scoring passes,
-which run inference on a whole model per rank. Each rank loads the whole model into CPU memory once before sharding
-it, so host memory must hold one fp32 copy per process of a node.
+which run inference on a whole model per rank. The SFT reference (and an evaluation's SFT arms) is loaded sharded
+(:func:`load`): only rank 0 reads the weights whole, the other ranks build the model on the meta device and
+receive their shares, so a node's host memory holds one fp32 copy, not one per process. The DPO warm-ups still load
+the whole model on every rank (TRL's trainer reads its weights whole before it is sharded).
 """
 from __future__ import annotations
 
@@ -97,6 +99,38 @@ def shard(model, device: str):
     """``model`` split over the ranks in place (:func:`mark`, then :func:`ensure`); returns it."""
     mark(model, device)
     ensure(model)
+    return model
+
+
+def load(path: str, device: str, trust_remote_code: bool = False):
+    """The model in folder ``path``, in fp32, sharded over the ranks, with no whole copy on any rank but 0.
+
+    Every rank builds the model on the meta device (no memory) and shards it (:func:`shard`); rank 0 alone reads
+    the weights and sends each rank its shares (``set_model_state_dict(..., broadcast_from_rank0=True)``), then the
+    buffers that are not weights (a rotary embedding's tables), which the meta model has none of. Rank 0's model
+    carries the generation config ``from_pretrained`` read, as the one process's does, since rank 0 saves it."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    whole = None
+    if ranks.current().main:
+        whole = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    shard(model, device)
+    model.to_empty(device=device)
+    set_model_state_dict(model, whole.state_dict() if whole is not None else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))  # fmt: skip
+    known = dict(whole.named_buffers()) if whole is not None else {}
+    for name, buffer in model.named_buffers():
+        if whole is not None:
+            buffer.copy_(known[name])
+        dist.broadcast(buffer, src=0)
+    if whole is not None:
+        model.generation_config = whole.generation_config
     return model
 
 
