@@ -9,6 +9,7 @@
 | ``DAVIR_FSDP``           | ``1``: under a launcher, train sharded (FSDP) instead of data-parallel (scoring/train/sharded.py) | unset |
 | ``DAVIR_KILL_AFTER_PARTS`` | tests only: ``RANK:N`` kills that rank after its N-th part of a pass | unset |
 | ``HF_HUB_OFFLINE``       | (Hugging Face's own) no hub requests; ingest of a hub id fails at once | unset |
+| ``XDG_CACHE_HOME``       | (the usual one) where this machine's own facts are kept: ``<it>/davir-studio`` (:func:`machine_dir`) | ``~/.cache`` |
 | ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``, ``LRU_CACHE_CAPACITY`` | (oneDNN's and PyTorch's) CPU matrix-product kernels kept per shape | ``64`` each (:func:`bound_kernel_caches`) |
 
 ``--cache DIR`` on the command line wins over ``DAVIR_CACHE``.
@@ -22,6 +23,7 @@ CACHE_VAR = "DAVIR_CACHE"
 DEVICE_VAR = "DAVIR_DEVICE"
 WORKER_IDLE_EXIT_VAR = "DAVIR_WORKER_IDLE_EXIT"
 HUB_OFFLINE_VAR = "HF_HUB_OFFLINE"
+XDG_CACHE_VAR = "XDG_CACHE_HOME"
 KILL_AFTER_PARTS_VAR = "DAVIR_KILL_AFTER_PARTS"
 FSDP_VAR = "DAVIR_FSDP"
 
@@ -44,6 +46,13 @@ def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The cache folder: ``explicit`` if given, else ``$DAVIR_CACHE``, else ``./cache``."""
     value = explicit or os.environ.get(CACHE_VAR) or "cache"
     return Path(value).expanduser().resolve()
+
+
+def machine_dir() -> Path:
+    """Where facts about this machine (not about any dataset) are kept, whichever cache a job uses: the CPU's
+    measured bf16 speed (scoring/models/precision.py)."""
+    base = os.environ.get(XDG_CACHE_VAR) or Path.home() / ".cache"
+    return Path(base).expanduser() / "davir-studio"
 
 
 def device_override() -> str | None:

@@ -12,6 +12,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped without it")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def machine_dir(tmp_path_factory):
+    """This machine's facts (the CPU's bf16 measurement, scoring.env.machine_dir) kept in a folder of the test
+    session's, here and in every subprocess, not in the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A random-weight tiny Llama with a ChatML chat template."""

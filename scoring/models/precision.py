@@ -11,10 +11,11 @@ at least :data:`BF16_MIN_GAIN` times as fast in bf16 as in fp32. With the thresh
 products are not slower keeps the bf16 it had under the flag rule; only those where they are slower move to fp32.
 
 The probe takes about a second. Its result is written once per machine to
-``<cache>/machine/cpu-bf16-<signature>.json`` (the signature: CPU model, CPU flags, torch version) and read from
-there afterwards, so a pass and its resumption, or the ranks of a job sharing a cache, never disagree on a dtype
-because of timing noise. The first process to write the file wins; one that measured at the same moment adopts
-its answer. Delete the file to measure again.
+``~/.cache/davir-studio/cpu-bf16-<signature>.json`` (``$XDG_CACHE_HOME`` if set; the signature: CPU model, CPU
+flags, torch version) and copied into each cache that uses it (``<cache>/machine/``), and read from there afterwards,
+so a pass and its resumption, two caches on one machine, or the ranks of a job sharing a cache across nodes never
+disagree on a dtype because of timing noise. The first process to write a file wins; one that measured at the same
+moment adopts its answer. Delete the files to measure again.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from scoring.env import machine_dir
 from scoring.store.jobs import now
 
 PROBE = (1024, 576, 1536)  # rows x in x out: tokens of a micro-batch through SmolLM2-135M's MLP up-projection
@@ -34,7 +36,7 @@ BF16_MIN_GAIN = 1.0  # bf16 products must be at least this many times as fast as
 PROBE_ROUNDS = 5  # timed products per dtype (after one untimed): the best one counts
 NATIVE_FLAGS = ("avx512_bf16", "amx_bf16")
 
-_DECIDED: dict[str, dict] = {}  # signature file -> record, for this process
+_DECIDED: dict[str, dict] = {}  # record file name -> record, for this process
 
 
 def cpu_info() -> tuple[str, str]:
@@ -100,19 +102,20 @@ def probe() -> dict:
 def cpu_bf16(cache_root: str | os.PathLike | None, measure: Callable[[], dict] | None = None) -> dict:
     """Whether "auto" uses bf16 on this CPU, and why: ``{"bf16": bool, "reason": str, ...}``.
 
-    No native bf16: no (nothing measured). Otherwise the record kept under ``cache_root`` for this machine, or a
-    fresh measurement (``measure``, default :func:`probe`), then kept there (``cache_root`` None: kept for this
-    process only)."""
+    No native bf16: no (nothing measured). Otherwise, the first record found of: the one kept under ``cache_root``
+    (a cache the ranks of a job share, nodes included, so they agree), this process's, this machine's
+    (:func:`scoring.env.machine_dir`); or a fresh measurement (``measure``, default :func:`probe`), kept on the
+    machine. The record is then kept under ``cache_root`` too, if it has none yet."""
     if not cpu_has_bf16():
         return {"bf16": False, "reason": "no native bf16 on this CPU"}
-    path = Path(cache_root) / "machine" / f"cpu-bf16-{signature()}.json" if cache_root else None
-    key = str(path)
-    if key not in _DECIDED:
-        record = _read(path)
-        if record is None:
-            record = _keep(path, (measure or probe)())
-        _DECIDED[key] = record
-    record = _DECIDED[key]
+    name = f"cpu-bf16-{signature()}.json"
+    shared = Path(cache_root) / "machine" / name if cache_root else None
+    record = _read(shared) or _DECIDED.get(name) or _read(machine_dir() / name)
+    if record is None:
+        record = _keep(machine_dir() / name, (measure or probe)())
+    if shared is not None and not shared.exists():
+        record = _keep(shared, record)
+    _DECIDED[name] = record
     ratio = record["bf16_gflops"] / max(record["fp32_gflops"], 1e-9)
     verdict = "at least" if record["bf16"] else "under"
     return {**record, "reason": f"bf16 products {ratio:.2f}x fp32's ({verdict} {record['min_gain']}x)"}

@@ -1,4 +1,5 @@
-"""The CPU's bf16 decision: measured products, kept once per machine in the cache, shared by passes and training.
+"""The CPU's bf16 decision: measured products, kept once per machine and in each cache, shared by passes and
+training.
 
 The probe itself runs for real on this CPU. The decision logic is checked for CPUs this machine is not (one with
 native bf16 whose products are faster, or slower) by stating the flag and handing in measurements.
@@ -20,10 +21,12 @@ def record(fp32: float, bf16: float) -> dict:
 
 
 @pytest.fixture
-def bf16_cpu(monkeypatch):
-    """A CPU that says it has native bf16, with no decision made yet in this process."""
+def bf16_cpu(monkeypatch, tmp_path):
+    """A CPU that says it has native bf16, with no decision made yet in this process or on this machine (kept in
+    ``tmp_path / "home"``)."""
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(precision, "_DECIDED", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
 
 
 def test_the_probe_measures_both_products_on_this_cpu():
@@ -54,7 +57,7 @@ def test_auto_follows_the_measured_products(bf16_cpu, monkeypatch, tmp_path, fp3
     assert f"{bf16 / fp32:.2f}x" in decision["reason"]
 
 
-def test_the_decision_is_kept_per_cache_and_survives_the_process(bf16_cpu, monkeypatch, tmp_path):
+def test_the_decision_is_kept_per_machine_and_in_each_cache(bf16_cpu, monkeypatch, tmp_path):
     calls = []
 
     def measure(fp32, bf16):
@@ -65,33 +68,41 @@ def test_the_decision_is_kept_per_cache_and_survives_the_process(bf16_cpu, monke
         return run
 
     assert precision.cpu_bf16(tmp_path / "a", measure(60.0, 240.0))["bf16"]
-    kept = list((tmp_path / "a" / "machine").glob("cpu-bf16-*.json"))
-    assert len(kept) == 1 and json.loads(kept[0].read_text())["bf16_gflops"] == 240.0
-    monkeypatch.setattr(precision, "_DECIDED", {})  # a new process: the file decides, noise cannot flip it
-    assert precision.cpu_bf16(tmp_path / "a", measure(70.0, 40.0))["bf16"]
-    assert calls == [(60.0, 240.0)]
-    assert not precision.cpu_bf16(tmp_path / "b", measure(70.0, 40.0))["bf16"]  # another cache measures for itself
+    name = f"cpu-bf16-{precision.signature()}.json"
+    on_machine, in_a = tmp_path / "home" / "davir-studio" / name, tmp_path / "a" / "machine" / name
+    assert json.loads(on_machine.read_text())["bf16_gflops"] == json.loads(in_a.read_text())["bf16_gflops"] == 240.0
+    monkeypatch.setattr(precision, "_DECIDED", {})  # a new process: the machine's file decides, noise cannot flip it
+    assert precision.cpu_bf16(tmp_path / "b", measure(70.0, 40.0))["bf16"]  # another cache on this machine agrees
+    assert (tmp_path / "b" / "machine" / name).exists() and calls == [(60.0, 240.0)]
 
-    kept[0].write_text("{not json")  # a damaged file is measured again and replaced
+    # a cache that already holds a record (written by a rank on another node) wins: the job's ranks agree
+    (tmp_path / "c" / "machine").mkdir(parents=True)
+    (tmp_path / "c" / "machine" / name).write_text(json.dumps(record(70.0, 40.0)))
+    assert not precision.cpu_bf16(tmp_path / "c", measure(70.0, 40.0))["bf16"]
+
+    for damaged in (on_machine, in_a):  # damaged files are measured again and replaced
+        damaged.write_text("{not json")
     monkeypatch.setattr(precision, "_DECIDED", {})
     assert not precision.cpu_bf16(tmp_path / "a", measure(70.0, 40.0))["bf16"]
-    assert json.loads(kept[0].read_text())["fp32_gflops"] == 70.0
+    assert json.loads(in_a.read_text())["fp32_gflops"] == json.loads(on_machine.read_text())["fp32_gflops"] == 70.0
+    assert calls == [(60.0, 240.0), (70.0, 40.0)]
 
 
 def test_a_process_measuring_at_the_same_time_adopts_the_first_answer(bf16_cpu, tmp_path):
-    path = tmp_path / "machine" / f"cpu-bf16-{precision.signature()}.json"
+    path = tmp_path / "home" / "davir-studio" / f"cpu-bf16-{precision.signature()}.json"
 
     def raced():  # another process finishes its measurement and writes first
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(record(60.0, 240.0)))
         return record(70.0, 40.0)
 
-    assert precision.cpu_bf16(tmp_path, raced)["bf16"]
+    assert precision.cpu_bf16(None, raced)["bf16"]
     assert json.loads(path.read_text())["bf16_gflops"] == 240.0
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
 
 
-def test_a_read_only_cache_still_decides(bf16_cpu, tmp_path):
+def test_read_only_folders_still_decide(bf16_cpu, monkeypatch, tmp_path):
     blocked = tmp_path / "file"
-    blocked.write_text("")  # its "machine" folder cannot be made
+    blocked.write_text("")  # no folder can be made under it
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
     assert not precision.cpu_bf16(blocked, lambda: record(70.0, 40.0))["bf16"]
