@@ -42,7 +42,6 @@ class Pack:
             self._masks[length] = full.tril(diagonal=self.prefix)
         return self._masks[length]
 
-
     def varlen_layout(self, device) -> tuple:
         """(key rows, cu_seq_q, cu_seq_k, max_q, max_k) for one variable-length attention call over the row.
 
@@ -69,13 +68,26 @@ class Pack:
 
 def varlen_kernel(query):
     """torch's variable-length flash attention, as :func:`causal_varlen` adapts it, when it serves ``query`` (CUDA,
-    bf16 or fp16, a head size that is a multiple of 8 up to 256, a torch that has it), else None."""
-    import torch
-
+    in bf16 or fp16 or under autocast to one of them, a head size that is a multiple of 8 up to 256, a torch that
+    has it), else None."""
     size = query.shape[-1]
-    if not query.is_cuda or query.dtype not in (torch.bfloat16, torch.float16) or size > 256 or size % 8:
+    if not query.is_cuda or varlen_dtype(query) is None or size > 256 or size % 8:
         return None
     return _torch_varlen()
+
+
+def varlen_dtype(query):
+    """The half precision the kernel runs ``query`` in: its own, or under CUDA autocast the autocast's (training
+    under bf16 autocast keeps the residual stream, and so the rotated queries and keys, in fp32; SDPA would cast
+    them down the same way); None when neither is half."""
+    import torch
+
+    half = (torch.bfloat16, torch.float16)
+    if query.dtype in half:
+        return query.dtype
+    if query.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in half:
+        return torch.get_autocast_dtype("cuda")
+    return None
 
 
 @functools.cache
@@ -115,8 +127,9 @@ def varlen_attention(query, key, value, pack: Pack, scaling, kernel):
     """The packed row's attention as one call of ``kernel`` (:func:`causal_varlen`'s). query (1, Hq, N, D);
     key, value (1, Hkv, N, D). Returns (1, N, Hq, D)."""
     rows, cu_q, cu_k, max_q, max_k = pack.varlen_layout(query.device)
-    q = query[0].transpose(0, 1).contiguous()  # (N, Hq, D)
-    k, v = key[0], value[0]  # (Hkv, N, D)
+    dtype = varlen_dtype(query) or query.dtype  # (the CPU tests run the layout in fp32)
+    q = query[0].transpose(0, 1).to(dtype).contiguous()  # (N, Hq, D)
+    k, v = key[0].to(dtype), value[0].to(dtype)  # (Hkv, N, D)
     if rows is not None:
         k, v = k[:, rows], v[:, rows]  # (Hkv, T_k, D): the prefix's keys in front of each sequence's
     k, v = k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous()  # (T_k, Hkv, D)
@@ -137,7 +150,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
-    return _OPAQUE_ATTEND(query, key, value, pack, scaling), None
+    return (_OPAQUE_ATTEND or attend_packed)(query, key, value, pack, scaling), None
 
 
 def attend_packed(query, key, value, pack: Pack, scaling):
