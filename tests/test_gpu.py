@@ -46,12 +46,14 @@ def test_bf16_on_cuda_matches_fp32(tiny_model):
     assert fast == pytest.approx(exact, rel=3e-2)
 
 
-def test_compiled_layers_give_the_eager_numbers_on_cuda(tiny_model):
+@pytest.mark.parametrize("pack", ["auto", "on"])
+def test_compiled_layers_give_the_eager_numbers_on_cuda(tiny_model, pack):
+    """Padded rows (the GPU's "auto") or packed ones, whose attention torch.compile leaves alone."""
     ref = ModelRef("tiny", str(tiny_model), "x")
     tokenizer = load_tokenizer(ref)
     model = load_model(ref, "cuda", pick_dtype("cuda"))
-    eager = mean_losses(model, tokenizer, CONVS)
-    compiled = mean_losses(model, tokenizer, CONVS, compile=True)
+    eager = mean_losses(model, tokenizer, CONVS, pack=pack)
+    compiled = mean_losses(model, tokenizer, CONVS, compile=True, pack=pack)
     assert getattr(model, "_davir_compiled", False)
     assert compiled == pytest.approx(eager, rel=2e-2)
 
