@@ -32,7 +32,9 @@ def test_the_default_key_fields_are_pinned():
     assert DPOTrainConfig().key_fields() == DPO_KEY_FIELDS
     memory = {"checkpoint_minutes": 10.0, "micro_batch_tokens": 0, "activation_checkpointing": "auto",
               "max_steps": 0}
-    assert asdict(TrainConfig()) == {**SFT_KEY_FIELDS, **memory}  # what a job record stores
+    # what a job record stores; the SFT layout switch "pack" (2026-12-06) joined the record, so a score job asked for
+    # again gets a new id, and reuses every pass and the reference by their keys, which it did not change
+    assert asdict(TrainConfig()) == {**SFT_KEY_FIELDS, **memory, "pack": "auto"}
     assert asdict(DPOTrainConfig()) == {**DPO_KEY_FIELDS, "objective": "dpo", **memory}
 
 
@@ -48,6 +50,7 @@ def test_how_often_we_save_and_how_memory_is_laid_out_are_not_part_of_the_key():
     cfg = TrainConfig()
     assert replace(cfg, checkpoint_minutes=1.0).key_fields() == cfg.key_fields()
     assert replace(cfg, micro_batch_tokens=64, activation_checkpointing="off").key_fields() == cfg.key_fields()
+    assert replace(cfg, pack="off").key_fields() == replace(cfg, pack="on").key_fields() == cfg.key_fields()
     assert replace(cfg, seed=1).key_fields() != cfg.key_fields()
 
 
