@@ -10,7 +10,7 @@ So "auto" (a pass's ``dtype``, a fine-tune's ``precision``) picks bf16 on a CPU 
 at least :data:`BF16_MIN_GAIN` times as fast in bf16 as in fp32. With the threshold at 1.0, every CPU where bf16
 products are not slower keeps the bf16 it had under the flag rule; only those where they are slower move to fp32.
 
-The probe takes about a second. Its result is written once per machine to
+The probe takes about a second on a CPU with native bf16. Its result is written once per machine to
 ``~/.cache/davir-studio/cpu-bf16-<signature>.json`` (``$XDG_CACHE_HOME`` if set; the signature: CPU model, CPU
 flags, torch version) and copied into each cache that uses it (``<cache>/machine/``), and read from there afterwards,
 so a pass and its resumption, two caches on one machine, or the ranks of a job sharing a cache across nodes never
