@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -79,9 +80,10 @@ def stop_app(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def serve(cache: Path):
-    """The app over ``cache`` on a free loopback port; yields its URL and stops it after."""
+    """The app over ``cache`` on a free loopback port; yields its URL and stops it after. Its log goes to a
+    temporary folder of its own (not beside the cache, which need not be a test's)."""
     port = free_port()
-    log_path = Path(cache).parent / f"streamlit-{port}.log"
+    log_path = Path(tempfile.mkdtemp(prefix="davir-app-")) / f"streamlit-{port}.log"
     proc = start_app(cache, port, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
