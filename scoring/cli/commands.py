@@ -22,6 +22,7 @@ from scoring.jobs.pairs import VAL_STARTS
 from scoring.jobs.requests import map_request, pass_config_for, score_request
 from scoring.jobs.runner import cancel, enqueue, run
 from scoring.jobs.worker import ensure_worker, live_workers, worker
+from scoring.models.precision import status_line as cpu_status_line
 from scoring.scores.registry import FIRST_SCORE, parse_scores
 from scoring.scores.reports import auroc_report, flag_counts, format_auroc_table, rank_agreement
 from scoring.scores.tables import pick_job, score_table
@@ -168,6 +169,7 @@ def cmd_status(cache: Cache, args) -> int:
     all_jobs = list_jobs(cache, args.name)
     print(f"cache: {cache.root}")
     print(f"workers alive: {len(live_workers(cache))}")
+    print(cpu_status_line(cache.root))
     if not all_jobs:
         print("no jobs")
     for job in all_jobs:

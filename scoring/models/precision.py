@@ -20,6 +20,7 @@ moment adopts its answer. Delete the files to measure again.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -59,11 +60,10 @@ def cpu_has_bf16() -> bool:
 
 
 def signature() -> str:
-    """What the measurement depends on: the CPU model and flags, and torch (whose oneDNN picks the kernels)."""
-    import torch
-
+    """What the measurement depends on: the CPU model and flags, and torch (whose oneDNN picks the kernels); read
+    without importing torch."""
     model, flags = cpu_info()
-    return hashlib.sha256(f"{model}\n{flags}\n{torch.__version__}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{model}\n{flags}\n{importlib.metadata.version('torch')}".encode()).hexdigest()[:16]
 
 
 def measure_gflops(dtype, rounds: int = PROBE_ROUNDS) -> float:
@@ -119,6 +119,19 @@ def cpu_bf16(cache_root: str | os.PathLike | None, measure: Callable[[], dict] |
     ratio = record["bf16_gflops"] / max(record["fp32_gflops"], 1e-9)
     verdict = "at least" if record["bf16"] else "under"
     return {**record, "reason": f"bf16 products {ratio:.2f}x fp32's ({verdict} {record['min_gain']}x)"}
+
+
+def status_line(cache_root: str | os.PathLike | None) -> str:
+    """What "auto" runs in on this CPU and why, for ``status``, from what is known (nothing is measured here)."""
+    model = cpu_info()[0] or "unknown CPU"
+    if not cpu_has_bf16():
+        return f"cpu: {model}; \"auto\" dtype fp32 (no native bf16)"
+    name = f"cpu-bf16-{signature()}.json"
+    record = _read(Path(cache_root) / "machine" / name if cache_root else None) or _read(machine_dir() / name)
+    if record is None:
+        return f"cpu: {model}; \"auto\" dtype not decided yet (bf16 and fp32 products are timed at the first pass)"
+    return (f"cpu: {model}; \"auto\" dtype {'bf16' if record['bf16'] else 'fp32'} (bf16 products "
+            f"{record['bf16_gflops']:g} GFLOP/s, fp32 {record['fp32_gflops']:g}, measured {record.get('measured', '?')})")
 
 
 def _read(path: Path | None) -> dict | None:

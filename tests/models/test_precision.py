@@ -106,3 +106,15 @@ def test_read_only_folders_still_decide(bf16_cpu, monkeypatch, tmp_path):
     blocked.write_text("")  # no folder can be made under it
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
     assert not precision.cpu_bf16(blocked, lambda: record(70.0, 40.0))["bf16"]
+
+
+def test_status_says_what_auto_runs_in_and_why(monkeypatch, tmp_path, bf16_cpu):
+    from tests.helpers import ok
+
+    assert '"auto" dtype not decided yet' in precision.status_line(tmp_path)  # status measures nothing
+    assert not (tmp_path / "home").exists()
+    precision.cpu_bf16(tmp_path, lambda: record(70.0, 40.0))
+    assert '"auto" dtype fp32 (bf16 products 40 GFLOP/s, fp32 70' in precision.status_line(tmp_path)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert precision.status_line(tmp_path).endswith('"auto" dtype fp32 (no native bf16)')
+    assert precision.cpu_info()[0] in ok("--cache", str(tmp_path / "c"), "status")  # this CPU, in the status
