@@ -37,7 +37,7 @@ BF16_MIN_GAIN = 1.0  # bf16 products must be at least this many times as fast as
 PROBE_ROUNDS = 5  # timed products per dtype (after one untimed): the best one counts
 NATIVE_FLAGS = ("avx512_bf16", "amx_bf16")
 
-_DECIDED: dict[str, dict] = {}  # record file name -> record, for this process
+_DECIDED: dict[str, dict] = {}  # record file name (one per signature) -> record, for this process
 
 
 def cpu_info() -> tuple[str, str]:
@@ -108,14 +108,13 @@ def cpu_bf16(cache_root: str | os.PathLike | None, measure: Callable[[], dict] |
     machine. The record is then kept under ``cache_root`` too, if it has none yet."""
     if not cpu_has_bf16():
         return {"bf16": False, "reason": "no native bf16 on this CPU"}
-    name = f"cpu-bf16-{signature()}.json"
-    shared = Path(cache_root) / "machine" / name if cache_root else None
-    record = _read(shared) or _DECIDED.get(name) or _read(machine_dir() / name)
+    shared, on_machine = _record_files(cache_root)
+    record = _read(shared) or _DECIDED.get(on_machine.name) or _read(on_machine)
     if record is None:
-        record = _keep(machine_dir() / name, (measure or probe)())
+        record = _keep(on_machine, (measure or probe)())
     if shared is not None and not shared.exists():
         record = _keep(shared, record)
-    _DECIDED[name] = record
+    _DECIDED[on_machine.name] = record
     ratio = record["bf16_gflops"] / max(record["fp32_gflops"], 1e-9)
     verdict = "at least" if record["bf16"] else "under"
     return {**record, "reason": f"bf16 products {ratio:.2f}x fp32's ({verdict} {record['min_gain']}x)"}
@@ -126,12 +125,18 @@ def status_line(cache_root: str | os.PathLike | None) -> str:
     model = cpu_info()[0] or "unknown CPU"
     if not cpu_has_bf16():
         return f"cpu: {model}; \"auto\" dtype fp32 (no native bf16)"
-    name = f"cpu-bf16-{signature()}.json"
-    record = _read(Path(cache_root) / "machine" / name if cache_root else None) or _read(machine_dir() / name)
+    shared, on_machine = _record_files(cache_root)
+    record = _read(shared) or _read(on_machine)
     if record is None:
         return f"cpu: {model}; \"auto\" dtype not decided yet (bf16 and fp32 products are timed at the first pass)"
     return (f"cpu: {model}; \"auto\" dtype {'bf16' if record['bf16'] else 'fp32'} (bf16 products "
             f"{record['bf16_gflops']:g} GFLOP/s, fp32 {record['fp32_gflops']:g}, measured {record.get('measured', '?')})")
+
+
+def _record_files(cache_root: str | os.PathLike | None) -> tuple[Path | None, Path]:
+    """Where this CPU's record is kept: (under ``cache_root``, None without one; on this machine)."""
+    name = f"cpu-bf16-{signature()}.json"
+    return (Path(cache_root) / "machine" / name if cache_root else None), machine_dir() / name
 
 
 def _read(path: Path | None) -> dict | None:

@@ -96,7 +96,7 @@ def train_reference(
     partial = checkpoint.start()
     data = Examples(tokenizer, messages, max_length)
     if sharded.wanted(cfg.method):
-        model = sharded.load(base.path, device)  # only rank 0 holds the whole model, and only while loading
+        model = sharded.load(base.path, device, lambda: load_base(base))  # only rank 0 reads it whole
     else:
         model = load_base(base)
     if cfg.method == "lora":

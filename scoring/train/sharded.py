@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import types
 from pathlib import Path
+from typing import Callable
 
 from scoring import ranks
 from scoring.env import fsdp_requested
@@ -102,11 +103,12 @@ def shard(model, device: str):
     return model
 
 
-def load(path: str, device: str, trust_remote_code: bool = False):
-    """The model in folder ``path``, in fp32, sharded over the ranks, with no whole copy on any rank but 0.
+def load(path: str, device: str, read_whole: Callable, trust_remote_code: bool = False):
+    """The model in folder ``path`` sharded over the ranks, with no whole copy on any rank but 0.
 
-    Every rank builds the model on the meta device (no memory) and shards it (:func:`shard`); rank 0 alone reads
-    the weights and sends each rank its shares (``set_model_state_dict(..., broadcast_from_rank0=True)``), then the
+    Every rank builds the model on the meta device (no memory, fp32) and shards it (:func:`shard`); rank 0 alone
+    reads the weights, as ``read_whole()`` loads them for one process (trainer.load_base), and sends each rank its
+    shares (``set_model_state_dict(..., broadcast_from_rank0=True)``), then the
     buffers that are not weights (a rotary embedding's tables), which the meta model has none of. Rank 0's model
     carries the generation config ``from_pretrained`` read, as the one process's does, since rank 0 saves it."""
     import torch
@@ -114,9 +116,7 @@ def load(path: str, device: str, trust_remote_code: bool = False):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    whole = None
-    if ranks.current().main:
-        whole = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    whole = read_whole() if ranks.current().main else None
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
