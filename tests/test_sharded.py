@@ -2,8 +2,8 @@
 sharded ranks make are one process's, summed or averaged as asked; a sharded reference fine-tune lands where one
 process's does, and one stopped halfway and re-launched on twice the ranks lands where an uninterrupted sharded run
 does; a checkpoint is only resumed under the layout that saved it; LoRA and a model without decoder layers are
-refused; a DPO run that computes its own reference log-probs under a launcher, DDP or FSDP, lands where one
-process's does. (The DPO warm-ups of a pair job under FSDP: tests/test_distributed.py.)
+refused; a DPO run that computes its own reference log-probs under a launcher, DDP or FSDP (loaded sharded), lands
+where one process's does. (The DPO warm-ups of a pair job under FSDP: tests/test_distributed.py.)
 """
 from __future__ import annotations
 
@@ -139,6 +139,10 @@ def test_a_launched_dpo_run_computing_its_own_reference_log_probs_lands_where_on
     for fsdp in (False, True):
         two = _train(tmp_path / f"two-{fsdp}", model, tmp_path / f"{fsdp}.json", nproc=2, fsdp=fsdp, method="dpo")
         assert two["steps"] == one["steps"]
+        # DDP: each rank reads the model whole; FSDP: rank 0 alone, the other ranks get their shares from it (TRL's
+        # weight hash skipped: it cannot read the sharded weights, and the run fails with it)
+        loads = [json.loads((tmp_path / f"{fsdp}.json.loads-{rank}").read_text()) for rank in (0, 1)]
+        assert loads == [[str(model)], [] if fsdp else [str(model)]], (fsdp, loads)
         # measured: DDP 1.9e-7, FSDP 3.4e-7 (without resharding after the no-grad forwards, sharded.run: 69 %)
         assert _gap(_update(_weights(Path(two["path"])), base), update_one) < 1e-4, fsdp
 

@@ -23,8 +23,9 @@ through the LM head, a slice at a time in both directions (:func:`sequence_logps
 (rows x length x vocabulary) logits, which held 6.8-7.4 GB per step for 4 long HH-RLHF pairs on the 135M default.
 Each micro-batch runs as groups of pairs of at most ``micro_batch_tokens`` tokens (scoring/train/bounded.py), so a
 step's memory follows the configuration, not the pairs' lengths; the precomputed reference log-probs likewise
-(computed like TRL's, but kept by every rank under a launcher). Under ``DAVIR_FSDP=1`` the model is sharded once
-TRL has seen it whole (scoring/train/sharded.py).
+(computed like TRL's, but kept by every rank under a launcher). Under ``DAVIR_FSDP=1`` the model is loaded sharded
+(scoring/train/sharded.py): only rank 0 reads it whole; TRL's weight hash, which reads every weight and is keyed to
+a cache of TRL's that is not used here, is skipped (:func:`unhashed_weights`).
 |log π_ref| is clamped to at least ``REF_LOGP_FLOOR`` so that a reply the reference is certain of cannot divide by
 zero. The reward metrics (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
 logps/rejected) are logged like TRL's (DavIR-DPO's rewards normalised). Settings: scoring/train/dpo_config.py.
@@ -129,9 +130,10 @@ def train_dpo(
     if not rows:
         raise UserError("no pair to train DPO on: every pair is flagged or has an empty side after truncation")
     partial = checkpoint.start()
-    model = load_base(base, trust_remote_code)
-    if sharded.wanted(cfg.method):
-        sharded.mark(model, device)  # sharded once TRL has seen it whole (it hashes the weights)
+    if sharded.wanted(cfg.method):  # only rank 0 reads it whole
+        model = sharded.load(base.path, device, lambda: load_base(base, trust_remote_code), trust_remote_code)
+    else:
+        model = load_base(base, trust_remote_code)
     trainer = dpo_trainer(model, tokenizer, rows, cfg, partial, max_length, device, trust_remote_code,
                           [progress_hooks(cfg, on_progress, should_stop)], quiet=on_progress is not None,
                           cache_root=cache.root)  # fmt: skip
@@ -279,7 +281,6 @@ def with_ref_logps(trainer, dataset, batch_size: int):
     import torch
     from torch.utils.data import DataLoader
 
-    sharded.ensure(trainer.model)  # computed by the model as it will train: sharded, under FSDP
     loader = trainer.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                                     collate_fn=trainer.data_collator))  # fmt: skip
     chosen, rejected = [], []
@@ -300,6 +301,22 @@ def reward_means(kept: dict[str, list[float]], prefix: str) -> dict[str, float]:
     return {prefix + name: value for name, value in means.items() if value is not None}
 
 
+@contextlib.contextmanager
+def unhashed_weights():
+    """TRL's DPOTrainer without the weight hash its constructor takes for ``precompute_ref_log_probs``: TRL keys
+    its on-disk cache of precomputed log-probs by it, and our ``_precompute_ref_logps`` neither reads nor writes
+    that cache. The hash reads every weight on every rank (an 8B model: 32 GB per rank, and an fp32 copy of each
+    bf16 tensor), and it cannot read a model already sharded by :func:`sharded.load` (DTensor weights)."""
+    from trl.trainer import dpo_trainer
+
+    hashed = dpo_trainer.hash_module
+    dpo_trainer.hash_module = lambda module: None
+    try:
+        yield
+    finally:
+        dpo_trainer.hash_module = hashed
+
+
 def _trainer_class():
     from trl import DPOTrainer
 
@@ -310,8 +327,8 @@ def _trainer_class():
         def __init__(self, *args, objective: str = "dpo", token_budget: int = 1024, **kwargs):
             self.objective, self.token_budget = objective, token_budget
             self.objective_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # reward metrics, per log
-            super().__init__(*args, **kwargs)
-            sharded.ensure(self.model)
+            with unhashed_weights():
+                super().__init__(*args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             """The batch mean of -log σ(r_w - r_l), with the DPO rewards of :func:`dpo_rewards` ("dpo": TRL's

@@ -27,8 +27,8 @@ How (PyTorch's FSDP2, ``fully_shard``, on the same process group as everything e
 Not sharded: LoRA (its adapters are small; with LoRA the base model must fit one device), and the scoring passes,
 which run inference on a whole model per rank. The SFT reference (and an evaluation's SFT arms) is loaded sharded
 (:func:`load`): only rank 0 reads the weights whole, the other ranks build the model on the meta device and
-receive their shares, so a node's host memory holds one fp32 copy, not one per process. The DPO warm-ups still load
-the whole model on every rank (TRL's trainer reads its weights whole before it is sharded).
+receive their shares, so a node's host memory holds one fp32 copy, not one per process. The DPO warm-ups load the
+same way (scoring/train/dpo.py skips TRL's weight hash, which cannot read sharded weights).
 """
 from __future__ import annotations
 
@@ -65,20 +65,10 @@ def _run(self, fn, *args):
     return fn(self, *args)
 
 
-def mark(model, device: str) -> None:
-    """Mark ``model`` to be sharded on ``device``'s kind by :func:`ensure`, and tell Trainer now that it must neither
-    wrap it in DDP nor move it whole onto the device (as for a model transformers shards itself at load time). For a
-    trainer whose constructor must see the whole model (TRL's DPOTrainer hashes its weights)."""
-    model._is_distributed_loading_by_transformers = True
-    model.davir_fsdp_device = device
-
-
-def ensure(model) -> None:
-    """Shard a :func:`mark`-ed model now unless it already is: a unit per decoder layer, the rest in the root
-    unit, over every rank (cuda: each rank's own GPU)."""
-    device = getattr(model, "davir_fsdp_device", None)
-    if device is None or is_sharded(model):
-        return
+def shard(model, device: str):
+    """``model`` split over the ranks in place, on ``device``'s kind (cuda: each rank's own GPU); returns it. A unit
+    per decoder layer, the rest in the root unit. Trainer is told that it must neither wrap the model in DDP nor move
+    it whole onto the device (as for a model transformers shards itself at load time)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
@@ -94,12 +84,7 @@ def ensure(model) -> None:
         unit.set_force_sum_reduction_for_comms(True)
     model.davir_run = types.MethodType(_run, model)
     register_fsdp_forward_method(model, "davir_run")
-
-
-def shard(model, device: str):
-    """``model`` split over the ranks in place (:func:`mark`, then :func:`ensure`); returns it."""
-    mark(model, device)
-    ensure(model)
+    model._is_distributed_loading_by_transformers = True
     return model
 
 
