@@ -14,7 +14,7 @@ from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_meta, ingest, kind_of, list_datasets
 from scoring.jobs.pairs import VAL_STARTS
 from scoring.models.loading import DEFAULT_MODEL, resolve
-from scoring.passes.engine import PassConfig, default_batch_tokens, fingerprint_fields
+from scoring.passes.engine import PassConfig, default_batch_tokens, default_chunk_size, fingerprint_fields
 from scoring.passes.runner import ROW_KINDS
 from scoring.scores.registry import DEFAULTS, passes_needed
 from scoring.scores.tables import JOB_KIND
@@ -37,9 +37,9 @@ def pass_config_for(kind: str, max_length: int | None = None, batch_tokens: int 
                     compile: bool = False, kernels: str = "auto", pack: str = "auto") -> PassConfig:
     """The kind's default pass config with what the user set on the command line or the Jobs page."""
     base = PASS_DEFAULTS[kind]
-    return replace(base, max_length=int(max_length or base.max_length),
-                   batch_tokens=int(batch_tokens or default_batch_tokens()), compile=compile, kernels=kernels,
-                   pack=pack)  # fmt: skip
+    tokens = int(batch_tokens or default_batch_tokens())
+    return replace(base, max_length=int(max_length or base.max_length), batch_tokens=tokens,
+                   chunk_size=default_chunk_size(tokens), compile=compile, kernels=kernels, pack=pack)  # fmt: skip
 
 
 def with_id(job: Job) -> Job:

@@ -44,7 +44,7 @@ class PassConfig:
 
     max_length: int = 1024  # tokens per example; longer ones are cut at the right and flagged too_long
     batch_tokens: int = 8192  # tokens per micro-batch (packed: real tokens; padded: rows x longest row)
-    chunk_size: int = 64  # examples per part file: the most a crash can lose
+    chunk_size: int = 64  # examples per engine call and part file, the most a crash can lose (jobs: default_chunk_size)
     head_rows: int = 512  # hidden states projected through the LM head at once (each worker: rows x vocab fp32 twice)
     embed: bool = True  # keep a mean-pooled last hidden state per example
     alone: bool = True  # also score the response with no prompt (IFD's denominator)
@@ -62,6 +62,14 @@ def default_batch_tokens(device: str | None = None) -> int:
     if device is None:
         device = pick_device()
     return 65536 if device.startswith("cuda") else PassConfig.batch_tokens
+
+
+def default_chunk_size(batch_tokens: int) -> int:
+    """Examples per chunk for micro-batches of ``batch_tokens``: 64 at the CPU's 8,192 and in proportion above it
+    (512 at a GPU's 65,536), so a chunk holds about as many micro-batches on every device. A chunk is one engine call
+    (its examples length-sorted together, its response-alone pass one more micro-batch, one host sync) and one
+    Parquet part: 64 examples would fill a fifth of a GPU's micro-batch, and a crash there loses seconds of work."""
+    return max(PassConfig.chunk_size, PassConfig.chunk_size * batch_tokens // PassConfig.batch_tokens)
 
 
 def fingerprint_fields(config: PassConfig) -> dict:

@@ -11,7 +11,8 @@ import torch
 from scoring import schema
 from scoring.models.formatting import encode
 from scoring.models.loading import ModelRef, load_model, load_tokenizer
-from scoring.passes.engine import PassConfig, default_batch_tokens, fingerprint_fields, micro_batches, score_encoded
+from scoring.passes.engine import PassConfig, default_batch_tokens, default_chunk_size, fingerprint_fields, micro_batches
+from scoring.passes.engine import score_encoded
 from scoring.passes.runner import INSTRUCTIONS, run_pass
 from scoring.store.parts import done_ranges, read_pass
 
@@ -145,3 +146,16 @@ def test_compile_is_keyed_only_when_asked_and_left_alone_on_a_cpu(tiny_model):
     plain = score_encoded(model, encoded, PassConfig(), tokenizer.pad_token_id)
     assert not getattr(model, "_davir_compiled", False)
     assert [r["loss_sum"] for r in asked] == [r["loss_sum"] for r in plain]
+
+
+def test_a_chunk_holds_as_many_micro_batches_on_every_device():
+    """64 examples per chunk at the CPU's 8,192 batch tokens (so CPU pass keys are unchanged), in proportion above
+    it: a GPU's 65,536 gets 512, where 64 would fill a fifth of one micro-batch; never fewer than 64."""
+    from scoring.jobs.requests import pass_config_for
+
+    assert default_chunk_size(PassConfig().batch_tokens) == PassConfig().chunk_size == 64
+    assert (default_chunk_size(65536), default_chunk_size(16384), default_chunk_size(1024)) == (512, 128, 64)
+    for kind in ("sft", "pair"):
+        assert pass_config_for(kind).chunk_size == 64  # this CPU's default
+        assert pass_config_for(kind, batch_tokens=65536).chunk_size == 512
+        assert pass_config_for(kind) == pass_config_for(kind, batch_tokens=8192)
