@@ -2,8 +2,9 @@
 
 Why segments: the loss must cover the assistant turns only. We render the conversation with the model's chat
 template (or the plain template below when it has none), cut the rendered text into alternating context /
-assistant segments, tokenise each segment on its own and concatenate. The cut is exact -- no offset mapping,
-no guessing where the prompt ends -- and the same messages always give the same ids.
+assistant segments, tokenise each segment on its own (a batch of examples' segments in one tokenizer call) and
+concatenate. The cut is exact -- no offset mapping, no guessing where the prompt ends -- and the same messages always
+give the same ids.
 
 Plain template (used when the tokenizer has no chat template; part of the run fingerprint)::
 
@@ -122,14 +123,30 @@ def encode(tokenizer, messages: list[dict], max_length: int) -> Encoded:
     Longer examples are cut at the right (the scored tail shrinks) and flagged ``too_long``; an example whose
     every scored token falls past the cut keeps no scored tokens and its losses come out NaN.
     """
-    if getattr(tokenizer, "chat_template", None):
-        segments, flag = chat_segments(tokenizer, messages)
-    else:
-        segments, flag = plain_segments(tokenizer, messages), ""
+    return encode_many(tokenizer, [messages], max_length)[0]
+
+
+def encode_many(tokenizer, conversations: list[list[dict]], max_length: int) -> list[Encoded]:
+    """:func:`encode` of each conversation, with every segment of all of them tokenised in one call: the same ids,
+    but a fast tokenizer encodes a batch in Rust on every core, where one call per segment costs ~0.24 ms of Python
+    each (a chunk of 64 Alpaca examples: 2.5x faster on 2 cores; more on a GPU host's many)."""
+    cut = []
+    for messages in conversations:
+        if getattr(tokenizer, "chat_template", None):
+            cut.append(chat_segments(tokenizer, messages))
+        else:
+            cut.append((plain_segments(tokenizer, messages), ""))
+    texts = [text for segments, _ in cut for text, _ in segments]
+    pieces = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    return [_assemble(tokenizer, [(next(pieces), is_scored) for _, is_scored in segments], flag, max_length)
+            for segments, flag in cut]  # fmt: skip
+
+
+def _assemble(tokenizer, pieces: list[tuple[list[int], bool]], flag: str, max_length: int) -> Encoded:
+    """One example's tokenised segments, concatenated and cut at ``max_length`` (see :func:`encode`)."""
     ids: list[int] = []
     scored: list[bool] = []
-    for text, is_scored in segments:
-        piece = tokenizer.encode(text, add_special_tokens=False)
+    for piece, is_scored in pieces:
         ids.extend(piece)
         scored.extend([is_scored] * len(piece))
     if len(ids) > max_length:
@@ -149,7 +166,24 @@ def encode_side(tokenizer, prompt_turns: list[dict], reply: str, max_length: int
     here, so only the last run of scored tokens (the reply, which ends the sequence) stays scored. The sequence is
     encoded whole and cut at ``max_length`` afterwards, so a long prompt can never leave an earlier turn scored.
     """
-    full = encode(tokenizer, [*prompt_turns, {"role": "assistant", "content": reply}], max_length=1 << 30)
+    return encode_sides(tokenizer, [(prompt_turns, reply)], max_length)[0]
+
+
+def encode_sides(tokenizer, sides: list[tuple[list[dict], str]], max_length: int) -> list[Encoded]:
+    """:func:`encode_side` of each (prompt turns, reply), tokenised together (:func:`encode_many`)."""
+    whole = encode_many(tokenizer, [[*turns, {"role": "assistant", "content": reply}] for turns, reply in sides],
+                        max_length=1 << 30)  # fmt: skip
+    return [_reply_only(full, max_length) for full in whole]
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[list[dict], str, str]], max_length: int) -> list[tuple[Encoded, Encoded]]:
+    """(chosen side, rejected side) of each (prompt turns, chosen reply, rejected reply), all tokenised together."""
+    sides = encode_sides(tokenizer, [side for turns, chosen, rejected in pairs
+                                     for side in ((turns, chosen), (turns, rejected))], max_length)  # fmt: skip
+    return list(zip(sides[::2], sides[1::2]))
+
+
+def _reply_only(full: Encoded, max_length: int) -> Encoded:
     scored = list(full.scored)
     start = len(scored)
     while start > 0 and scored[start - 1]:

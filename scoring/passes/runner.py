@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from scoring import ranks, schema
-from scoring.models.formatting import Encoded, encode, encode_side
+from scoring.models.formatting import Encoded, encode_many, encode_pairs
 from scoring.models.loading import ModelRef, dtype_name, load_model, model_card, pick_device, pick_dtype
 from scoring.passes.engine import PassConfig, fingerprint_fields, score_encoded
 from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet, read_json, stale_tmp_paths
@@ -49,19 +49,20 @@ class RowKind:
     schema: pa.Schema  # of its loss table
     columns: tuple[str, ...]  # example columns it reads
     code_version: str
-    encode: Callable[[object, dict, PassConfig], list[Encoded]]  # (tokenizer, example, config) -> sequences
+    encode: Callable[[object, list[dict], PassConfig], list[list[Encoded]]]  # (tokenizer, examples, config) -> each
+    # example's sequences, all of them tokenised together
     result: Callable[[list[dict]], dict]  # loss rows of those sequences -> the example's row (minus idx, id)
     fixed: tuple[tuple[str, object], ...] = ()  # PassConfig fields this kind always runs with
 
 
-def _encode_instruction(tokenizer, example: dict, config: PassConfig) -> list[Encoded]:
-    return [encode(tokenizer, json.loads(example["messages"]), config.max_length)]
+def _encode_instructions(tokenizer, examples: list[dict], config: PassConfig) -> list[list[Encoded]]:
+    conversations = [json.loads(example["messages"]) for example in examples]
+    return [[e] for e in encode_many(tokenizer, conversations, config.max_length)]
 
 
-def _encode_pair(tokenizer, example: dict, config: PassConfig) -> list[Encoded]:
-    turns = json.loads(example["messages"])  # the prompt turns both sides share
-    return [encode_side(tokenizer, turns, example["response"], config.max_length),
-            encode_side(tokenizer, turns, example["rejected"], config.max_length)]  # fmt: skip
+def _encode_pairs(tokenizer, examples: list[dict], config: PassConfig) -> list[list[Encoded]]:
+    pairs = [(json.loads(example["messages"]), example["response"], example["rejected"]) for example in examples]
+    return [list(sides) for sides in encode_pairs(tokenizer, pairs, config.max_length)]  # the prompt turns shared
 
 
 def _pair_result(rows: list[dict]) -> dict:
@@ -76,10 +77,10 @@ def _pair_result(rows: list[dict]) -> dict:
     }  # fmt: skip
 
 
-INSTRUCTIONS = RowKind("sft", schema.LOSSES, ("idx", "id", "messages"), SCORE_CODE_VERSION, _encode_instruction,
+INSTRUCTIONS = RowKind("sft", schema.LOSSES, ("idx", "id", "messages"), SCORE_CODE_VERSION, _encode_instructions,
                        lambda rows: rows[0])  # fmt: skip
 PAIRS = RowKind("pair", schema.PAIR_LOSSES, ("idx", "id", "flag", "messages", "response", "rejected"),
-                PAIR_CODE_VERSION, _encode_pair, _pair_result, fixed=(("alone", False), ("embed", False)))
+                PAIR_CODE_VERSION, _encode_pairs, _pair_result, fixed=(("alone", False), ("embed", False)))
 ROW_KINDS = {kind.name: kind for kind in (INSTRUCTIONS, PAIRS)}
 
 
@@ -110,7 +111,7 @@ class PassProgress:
 
 def _score_chunk(kind: RowKind, model, tokenizer, examples: list[dict], config: PassConfig) -> tuple[pa.Table, int]:
     """(the chunk's part table, tokens scored): every example's sequences scored in one engine call."""
-    encoded = [kind.encode(tokenizer, ex, config) for ex in examples]
+    encoded = kind.encode(tokenizer, examples, config)
     flat = [seq for seqs in encoded for seq in seqs]
     rows = score_encoded(model, flat, config, tokenizer.pad_token_id)
     out, at = [], 0

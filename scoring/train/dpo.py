@@ -4,7 +4,7 @@ each starts from and trains on). One epoch makes at least ``min_steps`` optimize
 
 Trained with TRL's DPOTrainer (β default 0.1; full fine-tuning, or LoRA merged back so the checkpoint loads like any
 model), through the plumbing shared with the SFT reference (scoring/train/trainer.py); what is particular to DPO
-lives here. The sequences are tokenised here, by :func:`encode_side`, with exactly the formatting the pair passes
+lives here. The sequences are tokenised here, by :func:`encode_pairs`, with exactly the formatting the pair passes
 score, so training and scoring see the same tokens; the trainer's own tokenisation is bypassed. The reference
 log-probabilities log π_ref(y|x) are precomputed (``precompute_ref_log_probs``), so no second model sits in memory:
 taken from the fp32 ref pass the scores use when the caller has it (the same tokens, so they are exactly the numbers
@@ -47,7 +47,7 @@ import numpy as np
 
 from scoring import ranks
 from scoring.errors import UserError
-from scoring.models.formatting import encode_side
+from scoring.models.formatting import encode_pairs
 from scoring.models.loading import ModelRef
 from scoring.passes.engine import head_losses, trunk_and_head
 from scoring.passes.head import trunk_inputs
@@ -71,9 +71,7 @@ def pair_token_rows(tokenizer, pairs: list[Pair], max_length: int,
     given, one (chosen, rejected) per pair); pairs with an empty side after truncation are left out (they carry no
     training signal)."""
     rows = []
-    for i, (prompt_turns, chosen, rejected) in enumerate(pairs):
-        c = encode_side(tokenizer, prompt_turns, chosen, max_length)
-        r = encode_side(tokenizer, prompt_turns, rejected, max_length)
+    for i, (c, r) in enumerate(encode_pairs(tokenizer, pairs, max_length)):
         if not (c.n_response_tokens and r.n_response_tokens) or c.n_prompt_tokens != r.n_prompt_tokens:
             continue
         n = c.n_prompt_tokens

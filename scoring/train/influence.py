@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from scoring.models.formatting import encode_side
+from scoring.models.formatting import encode_pairs
 
 ALL_PARAMS_BELOW = 20_000_000  # "auto": every parameter for models smaller than this, else LoRA adapters
 PARAMS = ("auto", "all", "lora")
@@ -34,9 +34,7 @@ def token_rows(tokenizer, pairs: list[tuple[list[dict], str, str]], max_length: 
     """Per pair {"chosen": ids, "rejected": ids, "n_prompt": int} with exactly the tokens the pair passes score
     (scoring.models.formatting.encode_side), or None when a side has no reply token left after truncation."""
     rows = []
-    for prompt_turns, chosen, rejected in pairs:
-        c = encode_side(tokenizer, prompt_turns, chosen, max_length)
-        r = encode_side(tokenizer, prompt_turns, rejected, max_length)
+    for c, r in encode_pairs(tokenizer, pairs, max_length):
         ok = any(c.scored) and any(r.scored)
         rows.append({"chosen": (c.ids, c.scored), "rejected": (r.ids, r.scored)} if ok else None)
     return rows

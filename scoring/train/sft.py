@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scoring.models.formatting import encode
+from scoring.models.formatting import encode_many
 from scoring.models.loading import ModelRef
 from scoring.passes.attention import install
 from scoring.passes.engine import PassConfig, packed_batch, response_losses, uses_packing
@@ -43,8 +43,7 @@ class Examples:
 
     def __init__(self, tokenizer, messages: list[list[dict]], max_length: int):
         self.items = []
-        for conv in messages:
-            e = encode(tokenizer, conv, max_length)
+        for e in encode_many(tokenizer, messages, max_length):
             if e.n_response_tokens:
                 labels = [t if s else -100 for t, s in zip(e.ids, e.scored)]
                 self.items.append({"input_ids": e.ids, "labels": labels})

@@ -83,3 +83,34 @@ def test_template_fingerprint_differs_between_templates(tiny_model, tiny_plain_m
 def test_encoding_is_deterministic(tiny_model, messages):
     t = tok(tiny_model)
     assert encode(t, messages, 64) == encode(t, messages, 64)
+
+
+def _one_call_per_segment(tokenizer, messages, max_length):
+    """:func:`encode` as it was before segments were tokenised in one batch: one tokenizer call per segment."""
+    from scoring.models import formatting
+
+    if tokenizer.chat_template:
+        segments, flag = formatting.chat_segments(tokenizer, messages)
+    else:
+        segments, flag = formatting.plain_segments(tokenizer, messages), ""
+    pieces = [(tokenizer.encode(text, add_special_tokens=False), is_scored) for text, is_scored in segments]
+    return formatting._assemble(tokenizer, pieces, flag, max_length)
+
+
+def test_a_batch_of_conversations_tokenised_together_is_each_one_tokenised_alone(tiny_model, tiny_plain_model):
+    """encode_many (the passes and the fine-tune tokenise a chunk at once) gives each conversation exactly the ids,
+    mask, response-alone ids and flags of one tokenizer call per segment; encode_pairs each side's encode_side."""
+    from scoring.models.formatting import encode_many, encode_pairs, encode_side
+
+    conversations = [SINGLE, MULTI, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}],
+                     [{"role": "user", "content": "  "}, {"role": "assistant", "content": "é ü 中文 " * 30}],
+                     [{"role": "user", "content": "No reply."}]]  # fmt: skip
+    for folder in (tiny_model, tiny_plain_model):
+        t = tok(folder)
+        for max_length in (4096, 24):  # 24: the long ones cut and flagged too_long
+            together = encode_many(t, conversations, max_length)
+            assert together == [_one_call_per_segment(t, c, max_length) for c in conversations]
+            assert any("too_long" in e.flag for e in together) == (max_length == 24)
+        pairs = [(MULTI[:4], "Green.", "I will not."), (SINGLE[:1], "5", "six " * 40)]
+        assert encode_pairs(t, pairs, 30) == [(encode_side(t, p, c, 30), encode_side(t, p, r, 30)) for p, c, r in pairs]
+    assert encode_many(t, [], 256) == []
