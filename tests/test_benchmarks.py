@@ -1,6 +1,6 @@
 """The benchmarks CI runs: benchmarks/end_to_end.py --tiny, the whole DavIR job on Alpaca rows with a tiny Llama,
 prints one JSON line with every stage's time, tokens and memory; benchmarks/throughput.py --profile over a tiny Llama
-says where each way's time went."""
+says where each way's time went; benchmarks/tokenise.py times a chunk's tokenisation."""
 from __future__ import annotations
 
 import json
@@ -48,3 +48,17 @@ def test_throughput_profile_says_where_each_ways_time_goes(tmp_path):
         profile = result["profile"][way]
         assert profile["s"] > 0 and 0 < profile["matmul_share"] < 1 and 0 < profile["attention_share"] < 1
         assert "aten::mm" in profile["top"] and sum(profile["top"].values()) <= 1.0001
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "alpaca").exists(), reason="needs ../shared/data/alpaca")
+def test_tokenise_times_each_chunk_size_and_the_rendering(tmp_path):
+    from tests.tiny import build_model
+
+    model = build_model(tmp_path / "model")
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "tokenise.py"), "--model", str(model), "--n", "40",
+                          "--chunks", "1", "16", "--repeats", "1"], capture_output=True, text=True, timeout=300,
+                         check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["examples"] == 40 and set(result["ms_per_example"]) == {"chunk 1", "chunk 16", "render only"}
+    assert all(ms > 0 for ms in result["ms_per_example"].values())
