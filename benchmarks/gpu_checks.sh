@@ -13,7 +13,8 @@
 #   1. tests/test_gpu.py (bf16 against fp32, compiled layers, packed rows through varlen flash attention, training);
 #   2. throughput.py on a random-weight 1B Llama (built once, as end_to_end.py builds it) and 512 GSM8K rows,
 #      --compile, padded (--pack auto) then packed (--pack on);
-#   3. end_to_end.py on all of Alpaca with the same model, --compile, with whichever of the two was faster.
+#   3. end_to_end.py on all of Alpaca with the same model, --compile, with whichever of the two was faster;
+#   and, first, tokenise.py on that model's tokenizer: the host's share of a pass, on the GPU machine's CPU.
 # The ~8 minutes are an estimate from the H200 figures in README (no GPU has run this script yet).
 # Each JSON line lands in $OUT (or ./gpu-out) and the last line printed is one JSON object holding them all.
 # GPU_CHECKS_SMALL=1 shrinks every step (a tiny model, a few rows) to check the script itself on a CPU.
@@ -72,6 +73,8 @@ size, folder, alpaca = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 build_model(folder, hidden=64, layers=2) if size == "tiny" else build_random_model(folder, size, alpaca_texts(alpaca, 52_002))
 EOF
 
+timeout 40 python3 benchmarks/tokenise.py --model "$OUT/model" --alpaca $DATA/alpaca --chunks 1 512 --repeats 2 \
+    2>"$OUT/tokenise.err" | tail -1 >"$OUT/tokenise.json"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log" | tail -15
 for pack in auto on; do
     timeout $LIMIT python3 benchmarks/throughput.py --model "$OUT/model" --n $N --compile --pack $pack --data $DATA/gsm8k/train.jsonl \
@@ -105,5 +108,5 @@ log = (out / "test_gpu.log").read_text() if (out / "test_gpu.log").exists() else
 print(json.dumps({"gpu": (out / "gpu.txt").read_text().strip(), "versions": (out / "versions.txt").read_text().strip(),
                   "test_gpu": (log.strip().splitlines() or [""])[-1],
                   "throughput_padded": load("throughput-auto.json"), "throughput_packed": load("throughput-on.json"),
-                  "end_to_end": load("end_to_end.json")}))
+                  "end_to_end": load("end_to_end.json"), "tokenise": load("tokenise.json")}))
 EOF
