@@ -307,7 +307,10 @@ def unhashed_weights():
     bf16 tensor), and it cannot read a model already sharded by :func:`sharded.load` (DTensor weights)."""
     from trl.trainer import dpo_trainer
 
-    hashed = dpo_trainer.hash_module
+    hashed = getattr(dpo_trainer, "hash_module", None)
+    if hashed is None:  # a TRL that no longer hashes here
+        yield
+        return
     dpo_trainer.hash_module = lambda module: None
     try:
         yield

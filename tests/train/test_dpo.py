@@ -50,3 +50,17 @@ def test_pairs_cut_to_an_empty_side_are_left_out(tiny_model, cache):
     assert rows[0]["chosen_ids"] != rows[0]["rejected_ids"] and rows[0]["prompt_ids"]
     with pytest.raises(UserError):
         train_dpo(cache, resolve(str(tiny_model), cache), tok, pairs[1:], template_fingerprint(tok), 64, CFG)
+
+
+def test_trls_weight_hash_is_skipped_only_while_our_trainer_is_built():
+    """TRL's constructor hashes every weight to key a cache of its own that the trainer never uses (and cannot hash
+    a sharded model): skipped inside ``unhashed_weights``, and TRL's function is back after, even on an error."""
+    from trl.trainer import dpo_trainer
+
+    from scoring.train.dpo import unhashed_weights
+
+    hashed = dpo_trainer.hash_module
+    with pytest.raises(RuntimeError, match="inside"), unhashed_weights():
+        assert dpo_trainer.hash_module(torch.nn.Linear(2, 2)) is None
+        raise RuntimeError("inside")
+    assert dpo_trainer.hash_module is hashed and len(hashed(torch.nn.Linear(2, 2))) == 64
