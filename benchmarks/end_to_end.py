@@ -53,14 +53,18 @@ def build_random_model(folder: Path, size: str, rows: list[str], seed: int = 0) 
     return folder
 
 
-def alpaca_texts(folder: Path, limit: int) -> list[str]:
+def alpaca_rows(folder: Path, limit: int) -> list[dict]:
+    """The first ``limit`` rows of the Alpaca JSON parts in ``folder``, as stored."""
     out = []
     for part in sorted(folder.glob("*.json")):
-        for r in json.loads(part.read_text()):
-            out.append("\n".join((r["instruction"], r.get("input", ""), r["output"])))
-            if len(out) >= limit:
-                return out
+        out += json.loads(part.read_text())[: limit - len(out)]
+        if len(out) >= limit:
+            break
     return out
+
+
+def alpaca_texts(folder: Path, limit: int) -> list[str]:
+    return ["\n".join((r["instruction"], r.get("input", ""), r["output"])) for r in alpaca_rows(folder, limit)]
 
 
 def main() -> None:

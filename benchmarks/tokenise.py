@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from end_to_end import ALPACA  # noqa: E402  (after the path: run as a script from anywhere)
+from end_to_end import ALPACA, alpaca_rows  # noqa: E402  (after the path: run as a script from anywhere)
 
 from scoring.models import formatting  # noqa: E402
 from scoring.models.loading import load_tokenizer, resolve  # noqa: E402
@@ -36,12 +36,9 @@ from scoring.store.cache import Cache  # noqa: E402
 def alpaca_conversations(folder: Path, n: int) -> list[list[dict]]:
     """The first ``n`` Alpaca rows as the conversations ingest makes of them (instruction + input, then output)."""
     out = []
-    for part in sorted(folder.glob("*.json")):
-        for r in json.loads(part.read_text()):
-            prompt = "\n\n".join(t for t in (r["instruction"], r.get("input", "")) if t)
-            out.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": r["output"]}])
-            if len(out) >= n:
-                return out
+    for r in alpaca_rows(folder, n):
+        prompt = "\n\n".join(t for t in (r["instruction"], r.get("input", "")) if t)
+        out.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": r["output"]}])
     return out
 
 

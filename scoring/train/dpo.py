@@ -56,7 +56,7 @@ from scoring.store.keys import key_of
 from scoring.train import sharded
 from scoring.train.bounded import TRAIN_HEAD_ROWS, backward_groups, token_groups, unwrapped
 from scoring.train.dpo_config import DPOTrainConfig
-from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_base, lora_config, optimizer_steps
+from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, load_to_train, lora_config, optimizer_steps
 from scoring.train.trainer import progress_hooks, train_and_save, trainer_arguments
 
 Pair = tuple[list[dict], str, str]  # (prompt turns, chosen reply, rejected reply)
@@ -128,10 +128,7 @@ def train_dpo(
     if not rows:
         raise UserError("no pair to train DPO on: every pair is flagged or has an empty side after truncation")
     partial = checkpoint.start()
-    if sharded.wanted(cfg.method):  # only rank 0 reads it whole
-        model = sharded.load(base.path, device, lambda: load_base(base, trust_remote_code), trust_remote_code)
-    else:
-        model = load_base(base, trust_remote_code)
+    model = load_to_train(base, cfg.method, device, trust_remote_code)
     trainer = dpo_trainer(model, tokenizer, rows, cfg, partial, max_length, device, trust_remote_code,
                           [progress_hooks(cfg, on_progress, should_stop)], quiet=on_progress is not None,
                           cache_root=cache.root)  # fmt: skip

@@ -24,7 +24,7 @@ from scoring.store.keys import key_of
 from scoring.train import sharded
 from scoring.train.bounded import TRAIN_HEAD_ROWS, bounded_step
 from scoring.train.sft_config import TrainConfig
-from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, accumulation_steps, load_base, lora_config
+from scoring.train.trainer import Checkpoint, OnProgress, ShouldStop, accumulation_steps, load_to_train, lora_config
 from scoring.train.trainer import optimizer_steps, progress_hooks, train_and_save, trainer_arguments
 
 
@@ -94,10 +94,7 @@ def train_reference(
         return done
     partial = checkpoint.start()
     data = Examples(tokenizer, messages, max_length)
-    if sharded.wanted(cfg.method):
-        model = sharded.load(base.path, device, lambda: load_base(base))  # only rank 0 reads it whole
-    else:
-        model = load_base(base)
+    model = load_to_train(base, cfg.method, device)
     if cfg.method == "lora":
         from peft import get_peft_model
 

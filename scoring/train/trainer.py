@@ -72,6 +72,14 @@ def load_base(base: ModelRef, trust_remote_code: bool = False):
     return AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, trust_remote_code=trust_remote_code)
 
 
+def load_to_train(base: ModelRef, method: str, device: str, trust_remote_code: bool = False):
+    """The base model to train with ``method``: whole (:func:`load_base`), or under ``DAVIR_FSDP`` split over the
+    ranks with only rank 0 reading it whole (scoring/train/sharded.py)."""
+    if sharded.wanted(method):
+        return sharded.load(base.path, device, lambda: load_base(base, trust_remote_code), trust_remote_code)
+    return load_base(base, trust_remote_code)
+
+
 def use_bf16(cfg: BaseTrainConfig, device: str, cache_root=None) -> bool:
     """Whether to train in bf16 autocast: as ``cfg.precision`` says, or ("auto") on a GPU that supports it and on a
     CPU whose measured bf16 products are not slower than fp32's (scoring/models/precision.py, kept under
