@@ -9,8 +9,15 @@ the whole conversation), then every segment of the chunk in one tokenizer call. 
 counts against the scoring MFU of benchmarks/end_to_end.py. ``--chunks 1`` is one example per call, as the passes
 tokenised before 2026-12-06. Also timed: the rendering alone, which the batch cannot speed up.
 
+``--pass N`` also times a whole pass over the first N examples (``runner.run_pass``, the device's default pass config)
+two ways: tokenising each chunk just before its forward ("inline"), and tokenising the next chunk on a thread while
+the current one is scored ("prefetch", the default since 2026-12-06). The model is ``--model`` itself on the
+device ``pick_device`` gives (a GPU's case), or with ``--small W`` a random 2-layer Llama of width W over the same
+tokenizer on the CPU: a model whose forward per example is as short as a GPU's, so the host's share shows.
+
 The last line printed is JSON: {"cpu_model", "tokenizer", "examples", "ms_per_example": {"chunk N": ms, ...,
-"render only": ms}} (best of ``--repeats``).
+"render only": ms}, "pass": {"device", "model", "rows", "chunk", "seconds": {"inline": s, "prefetch": s}}} (best of
+``--repeats``; "pass" only with ``--pass``).
 """
 from __future__ import annotations
 
@@ -53,6 +60,48 @@ def best_ms(fn, items: list, chunk: int, repeats: int) -> float:
     return round(min(times) / len(items) * 1e3, 3)
 
 
+def pass_model(model_ref, tokenizer, small: int):
+    """The model a ``--pass`` run scores with: ``model_ref`` on the device's pick, or a random 2-layer Llama of width
+    ``small`` over ``tokenizer`` on the CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from scoring.models.loading import load_model, pick_device, pick_dtype
+
+    if not small:
+        device = pick_device()
+        return load_model(model_ref, device, pick_dtype(device)), device
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=small, intermediate_size=2 * small, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval(), "cpu"
+
+
+def time_pass(model, device: str, tokenizer, conversations: list[list[dict]], max_length: int, repeats: int) -> dict:
+    """Seconds of a whole pass over ``conversations``, tokenising inline and ahead (best of ``repeats`` each,
+    alternated), each run into a fresh cache."""
+    import pandas as pd
+
+    from scoring.jobs.requests import pass_config_for
+    from scoring.passes.engine import default_batch_tokens
+    from scoring.passes.runner import INSTRUCTIONS, run_pass
+
+    config = pass_config_for("sft", max_length, default_batch_tokens(device))
+    frame = pd.DataFrame({"idx": range(len(conversations)), "id": [str(i) for i in range(len(conversations))],
+                          "messages": [json.dumps(c) for c in conversations]})  # fmt: skip
+    seconds: dict[str, list[float]] = {"inline": [], "prefetch": []}
+    for round_ in range(repeats):
+        for mode in seconds:
+            cache = Cache(Path(tempfile.mkdtemp(prefix="davir-tok-pass-")))
+            started = time.perf_counter()
+            ahead = mode == "prefetch"
+            run_pass(cache, f"{mode}{round_}", INSTRUCTIONS, model, tokenizer, frame, config, prefetch=ahead)
+            seconds[mode].append(time.perf_counter() - started)
+    return {"device": device, "rows": len(conversations), "chunk": config.chunk_size,
+            "seconds": {mode: round(min(times), 3) for mode, times in seconds.items()}}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="a model folder or name (default: the embedded default)")
@@ -61,6 +110,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--alpaca", type=Path, default=ALPACA)
+    parser.add_argument("--pass", dest="pass_rows", type=int, default=0, help="also time a pass over N examples")
+    parser.add_argument("--small", type=int, default=0, help="--pass with a random 2-layer Llama of this width (CPU)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for --pass (default: torch's)")
     args = parser.parse_args()
 
     model = resolve(args.model, Cache(Path(tempfile.mkdtemp(prefix="davir-tok-"))))
@@ -71,8 +123,19 @@ def main() -> None:
     if getattr(tokenizer, "chat_template", None):
         render = lambda c: [formatting.chat_segments(tokenizer, m) for m in c]  # noqa: E731
         timings["render only"] = best_ms(render, conversations, 64, args.repeats)
-    print(json.dumps({"cpu_model": cpu_info()[0], "tokenizer": model.name, "examples": len(conversations),
-                      "ms_per_example": timings}))  # fmt: skip
+    result = {"cpu_model": cpu_info()[0], "tokenizer": model.name, "examples": len(conversations),
+              "ms_per_example": timings}  # fmt: skip
+    if args.pass_rows:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        scorer, device = pass_model(model, tokenizer, args.small)
+        rows = alpaca_conversations(args.alpaca, args.pass_rows)
+        result["pass"] = {"model": f"random width {args.small}" if args.small else model.name, "threads":
+                          torch.get_num_threads(), **time_pass(scorer, device, tokenizer, rows, args.max_length,
+                                                               args.repeats)}  # fmt: skip
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ pair) and how their loss rows become the example's row of the kind's loss table 
 - many processes under ``torchrun`` / ``accelerate launch`` (scoring.ranks): each rank scores a deterministic share
   of the chunks still missing (no lock has to work across nodes), rank 0 writes the manifest, and the ranks return
   together;
+- the host's share: the next chunk is tokenised on a thread while the current one is scored (:class:`_PassWork`);
 - the pass's manifest (what produced it, complete or not) and its key: a fingerprint of the dataset content, the
   model, the prompt template, every field of the pass config and the kind's code version.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -109,11 +111,11 @@ class PassProgress:
     eta_s: float | None
 
 
-def _score_chunk(kind: RowKind, model, tokenizer, examples: list[dict], config: PassConfig) -> tuple[pa.Table, int]:
-    """(the chunk's part table, tokens scored): every example's sequences scored in one engine call."""
-    encoded = kind.encode(tokenizer, examples, config)
+def _score_chunk(kind: RowKind, model, pad_id: int, examples: list[dict], encoded: list[list[Encoded]],
+                 config: PassConfig) -> tuple[pa.Table, int]:  # fmt: skip
+    """(the chunk's part table, tokens scored): every example's sequences (``kind.encode``'s) in one engine call."""
     flat = [seq for seqs in encoded for seq in seqs]
-    rows = score_encoded(model, flat, config, tokenizer.pad_token_id)
+    rows = score_encoded(model, flat, config, pad_id)
     out, at = [], 0
     for ex, seqs in zip(examples, encoded):
         out.append({"idx": int(ex["idx"]), "id": str(ex["id"]), **kind.result(rows[at : at + len(seqs)])})
@@ -124,27 +126,35 @@ def _score_chunk(kind: RowKind, model, tokenizer, examples: list[dict], config: 
 
 def run_pass(cache: Cache, key: str, kind: RowKind, model, tokenizer, examples, config: PassConfig,
              on_progress: Callable[[PassProgress], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> bool:
+             should_stop: Callable[[], bool] | None = None, prefetch: bool = True) -> bool:
     """Fill ``passes/<key>/parts`` until every chunk is on disk. Returns False when stopped early.
 
     ``examples``: a DataFrame with the kind's columns. One process (or several workers on one machine): chunks
     another live worker has claimed are left to it; once ours are done we wait for theirs to land (or for their
     claim to die with its worker, and then score them). Under a launcher (scoring.ranks), each rank scores its own
-    share of the chunks still missing instead, and the ranks return together.
+    share of the chunks still missing instead, and the ranks return together. ``prefetch``: tokenise the next chunk
+    on a thread while this one is scored (:class:`_PassWork`); False tokenises each chunk just before its forward.
     """
     config = replace(config, **dict(kind.fixed))
     parts = cache.parts_dir(key)
     parts.mkdir(parents=True, exist_ok=True)
     work = _PassWork(kind, model, tokenizer, examples[list(kind.columns)].to_dict("records"), config, parts,
-                     on_progress)  # fmt: skip
-    if ranks.current().many:
-        return _run_ranked(work, should_stop)
+                     on_progress, prefetch)  # fmt: skip
+    try:
+        return _run_ranked(work, should_stop) if ranks.current().many else _run_claimed(work, should_stop)
+    finally:
+        work.close()
+
+
+def _run_claimed(work: _PassWork, should_stop: Callable[[], bool] | None) -> bool:
+    """The pass in one process, beside any other workers on this machine: each chunk claimed before it is scored."""
+    parts = work.parts
     while True:
         todo = [r for r in work.ranges if r not in done_ranges(parts)]
         if not todo:
             _sweep_claims(parts)
             return True
-        for start, end in todo:
+        for at, (start, end) in enumerate(todo):
             if should_stop and should_stop():
                 return False
             claim = try_claim(claim_path(parts, start, end))
@@ -153,7 +163,7 @@ def run_pass(cache: Cache, key: str, kind: RowKind, model, tokenizer, examples, 
             try:
                 scored = not part_path(parts, start, end).exists()  # else finished by another worker since we looked
                 if scored:
-                    work.score(start, end)
+                    work.score(start, end, then=todo[at + 1] if at + 1 < len(todo) else None)
             finally:
                 claim.release()
             if scored:
@@ -172,24 +182,49 @@ def _sweep_claims(parts) -> None:
 
 
 class _PassWork:
-    """The chunks of one pass and how one of them is scored, written and reported."""
+    """The chunks of one pass and how one of them is tokenised, scored, written and reported.
+
+    Tokenising a chunk (chat templates rendered in Python, then one tokenizer call) is host work; with ``prefetch``
+    the next chunk is tokenised on one background thread while the current one is scored, so on a GPU it can run
+    while the main thread waits for the device (a wait that releases the GIL), instead of between forwards
+    (benchmarks/tokenise.py --pass times both ways). The numbers are the same either way: a chunk's encoding depends
+    only on its examples. At most one chunk is tokenised ahead, so memory stays bounded by the chunk size.
+    """
 
     def __init__(self, kind: RowKind, model, tokenizer, records: list[dict], config: PassConfig, parts,
-                 on_progress: Callable[[PassProgress], None] | None):  # fmt: skip
+                 on_progress: Callable[[PassProgress], None] | None, prefetch: bool = True):  # fmt: skip
         self.kind, self.model, self.tokenizer, self.records, self.config = kind, model, tokenizer, records, config
         self.parts, self.on_progress = parts, on_progress
         self.order = scoring_order(len(records), config.seed)
         self.ranges = chunk_ranges(len(records), config.chunk_size)
         self.tokens, self.scored_here, self.written, self.started = 0, 0, 0, time.perf_counter()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="davir-tokenise") if prefetch else None
+        self._ahead: tuple[tuple[int, int], Future] | None = None  # the chunk being tokenised ahead, and its future
 
-    def score(self, start: int, end: int) -> None:
-        """Score chunk [start, end) of the order and write its part (removing a dead writer's temp file first);
-        :meth:`report` then tells the caller."""
+    def _encode(self, start: int, end: int) -> tuple[list[dict], list[list[Encoded]]]:
+        chunk = [self.records[r] for r in self.order[start:end]]
+        return chunk, self.kind.encode(self.tokenizer, chunk, self.config)
+
+    def _encoded(self, start: int, end: int) -> tuple[list[dict], list[list[Encoded]]]:
+        """Chunk [start, end)'s examples and sequences: tokenised ahead if it was (an error there raises here)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead and ahead[0] == (start, end):
+            return ahead[1].result()
+        if ahead:  # tokenised for a chunk another worker took: dropped
+            ahead[1].cancel()
+        return self._encode(start, end)
+
+    def score(self, start: int, end: int, then: tuple[int, int] | None = None) -> None:
+        """Score chunk [start, end) of the order and write its part (removing a dead writer's temp file first),
+        tokenising chunk ``then`` meanwhile; :meth:`report` then tells the caller."""
         path = part_path(self.parts, start, end)
         for stale in stale_tmp_paths(path):
             stale.unlink(missing_ok=True)  # half-written by a worker that died with this chunk
-        chunk = [self.records[r] for r in self.order[start:end]]
-        table, n_tokens = _score_chunk(self.kind, self.model, self.tokenizer, chunk, self.config)
+        chunk, encoded = self._encoded(start, end)
+        if self._pool and then:
+            self._ahead = (then, self._pool.submit(self._encode, *then))
+        table, n_tokens = _score_chunk(self.kind, self.model, self.tokenizer.pad_token_id, chunk, encoded,
+                                       self.config)  # fmt: skip
         atomic_write_parquet(path, table)
         self.written += 1
         ranks.maybe_fail(self.written)
@@ -204,18 +239,25 @@ class _PassWork:
             eta = (n - n_done) * elapsed / self.scored_here
             self.on_progress(PassProgress(done=n_done, total=n, tokens_per_s=self.tokens / elapsed, eta_s=eta))
 
+    def close(self) -> None:
+        """Stop the tokenising thread (a chunk it is still on is finished and dropped)."""
+        self._ahead = None
+        if self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
 
 def _run_ranked(work: _PassWork, should_stop: Callable[[], bool] | None) -> bool:
     """The pass under a launcher: rank 0 lists the chunks not on disk, each rank scores every world-th of them (no
     lock has to work across nodes; another world size resumes from the same parts), then all meet. True on every
     rank when every chunk is on disk; False on every rank when any of them was stopped."""
     todo = ranks.from_main([r for r in work.ranges if r not in done_ranges(work.parts)])
+    mine = list(ranks.shard(todo))
     stopped = False
-    for start, end in ranks.shard(todo):
+    for at, (start, end) in enumerate(mine):
         if should_stop and should_stop():
             stopped = True
             break
-        work.score(start, end)
+        work.score(start, end, then=mine[at + 1] if at + 1 < len(mine) else None)
         work.report()
     if not ranks.all_true(not stopped):
         return False
