@@ -17,12 +17,16 @@ passes count every token they run (the base pass its examples' prompts and respo
 fine-tune its examples' tokens once per epoch. ``mfu`` = 2·N·T (passes) or 6·N·T (training) FLOPs over the stage's
 seconds and the GPU's peak dense bf16 FLOP/s (throughput.PEAK_BF16), N the parameters, T the tokens; null on a CPU
 or a GPU not in that table. Targets (on one H100 / H200): the whole job under 5 minutes, scoring MFU >= 0.50,
-fine-tune MFU >= 0.35.
+fine-tune MFU >= 0.35. Stopped by SIGTERM (``timeout``), it prints instead what the job reached: {..., "partial":
+true, "stopped_after_s", "stages_done": {stage: seconds}, "in_progress": {"stage", "done", "total", "tokens_per_s",
+"eta_s", "mfu" (a pass's so far)}}.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -65,6 +69,26 @@ def alpaca_rows(folder: Path, limit: int) -> list[dict]:
 
 def alpaca_texts(folder: Path, limit: int) -> list[str]:
     return ["\n".join((r["instruction"], r.get("input", ""), r["output"])) for r in alpaca_rows(folder, limit)]
+
+
+def report_when_killed(cache, job_id: str, about: dict, params: int, peak: float | None, started: float) -> None:
+    """On SIGTERM (``timeout``'s signal: gpu_checks.sh bounds this run by the time its lease has left), print what
+    the job reached as the last JSON line and exit 124: the stages it finished, with their seconds, and the one it
+    was in, with its progress, its tokens/s and, for a pass, its MFU so far."""
+    from scoring.store.jobs import read_job
+
+    def report(signum, frame) -> None:
+        job = read_job(cache, job_id)
+        current = {"stage": job.stage, "done": job.done, "total": job.total, "tokens_per_s": job.tokens_per_s,
+                   "eta_s": job.eta_s} if job else None  # fmt: skip
+        if current and job.tokens_per_s and peak:
+            current["mfu"] = round(2 * params * job.tokens_per_s / peak, 4)
+        print(json.dumps({**about, "partial": True, "stopped_after_s": round(time.perf_counter() - started, 1),
+                          "stages_done": job.timings if job else None, "in_progress": current,
+                          "targets": TARGETS, "date": time.strftime("%Y-%m-%d")}), flush=True)  # fmt: skip
+        os._exit(124)
+
+    signal.signal(signal.SIGTERM, report)
 
 
 def main() -> None:
@@ -121,6 +145,10 @@ def main() -> None:
     request = score_request(cache, "alpaca", str(folder), pass_config=pass_config_for("sft", max_length,
                             compile=args.compile, pack=args.pack), train=TrainConfig(epochs=1.0, pack=args.pack))  # fmt: skip
     enqueue(cache, request)
+    about = {"device": device if not device.startswith("cuda") else torch.cuda.get_device_name(), "model": name,
+             "params": params, "rows": rows, "max_length": max_length, "compile": args.compile, "pack": args.pack,
+             "ingest_s": round(ingest_s, 2), "model_build_s": round(build_s, 1)}  # fmt: skip
+    report_when_killed(cache, request.id, about, params, peak_flops(device), time.perf_counter())
     job = run(cache, request.id, progress=True)
     if job.state != "done":
         raise SystemExit(f"the job ended {job.state}: {job.error}")
@@ -141,10 +169,9 @@ def main() -> None:
         }  # fmt: skip
     total = sum(s["seconds"] for s in stages.values())
     print(json.dumps({
-        "device": device if not device.startswith("cuda") else torch.cuda.get_device_name(), "model": name,
-        "params": params, "rows": rows, "scored_rows": len(scored), "max_length": max_length,
-        "compile": args.compile, "pack": args.pack, "stages": stages, "total_s": round(total, 1), "model_build_s": round(build_s, 1),
-        "targets": TARGETS, "meets_target": (None if peak is None else total < TARGETS["total_s"]
+        "device": about["device"], "model": name, "params": params, "rows": rows, "scored_rows": len(scored),
+        "max_length": max_length, "compile": args.compile, "pack": args.pack, "stages": stages,
+        "total_s": round(total, 1), "model_build_s": round(build_s, 1), "targets": TARGETS, "meets_target": (None if peak is None else total < TARGETS["total_s"]
                                              and stages["base pass"]["mfu"] >= TARGETS["scoring_mfu"]
                                              and stages["ref pass"]["mfu"] >= TARGETS["scoring_mfu"]
                                              and stages["ref training"]["mfu"] >= TARGETS["training_mfu"]),

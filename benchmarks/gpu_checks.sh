@@ -1,26 +1,36 @@
 #!/usr/bin/env bash
 # Every GPU check of issue "Scale" section 2 in one run, for a lent GPU machine (the `device` tool's `run`), where a
-# session has about 15 minutes of device time in all. Prepare here first (downloads wheels the GPU image lacks into
-# .whl/ and packs the data into .gpudata/, both git-ignored, ~55 MiB):
+# session has about 15 minutes of device time in all, machine start included. Prepare here first (downloads wheels
+# the GPU image lacks into .whl/ and packs the data into .gpudata/, both git-ignored, ~55 MiB):
 #
 #     bash benchmarks/gpu_checks.sh prepare
 #
-# then run there, carrying both (one run: the steps take ~8 minutes, little room for a second):
+# then run there, carrying both:
 #
-#     run(command="bash benchmarks/gpu_checks.sh", carry=[".whl", ".gpudata"], timeout_s=560)
+#     run(command="GPU_CHECKS_BUDGET=540 bash benchmarks/gpu_checks.sh", carry=[".whl", ".gpudata"], timeout_s=570)
 #
-# Steps, each bounded by `timeout` so that one that hangs still leaves the others their time:
-#   1. tests/test_gpu.py (bf16 against fp32, compiled layers, packed rows through varlen flash attention, training);
-#   2. throughput.py on a random-weight 1B Llama (built once, as end_to_end.py builds it) and 512 GSM8K rows,
-#      --compile, padded (--pack auto) then packed (--pack on);
-#   3. end_to_end.py on all of Alpaca with the same model, --compile, with whichever of the two was faster;
-#   and, first, tokenise.py on that model's tokenizer: the host's share of a pass, on the GPU machine's CPU.
-# The ~8 minutes are an estimate from the H200 figures in README (no GPU has run this script yet).
-# Each JSON line lands in $OUT (or ./gpu-out) and the last line printed is one JSON object holding them all.
+# Steps, in the order the issue needs them, each under `timeout` and all within GPU_CHECKS_BUDGET seconds (default
+# 540; a step is skipped when too little is left for it):
+#   tests:      tests/test_gpu.py (bf16 against fp32, compiled layers, packed rows through varlen flash attention,
+#               training);
+#   throughput: throughput.py on a random-weight 1B Llama (built once, as end_to_end.py builds it) and 512 GSM8K
+#               rows, --compile, padded (--pack auto) then packed (--pack on);
+#   e2e:        end_to_end.py on all of Alpaca with the same model, --compile, with whichever of the two was faster;
+#               it gets all the time left, and when that runs out it still reports the stages it reached;
+#   tokenise:   tokenise.py on that model's tokenizer (the host's share of a pass, on the GPU machine's CPU) and a
+#               pass over 2,048 rows on the GPU with the next chunk tokenised inline and ahead; only if time is left.
+# `bash benchmarks/gpu_checks.sh e2e tokenise` runs only those steps: a second call on the same warm machine reuses
+# the model built under $GPU_CHECKS_WORK. No GPU has run this script yet; the step times are estimates.
+#
+# What comes back from the device is limited (8 files, 16 MiB each): $OUT gets summary.json (rewritten after every
+# step, so a run cut short still returns what it did), steps.log (the tail of each step's stderr) and test_gpu.log;
+# the model, the caches and each step's own files stay in $GPU_CHECKS_WORK (default /tmp/davir-gpu-checks). The last
+# line printed is the summary.
 # GPU_CHECKS_SMALL=1 shrinks every step (a tiny model, a few rows) to check the script itself on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+
 
 if [ "${1:-}" = "prepare" ]; then
     set -e
@@ -40,9 +50,14 @@ if [ "${1:-}" = "prepare" ]; then
     exit 0
 fi
 
+
 OUT=${OUT:-$ROOT/gpu-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 DAVIR_CACHE="$OUT/cache-unused"
+WORK=${GPU_CHECKS_WORK:-/tmp/davir-gpu-checks}
+BUDGET=${GPU_CHECKS_BUDGET:-540}
+STEPS=("$@")
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests throughput e2e tokenise)
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1 DAVIR_CACHE="$WORK/cache-unused"
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site
@@ -53,17 +68,64 @@ if [ -f .gpudata/data.tgz ]; then
     mkdir -p $DATA && tar -C $DATA -xzf .gpudata/data.tgz
 fi
 if [ "${GPU_CHECKS_SMALL:-0}" = 1 ]; then
-    MODEL=tiny N=16 E2E=(--rows 32 --max-length 256) LIMIT=120
+    MODEL=tiny N=16 E2E=(--rows 32 --max-length 256) PASS=64
 else
-    MODEL=1b N=512 E2E=() LIMIT=150
+    MODEL=1b N=512 E2E=() PASS=2048
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1
-python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available())" \
-    | tee "$OUT/versions.txt"
 
-# The throughput runs' model: random weights and a BPE tokenizer trained on Alpaca, as end_to_end.py builds its own
-# (the embedded default model is not on that machine).
-python3 - "$MODEL" "$OUT/model" "$DATA/alpaca" <<'EOF'
+wants() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
+# Seconds for a step: at most $1, and nothing (a failure) when less than $2 would be left to it; 15 s are kept for
+# the summary.
+budget_for() {
+    local left=$((BUDGET - SECONDS - 15))
+    ((left < $2)) && return 1
+    echo $((left < $1 ? left : $1))
+}
+# One step ($1, at most $2 seconds, skipped under $3): its JSON line (its stdout's last) lands in $WORK/$1.json, the
+# tail of its stderr in $OUT/steps.log.
+step() {
+    local name=$1 cap=$2 least=$3 seconds
+    shift 3
+    if ! seconds=$(budget_for "$cap" "$least"); then
+        echo "{\"skipped\": \"$((BUDGET - SECONDS)) s of the budget left\"}" >"$WORK/$name.json"
+    else
+        timeout -k 15 "$seconds" "$@" 2>"$WORK/$name.err" | tail -1 >"$WORK/$name.json"
+        { echo "== $name: ${seconds} s allowed, rc ${PIPESTATUS[0]}, at $SECONDS s"; tail -5 "$WORK/$name.err"; } >>"$OUT/steps.log"
+    fi
+    cat "$WORK/$name.json"
+    summarise >/dev/null
+}
+summarise() {
+    python3 - "$WORK" "$OUT" <<'EOF'
+import json, pathlib, sys
+work, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+def load(name):
+    path, err = work / f"{name}.json", work / f"{name}.err"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except Exception as error:  # a step that failed or was killed before printing: say so, keep the rest
+        return {"error": f"{type(error).__name__}: {error}", "stderr": err.read_text()[-800:] if err.exists() else ""}
+def text(path):
+    return path.read_text().strip() if path.exists() else ""
+log = text(out / "test_gpu.log")
+summary = json.dumps({"gpu": text(work / "gpu.txt"), "versions": text(work / "versions.txt"),
+                      "test_gpu": (log.splitlines() or [""])[-1],
+                      "throughput_padded": load("throughput-auto"), "throughput_packed": load("throughput-on"),
+                      "end_to_end": load("end_to_end"), "tokenise": load("tokenise")})
+(out / "summary.json").write_text(summary)
+print(summary)
+EOF
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$WORK/gpu.txt" 2>&1
+python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available())" \
+    | tee "$WORK/versions.txt"
+
+# The model every step scores with: random weights and a BPE tokenizer trained on Alpaca, as end_to_end.py builds its
+# own (the embedded default model is not on that machine); built once per machine.
+[ -f "$WORK/model/config.json" ] || python3 - "$MODEL" "$WORK/model" "$DATA/alpaca" <<'EOF'
 import sys
 from pathlib import Path
 sys.path[:0] = [".", "benchmarks"]
@@ -72,16 +134,20 @@ from tests.tiny import build_model
 size, folder, alpaca = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 build_model(folder, hidden=64, layers=2) if size == "tiny" else build_random_model(folder, size, alpaca_texts(alpaca, 52_002))
 EOF
+echo "model ready at $SECONDS s"
 
-timeout 40 python3 benchmarks/tokenise.py --model "$OUT/model" --alpaca $DATA/alpaca --chunks 1 512 --repeats 2 \
-    2>"$OUT/tokenise.err" | tail -1 >"$OUT/tokenise.json"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log" | tail -15
-for pack in auto on; do
-    timeout $LIMIT python3 benchmarks/throughput.py --model "$OUT/model" --n $N --compile --pack $pack --data $DATA/gsm8k/train.jsonl \
-        --cache "$OUT/throughput-cache" 2>"$OUT/throughput-$pack.err" | tail -1 >"$OUT/throughput-$pack.json"
-    tail -3 "$OUT/throughput-$pack.err"
-done
-faster=$(python3 - "$OUT" <<'EOF'
+if wants tests && seconds=$(budget_for 150 30); then
+    timeout -k 15 "$seconds" python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$OUT/test_gpu.log" 2>&1
+    tail -15 "$OUT/test_gpu.log"
+    summarise >/dev/null
+fi
+if wants throughput; then
+    for pack in auto on; do
+        step "throughput-$pack" 130 45 python3 benchmarks/throughput.py --model "$WORK/model" --n $N --compile \
+            --pack $pack --data $DATA/gsm8k/train.jsonl --cache "$WORK/throughput-cache"
+    done
+fi
+faster=$(python3 - "$WORK" <<'EOF'
 import json, sys
 speed = {}
 for pack in ("auto", "on"):
@@ -89,24 +155,15 @@ for pack in ("auto", "on"):
         speed[pack] = json.load(open(f"{sys.argv[1]}/throughput-{pack}.json"))["engine_tokens_per_s"]
     except Exception:
         speed[pack] = 0
-print(max(speed, key=speed.get))
+print(max(speed, key=speed.get))  # "auto" (padded, measured on a GPU before) unless packed was faster
 EOF
 )
-timeout 330 python3 benchmarks/end_to_end.py "${E2E[@]}" --model-dir "$OUT/model" --compile --pack "$faster" --alpaca $DATA/alpaca \
-    2>"$OUT/end_to_end.err" | tail -1 >"$OUT/end_to_end.json"
-tail -3 "$OUT/end_to_end.err"
-
-python3 - "$OUT" <<'EOF'
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-def load(name):
-    try:
-        return json.loads((out / name).read_text())
-    except Exception as error:  # a step that failed or timed out: say so, keep the rest
-        return {"error": f"{type(error).__name__}: {error}"}
-log = (out / "test_gpu.log").read_text() if (out / "test_gpu.log").exists() else ""
-print(json.dumps({"gpu": (out / "gpu.txt").read_text().strip(), "versions": (out / "versions.txt").read_text().strip(),
-                  "test_gpu": (log.strip().splitlines() or [""])[-1],
-                  "throughput_padded": load("throughput-auto.json"), "throughput_packed": load("throughput-on.json"),
-                  "end_to_end": load("end_to_end.json"), "tokenise": load("tokenise.json")}))
-EOF
+if wants e2e; then
+    step end_to_end 100000 60 python3 benchmarks/end_to_end.py "${E2E[@]}" --model-dir "$WORK/model" --compile \
+        --pack "$faster" --alpaca $DATA/alpaca --cache "$WORK/e2e-cache-$SECONDS"
+fi
+if wants tokenise; then
+    step tokenise 100 60 python3 benchmarks/tokenise.py --model "$WORK/model" --alpaca $DATA/alpaca --chunks 1 512 \
+        --repeats 2 --pass $PASS
+fi
+summarise
