@@ -20,11 +20,12 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "alpaca").exists(), reason="needs ../shared/data/alpaca")
 def test_end_to_end_tiny_runs_every_stage(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "end_to_end.py"), "--tiny", "--rows", "48",
-                          "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=600, check=False,
-                         env=dict(os.environ, TQDM_DISABLE="1"))  # fmt: skip
+                          "--train-batch", "16", "--cache", str(tmp_path / "cache")], capture_output=True, text=True,
+                         timeout=600, check=False, env=dict(os.environ, TQDM_DISABLE="1"))  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["rows"] == 48 and 0 < result["scored_rows"] <= 48 and result["params"] > 0
+    assert (result["train_batch"], result["train_tokens"]) == (16, 512)  # asked; the CPU's default tokens
     assert set(result["stages"]) == {"ingest", "base pass", "ref training", "ref pass"}
     for stage in ("base pass", "ref training", "ref pass"):
         s = result["stages"][stage]

@@ -166,6 +166,19 @@ def test_status_without_defect_labels_has_no_auroc(tmp_path, tiny_model):
     assert "4 of 4 rows scored" in out and "AUROC" not in out
 
 
+def test_the_training_batch_and_tokens_reach_the_fine_tune(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("DAVIR_DEVICE", "cpu")
+    cache = plain_dataset(tmp_path)
+    score = [*c(cache), "score", "plain", "--model", str(tiny_model), "--max-length", "64", "--scores", "davir"]
+    ok(*score, "--train-batch", "2", "--train-tokens", "48", "--wait")
+    job = next(j for j in list_jobs(cache) if j.kind == "score")
+    assert (job.train["batch_size"], job.train["micro_batch_size"], job.train["micro_batch_tokens"]) == (2, 2, 48)
+    record = json.loads(next((cache.root / "models").glob("ref-*/davir_reference.json")).read_text())
+    assert record["train"]["batch_size"] == 2  # the checkpoint was trained, and keyed, with the batch asked for
+    code, out, err = run(*score, "--train-batch", "0")
+    assert code != 0 and "training batch must be a whole number" in out + err and "Traceback" not in out + err
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
 def test_scores_file_has_every_id_and_every_score(scored, tmp_path, suffix):
     out_path = tmp_path / "nested" / f"x{suffix}"

@@ -76,6 +76,11 @@ SCORE_ARGS = (
         "flash-attention call per layer), off"),
     arg("--train-method", choices=["full", "lora"], default="full", help="reference fine-tuning"),
     arg("--epochs", type=float, default=1.0, help="reference fine-tuning epochs (default 1)"),
+    arg("--train-batch", type=int, help="examples (pairs) per optimizer step of the reference fine-tune and the DPO "
+        "warm-ups (default 8; part of the checkpoint key). On a GPU over a large set, larger batches (Alpaca's "
+        "recipe: 128) make far fewer optimizer steps"),
+    arg("--train-tokens", type=int, help="tokens per forward / backward when training (default 512 on a CPU, 1024 "
+        "on a GPU); training memory grows with it, the weights do not change"),
     arg("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)"),
     arg("--wait", action="store_true", help="do the work here, in the foreground"),
     arg("--beta", type=float, default=0.1, help="pairs: DPO beta of the warm-ups and scores (default 0.1)"),
@@ -96,9 +101,10 @@ def _request(cache: Cache, args) -> Job:
                              "off" if args.no_kernels else "auto", args.pack)  # fmt: skip
     return score_request(
         cache, args.name, args.model, parse_scores(args.scores, kind), config, reference=args.reference,
-        train=replace(TrainConfig(), method=args.train_method, epochs=args.epochs, pack=args.pack),
+        train=replace(TrainConfig(), method=args.train_method, epochs=args.epochs,
+                      pack=args.pack).sized(args.train_batch, args.train_tokens),
         dpo=replace(DPOTrainConfig(), beta=args.beta, method=args.train_method, epochs=args.epochs,
-                    objective=args.objective),
+                    objective=args.objective).sized(args.train_batch, args.train_tokens),
         val=args.val, val_fraction=args.val_fraction, val_start=args.val_from, trust_remote_code=args.trust_remote_code,
     )  # fmt: skip
 

@@ -10,7 +10,9 @@ subclass's default retrains every cached model and moves the golden outputs.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+
+from scoring.errors import UserError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +54,23 @@ class BaseTrainConfig:
         if not fields["max_steps"]:  # unset: the keys of checkpoints trained before the field existed still match
             del fields["max_steps"]
         return fields
+
+    def sized(self, batch: int | None = None, tokens: int | None = None):
+        """This config with ``batch`` examples per optimizer step and ``tokens`` per forward / backward
+        (``micro_batch_tokens``, 0 = auto); None keeps a field. The micro-batch becomes :meth:`micro_for` the batch,
+        so that an optimizer step still sees exactly ``batch`` examples. What ``score --train-batch / --train-tokens``
+        set: on a GPU, over tens of thousands of examples, a batch of 8 makes one optimizer step (a pass over every
+        weight and its two Adam moments) per ~1k tokens, and 1,024-token forwards leave most of the GPU idle."""
+        if batch is not None and (not isinstance(batch, int) or batch < 1):
+            raise UserError(f"the training batch must be a whole number of examples >= 1, not {batch!r}")
+        if tokens is not None and (not isinstance(tokens, int) or tokens < 0):
+            raise UserError(f"the training tokens per forward must be >= 0 (0: auto), not {tokens!r}")
+        out = self if tokens is None else replace(self, micro_batch_tokens=tokens)
+        return out if batch is None else replace(out, batch_size=batch, micro_batch_size=out.micro_for(batch))
+
+    def micro_for(self, batch: int) -> int:
+        """The micro-batch for ``batch`` examples per step: the largest divisor of it up to this config's."""
+        return max(d for d in range(1, min(self.micro_batch_size, batch) + 1) if batch % d == 0)
 
     def group_tokens(self, device: str) -> int:
         """The token budget of one forward / backward on ``device``: ``micro_batch_tokens``, or when 0 (auto) 512

@@ -58,4 +58,4 @@ class DPOTrainConfig(BaseTrainConfig):
         if self.min_steps <= 0 or n_pairs // self.batch_size >= self.min_steps:
             return self
         batch = max(world, n_pairs // self.min_steps // world * world)
-        return replace(self, batch_size=batch, micro_batch_size=min(self.micro_batch_size, batch))
+        return replace(self, batch_size=batch, micro_batch_size=self.micro_for(batch))

@@ -29,6 +29,10 @@ class TrainConfig(BaseTrainConfig):
         fields.pop("pack")
         return fields
 
+    def micro_for(self, batch: int) -> int:
+        """The whole batch in one forward pass, as by default (its groups are bounded by tokens, not examples)."""
+        return batch
+
     def packs(self, device: str) -> bool:
         """Whether the groups are packed rows on ``device`` (where the model allows it)."""
         if self.pack not in ("auto", "on", "off"):

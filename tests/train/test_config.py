@@ -6,6 +6,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
+from scoring.errors import UserError
 from scoring.models.loading import ModelRef
 from scoring.train.config import BaseTrainConfig
 from scoring.train.dpo import dpo_key
@@ -84,3 +85,26 @@ def test_max_steps_caps_the_run_and_is_in_the_key_only_when_set():
     assert "max_steps" not in cfg.key_fields() and optimizer_steps(cfg, 1000) == 125
     capped = replace(cfg, max_steps=2)
     assert capped.key_fields() == {**cfg.key_fields(), "max_steps": 2} and optimizer_steps(capped, 1000) == 2
+
+
+def test_a_shrunk_pair_batch_keeps_a_micro_batch_that_divides_it():
+    """100 pairs // 16 steps = 6 pairs a step: micro-batches of 3, two a step. Before 2026-12-06 the micro-batch
+    stayed 4, so 6 // 4 = 1 accumulation step and every step saw 4 pairs, not the 6 the checkpoint key said."""
+    small = DPOTrainConfig().for_pairs(100)
+    assert (small.batch_size, small.micro_batch_size) == (6, 3)
+    assert small.micro_batch_size * (small.batch_size // small.micro_batch_size) == small.batch_size
+    assert optimizer_steps(small, 100) == 16
+
+
+def test_sized_sets_the_batch_and_the_tokens_of_a_forward():
+    """score --train-batch / --train-tokens: the batch is a key field (a new checkpoint), the tokens are not."""
+    sft = TrainConfig().sized(128, 16384)
+    assert (sft.batch_size, sft.micro_batch_size, sft.micro_batch_tokens) == (128, 128, 16384)  # one forward a step
+    assert sft.group_tokens("cuda") == 16384 and optimizer_steps(sft, 52_002) == 406
+    assert TrainConfig().sized(tokens=4096).key_fields() == TrainConfig().key_fields()
+    assert sft.key_fields() == {**TrainConfig().key_fields(), "batch_size": 128, "micro_batch_size": 128}
+    assert TrainConfig().sized() == TrainConfig() and DPOTrainConfig().sized() == DPOTrainConfig()
+    assert [DPOTrainConfig().sized(b).micro_batch_size for b in (1, 6, 7, 8, 128)] == [1, 3, 1, 4, 4]
+    for bad in ({"batch": 0}, {"batch": -8}, {"tokens": -1}):
+        with pytest.raises(UserError, match="training"):
+            TrainConfig().sized(**bad)
