@@ -22,7 +22,7 @@ seconds and the GPU's peak dense bf16 FLOP/s (throughput.PEAK_BF16), N the param
 or a GPU not in that table. Targets (on one H100 / H200): the whole job under 5 minutes, scoring MFU >= 0.50,
 fine-tune MFU >= 0.35. Stopped by SIGTERM (``timeout``), it prints instead what the job reached: {..., "partial":
 true, "stopped_after_s", "stages_done": {stage: seconds}, "in_progress": {"stage", "done", "total", "tokens_per_s",
-"eta_s", "mfu" (a pass's so far)}}.
+"eta_s", "mfu" (a pass's so far)}, "error"}; so does a job that failed, before exiting 1.
 """
 from __future__ import annotations
 
@@ -74,21 +74,27 @@ def alpaca_texts(folder: Path, limit: int) -> list[str]:
     return ["\n".join((r["instruction"], r.get("input", ""), r["output"])) for r in alpaca_rows(folder, limit)]
 
 
-def report_when_killed(cache, job_id: str, about: dict, params: int, peak: float | None, started: float) -> None:
-    """On SIGTERM (``timeout``'s signal: gpu_checks.sh bounds this run by the time its lease has left), print what
-    the job reached as the last JSON line and exit 124: the stages it finished, with their seconds, and the one it
-    was in, with its progress, its tokens/s and, for a pass, its MFU so far."""
+def reached(cache, job_id: str, about: dict, params: int, peak: float | None, started: float) -> dict:
+    """What a job that did not finish reached: the stages it finished, with their seconds, and the one it was in,
+    with its progress, its tokens/s and, for a pass, its MFU so far (and the job's error, if it failed)."""
     from scoring.store.jobs import read_job
 
+    job = read_job(cache, job_id)
+    current = {"stage": job.stage, "done": job.done, "total": job.total, "tokens_per_s": job.tokens_per_s,
+               "eta_s": job.eta_s} if job else None  # fmt: skip
+    if current and job.tokens_per_s and peak:
+        current["mfu"] = round(2 * params * job.tokens_per_s / peak, 4)
+    return {**about, "partial": True, "stopped_after_s": round(time.perf_counter() - started, 1),
+            "stages_done": job.timings if job else None, "in_progress": current, "error": job.error if job else None,
+            "targets": TARGETS, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+
+
+def report_when_killed(*context) -> None:
+    """On SIGTERM (``timeout``'s signal: gpu_checks.sh bounds this run by the time its lease has left), print
+    :func:`reached` as the last JSON line and exit 124."""
+
     def report(signum, frame) -> None:
-        job = read_job(cache, job_id)
-        current = {"stage": job.stage, "done": job.done, "total": job.total, "tokens_per_s": job.tokens_per_s,
-                   "eta_s": job.eta_s} if job else None  # fmt: skip
-        if current and job.tokens_per_s and peak:
-            current["mfu"] = round(2 * params * job.tokens_per_s / peak, 4)
-        print(json.dumps({**about, "partial": True, "stopped_after_s": round(time.perf_counter() - started, 1),
-                          "stages_done": job.timings if job else None, "in_progress": current,
-                          "targets": TARGETS, "date": time.strftime("%Y-%m-%d")}), flush=True)  # fmt: skip
+        print(json.dumps(reached(*context)), flush=True)
         os._exit(124)
 
     signal.signal(signal.SIGTERM, report)
@@ -157,9 +163,11 @@ def main() -> None:
              "params": params, "rows": rows, "max_length": max_length, "compile": args.compile, "pack": args.pack,
              "train_batch": train.batch_size, "train_tokens": train.group_tokens(device),
              "ingest_s": round(ingest_s, 2), "model_build_s": round(build_s, 1)}  # fmt: skip
-    report_when_killed(cache, request.id, about, params, peak_flops(device), time.perf_counter())
+    context = (cache, request.id, about, params, peak_flops(device), time.perf_counter())
+    report_when_killed(*context)
     job = run(cache, request.id, progress=True)
-    if job.state != "done":
+    if job.state != "done":  # the stages it reached, as the last line, before saying how it ended
+        print(json.dumps(reached(*context)), flush=True)
         raise SystemExit(f"the job ended {job.state}: {job.error}")
 
     table, _ = score_table(cache, "alpaca")
