@@ -189,10 +189,11 @@ def main() -> None:
         "device": about["device"], "model": name, "params": params, "rows": rows, "scored_rows": len(scored),
         "max_length": max_length, "compile": args.compile, "pack": args.pack, "train_batch": about["train_batch"],
         "train_tokens": about["train_tokens"], "stages": stages,
-        "total_s": round(total, 1), "model_build_s": round(build_s, 1), "targets": TARGETS, "meets_target": (None if peak is None else total < TARGETS["total_s"]
-                                             and stages["base pass"]["mfu"] >= TARGETS["scoring_mfu"]
-                                             and stages["ref pass"]["mfu"] >= TARGETS["scoring_mfu"]
-                                             and stages["ref training"]["mfu"] >= TARGETS["training_mfu"]),
+        "total_s": round(total, 1), "model_build_s": round(build_s, 1), "targets": TARGETS,
+        "meets_target": (None if peak is None else total < TARGETS["total_s"]
+                         and stages["base pass"]["mfu"] >= TARGETS["scoring_mfu"]
+                         and stages["ref pass"]["mfu"] >= TARGETS["scoring_mfu"]
+                         and stages["ref training"]["mfu"] >= TARGETS["training_mfu"]),
         "date": time.strftime("%Y-%m-%d"),
     }))  # fmt: skip
 
