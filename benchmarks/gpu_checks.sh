@@ -15,7 +15,8 @@
 #               training);
 #   throughput: throughput.py on a random-weight 1B Llama (built once, as end_to_end.py builds it) and 512 GSM8K
 #               rows, --compile, padded (--pack auto) then packed (--pack on);
-#   e2e:        end_to_end.py on all of Alpaca with the same model, --compile, with whichever of the two was faster,
+#   e2e:        end_to_end.py on all of Alpaca with the same model, --compile, with whichever of the two was faster
+#               (packed only if tests/test_gpu.py passed, where packed training on a GPU is first checked),
 #               fine-tuning with Alpaca's own batch of 128 (406 optimizer steps, not the default 8's 6,500, each an
 #               AdamW pass over all 1B weights) in forwards of up to 8,192 tokens (not 1,024: ~1.3 MB of activations
 #               a token for this model, well inside 80 GB); it gets all the time left, and when that runs out it still
@@ -161,6 +162,9 @@ for pack in ("auto", "on"):
 print(max(speed, key=speed.get))  # "auto" (padded, measured on a GPU before) unless packed was faster
 EOF
 )
+# Packed rows only when tests/test_gpu.py passed: it is where packed training on a GPU is first checked.
+if [ "$faster" = on ] && ! grep -qE "^[0-9]+ passed" "$OUT/test_gpu.log" 2>/dev/null; then faster=auto; fi
+echo "end_to_end with --pack $faster"
 if wants e2e; then
     step end_to_end 100000 60 python3 benchmarks/end_to_end.py "${E2E[@]}" --model-dir "$WORK/model" --compile \
         --pack "$faster" --train-batch 128 --train-tokens $TRAIN_TOKENS --alpaca $DATA/alpaca \
