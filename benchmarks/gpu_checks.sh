@@ -13,18 +13,17 @@
 # 540; a step is skipped when too little is left for it):
 #   tests:      tests/test_gpu.py (bf16 against fp32, compiled layers, packed rows through varlen flash attention,
 #               training);
-#   throughput: throughput.py on a random-weight 1B Llama (built once, as end_to_end.py builds it) and 512 GSM8K
-#               rows, --compile, padded (--pack auto) then packed (--pack on);
-#   e2e:        end_to_end.py on all of Alpaca with the same model, --compile, with whichever of the two was faster
-#               (packed only if tests/test_gpu.py passed, where packed training on a GPU is first checked),
-#               fine-tuning with Alpaca's own batch of 128 (406 optimizer steps, not the default 8's 6,500, each an
-#               AdamW pass over all 1B weights) in forwards of up to 8,192 tokens (not 1,024: ~1.3 MB of activations
-#               a token for this model, well inside 80 GB); it gets all the time left, and when that runs out it still
-#               reports the stages it reached;
+#   e2e:        end_to_end.py on all of Alpaca with a random-weight 1B Llama (built once, as end_to_end.py builds it),
+#               --compile, padded rows (the GPU's default), fine-tuning with Alpaca's own batch of 128 (406 optimizer
+#               steps, not the default 8's 6,500, each an AdamW pass over all 1B weights) in forwards of up to 8,192
+#               tokens (not 1,024: ~2 MB of activations a token for this model, well inside 80 GB); it gets all the
+#               time left but 90 s, and when that runs out it still reports the stages it reached;
+#   throughput: throughput.py with the same model on 512 GSM8K rows, --compile, packed (--pack on, one varlen flash
+#               call a layer) then padded (--pack auto), as time allows: whether packing should be the GPU default;
 #   tokenise:   tokenise.py on that model's tokenizer (the host's share of a pass, on the GPU machine's CPU) and a
 #               pass over 2,048 rows on the GPU with the next chunk tokenised inline and ahead; only if time is left.
-# `bash benchmarks/gpu_checks.sh e2e tokenise` runs only those steps: a second call on the same warm machine reuses
-# the model built under $GPU_CHECKS_WORK. No GPU has run this script yet; the step times are estimates.
+# `bash benchmarks/gpu_checks.sh throughput tokenise` runs only those steps: a second call on the same warm machine
+# reuses the model built under $GPU_CHECKS_WORK. No GPU has run this script yet; the step times are estimates.
 #
 # What comes back from the device is limited (8 files, 16 MiB each): $OUT gets summary.json (rewritten after every
 # step, so a run cut short still returns what it did), steps.log (the tail of each step's stderr) and test_gpu.log;
@@ -59,7 +58,7 @@ OUT=${OUT:-$ROOT/gpu-out}
 WORK=${GPU_CHECKS_WORK:-/tmp/davir-gpu-checks}
 BUDGET=${GPU_CHECKS_BUDGET:-540}
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests throughput e2e tokenise)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(tests e2e throughput tokenise)
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1 DAVIR_CACHE="$WORK/cache-unused"
 if [ -d .whl ]; then
@@ -145,30 +144,16 @@ if wants tests && seconds=$(budget_for 150 30); then
     tail -15 "$OUT/test_gpu.log"
     summarise >/dev/null
 fi
-if wants throughput; then
-    for pack in auto on; do
+if wants e2e; then  # padded rows, the GPU's default ("auto"); 90 s are kept for the packed throughput run after it
+    step end_to_end $((BUDGET - SECONDS - 15 - 90)) 60 python3 benchmarks/end_to_end.py "${E2E[@]}" \
+        --model-dir "$WORK/model" --compile --train-batch 128 --train-tokens $TRAIN_TOKENS --alpaca $DATA/alpaca \
+        --cache "$WORK/e2e-cache-$SECONDS"
+fi
+if wants throughput; then  # packed first: the padded path has an H200 figure from 2026-11-30 to compare with
+    for pack in on auto; do
         step "throughput-$pack" 130 45 python3 benchmarks/throughput.py --model "$WORK/model" --n $N --compile \
             --pack $pack --data $DATA/gsm8k/train.jsonl --cache "$WORK/throughput-cache"
     done
-fi
-faster=$(python3 - "$WORK" <<'EOF'
-import json, sys
-speed = {}
-for pack in ("auto", "on"):
-    try:
-        speed[pack] = json.load(open(f"{sys.argv[1]}/throughput-{pack}.json"))["engine_tokens_per_s"]
-    except Exception:
-        speed[pack] = 0
-print(max(speed, key=speed.get))  # "auto" (padded, measured on a GPU before) unless packed was faster
-EOF
-)
-# Packed rows only when tests/test_gpu.py passed: it is where packed training on a GPU is first checked.
-if [ "$faster" = on ] && ! grep -qE "^[0-9]+ passed" "$OUT/test_gpu.log" 2>/dev/null; then faster=auto; fi
-echo "end_to_end with --pack $faster"
-if wants e2e; then
-    step end_to_end 100000 60 python3 benchmarks/end_to_end.py "${E2E[@]}" --model-dir "$WORK/model" --compile \
-        --pack "$faster" --train-batch 128 --train-tokens $TRAIN_TOKENS --alpaca $DATA/alpaca \
-        --cache "$WORK/e2e-cache-$SECONDS"
 fi
 if wants tokenise; then
     step tokenise 100 60 python3 benchmarks/tokenise.py --model "$WORK/model" --alpaca $DATA/alpaca --chunks 1 512 \
