@@ -77,12 +77,13 @@ else
 fi
 
 wants() { [[ " ${STEPS[*]} " == *" $1 "* ]]; }
-# Seconds for a step: at most $1, and nothing (a failure) when less than $2 would be left to it; 15 s are kept for
+# Seconds for a step: at most $1, and nothing (a failure) when that or what is left is under $2; 15 s are kept for
 # the summary.
 budget_for() {
     local left=$((BUDGET - SECONDS - 15))
+    ((left > $1)) && left=$1
     ((left < $2)) && return 1
-    echo $((left < $1 ? left : $1))
+    echo $left
 }
 # One step ($1, at most $2 seconds, skipped under $3): its JSON line (its stdout's last) lands in $WORK/$1.json, the
 # tail of its stderr in $OUT/steps.log.
