@@ -150,7 +150,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
-    return (_OPAQUE_ATTEND or attend_packed)(query, key, value, pack, scaling), None
+    return opaque_attend()(query, key, value, pack, scaling), None
 
 
 def attend_packed(query, key, value, pack: Pack, scaling):
@@ -160,11 +160,16 @@ def attend_packed(query, key, value, pack: Pack, scaling):
     return per_sequence_attention(query, key, value, pack, scaling)
 
 
-# attend_packed behind torch.compiler.disable, made by install() (torch is imported lazily): with compiled decoder
-# layers (--compile) a layer's graph stops at the attention and resumes after it. Traced, the pack's layout (Python
-# lists of each row's lengths) became guards of the graph, so every micro-batch recompiled every layer until
-# torch.compile gave up and fell back to eager (a 2-layer model on a CPU: 30 s per batch, eager after 8 batches).
-_OPAQUE_ATTEND = None
+@functools.cache
+def opaque_attend():
+    """:func:`attend_packed` behind ``torch.compiler.disable`` (made once; torch is imported lazily): with compiled
+    decoder layers (--compile) a layer's graph stops at the attention and resumes after it. Traced, the pack's
+    layout (Python lists of each row's lengths) became guards of the graph, so every micro-batch recompiled every
+    layer until torch.compile gave up and fell back to eager (a 2-layer model on a CPU: 30 s per batch, eager after 8
+    batches). Outside torch.compile the wrapper only calls through."""
+    import torch
+
+    return torch.compiler.disable(attend_packed, recursive=True)
 
 
 def per_sequence_attention(query, key, value, pack: Pack, scaling):
@@ -206,12 +211,8 @@ def install(model) -> None:
     transformers builds no mask for an implementation it does not know, which is what both our paths want:
     packed rows carry their own layout, and padded rows are right-padded under causal attention.
     """
-    import torch
     from transformers import AttentionInterface
 
-    global _OPAQUE_ATTEND
-    if _OPAQUE_ATTEND is None:
-        _OPAQUE_ATTEND = torch.compiler.disable(attend_packed, recursive=True)
     if ATTENTION not in AttentionInterface._global_mapping:
         AttentionInterface.register(ATTENTION, packed_attention)
     model.config._attn_implementation = ATTENTION
