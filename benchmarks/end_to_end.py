@@ -162,8 +162,10 @@ def main() -> None:
     about = {"device": device if not device.startswith("cuda") else torch.cuda.get_device_name(), "model": name,
              "params": params, "rows": rows, "max_length": max_length, "compile": args.compile, "pack": args.pack,
              "train_batch": train.batch_size, "train_tokens": train.group_tokens(device),
-             "ingest_s": round(ingest_s, 2), "model_build_s": round(build_s, 1)}  # fmt: skip
-    context = (cache, request.id, about, params, peak_flops(device), time.perf_counter())
+             "model_build_s": round(build_s, 1)}  # fmt: skip
+    # (what a stopped or failed job reached: its ingest is not one of the job's stages)
+    context = (cache, request.id, {**about, "ingest_s": round(ingest_s, 2)}, params, peak_flops(device),
+               time.perf_counter())  # fmt: skip
     report_when_killed(*context)
     job = run(cache, request.id, progress=True)
     if job.state != "done":  # the stages it reached, as the last line, before saying how it ended
@@ -186,10 +188,7 @@ def main() -> None:
         }  # fmt: skip
     total = sum(s["seconds"] for s in stages.values())
     print(json.dumps({
-        "device": about["device"], "model": name, "params": params, "rows": rows, "scored_rows": len(scored),
-        "max_length": max_length, "compile": args.compile, "pack": args.pack, "train_batch": about["train_batch"],
-        "train_tokens": about["train_tokens"], "stages": stages,
-        "total_s": round(total, 1), "model_build_s": round(build_s, 1), "targets": TARGETS,
+        **about, "scored_rows": len(scored), "stages": stages, "total_s": round(total, 1), "targets": TARGETS,
         "meets_target": (None if peak is None else total < TARGETS["total_s"]
                          and stages["base pass"]["mfu"] >= TARGETS["scoring_mfu"]
                          and stages["ref pass"]["mfu"] >= TARGETS["scoring_mfu"]

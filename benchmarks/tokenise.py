@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from end_to_end import ALPACA, alpaca_rows  # noqa: E402  (after the path: run as a script from anywhere)
 
+from scoring.ingest.layouts import build_messages, detect_layout  # noqa: E402
 from scoring.models import formatting  # noqa: E402
 from scoring.models.loading import load_tokenizer, resolve  # noqa: E402
 from scoring.models.precision import cpu_info  # noqa: E402
@@ -42,12 +43,10 @@ from scoring.store.cache import Cache  # noqa: E402
 
 
 def alpaca_conversations(folder: Path, n: int) -> list[list[dict]]:
-    """The first ``n`` Alpaca rows as the conversations ingest makes of them (instruction + input, then output)."""
-    out = []
-    for r in alpaca_rows(folder, n):
-        prompt = "\n\n".join(t for t in (r["instruction"], r.get("input", "")) if t)
-        out.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": r["output"]}])
-    return out
+    """The first ``n`` Alpaca rows as the conversations ingest makes of them (scoring.ingest.layouts)."""
+    rows = alpaca_rows(folder, n)
+    spec = detect_layout(list(rows[0])) if rows else None
+    return [build_messages(r, spec)[0] for r in rows]
 
 
 def best_ms(fn, items: list, chunk: int, repeats: int) -> float:

@@ -154,7 +154,7 @@ def _run_claimed(work: _PassWork, should_stop: Callable[[], bool] | None) -> boo
         if not todo:
             _sweep_claims(parts)
             return True
-        for at, (start, end) in enumerate(todo):
+        for (start, end), then in zip(todo, [*todo[1:], None]):  # tokenise the next chunk while this one runs
             if should_stop and should_stop():
                 return False
             claim = try_claim(claim_path(parts, start, end))
@@ -163,7 +163,7 @@ def _run_claimed(work: _PassWork, should_stop: Callable[[], bool] | None) -> boo
             try:
                 scored = not part_path(parts, start, end).exists()  # else finished by another worker since we looked
                 if scored:
-                    work.score(start, end, then=todo[at + 1] if at + 1 < len(todo) else None)
+                    work.score(start, end, then)
             finally:
                 claim.release()
             if scored:
@@ -251,13 +251,13 @@ def _run_ranked(work: _PassWork, should_stop: Callable[[], bool] | None) -> bool
     lock has to work across nodes; another world size resumes from the same parts), then all meet. True on every
     rank when every chunk is on disk; False on every rank when any of them was stopped."""
     todo = ranks.from_main([r for r in work.ranges if r not in done_ranges(work.parts)])
-    mine = list(ranks.shard(todo))
+    mine = ranks.shard(todo)
     stopped = False
-    for at, (start, end) in enumerate(mine):
+    for (start, end), then in zip(mine, [*mine[1:], None]):
         if should_stop and should_stop():
             stopped = True
             break
-        work.score(start, end, then=mine[at + 1] if at + 1 < len(mine) else None)
+        work.score(start, end, then)
         work.report()
     if not ranks.all_true(not stopped):
         return False
