@@ -4,10 +4,12 @@ configuration, not the data?
     python benchmarks/memory.py                                  # GSM8K 200 and 2,000 rows, LIMA 200, HH-RLHF 200
     python benchmarks/memory.py --runs gsm8k:200 lima:64 --train-steps 1
     python benchmarks/memory.py --fine-tune-alone gsm8k:200 --train-steps 0   # one epoch, step by step
+    python benchmarks/memory.py --fine-tune-alone alpaca:52002 --train-steps 2   # the whole of Alpaca tokenised
     python benchmarks/memory.py --fine-tune-alone gsm8k:200 --train-steps 4 --ranks 2 --fsdp   # per rank, sharded
 
 Each run ingests the first N rows of a dataset in ../shared/data (gsm8k: train.jsonl, instruction data; lima:
-lima.json, long answers; hh: HH-RLHF helpful-base pairs) into one benchmark cache (``--cache``, default
+lima.json, long answers; hh: HH-RLHF helpful-base pairs; alpaca: the 52,002 Alpaca rows, for
+``--fine-tune-alone alpaca:52002``: memory at a real dataset's size) into one benchmark cache (``--cache``, default
 /tmp/davir-memory; the default model is converted once there and kept, every job, pass and trained model of an
 earlier run is removed first), then runs the real score job in a fresh Python
 process: for instruction data the base pass (with IFD's response-alone pass), the reference fine-tune and the
@@ -44,6 +46,7 @@ SOURCES = {
     "gsm8k": DATA / "gsm8k" / "train.jsonl",
     "lima": DATA / "lima" / "lima.json",
     "hh": DATA / "hh-rlhf" / "helpful-base" / "test.jsonl.gz",
+    "alpaca": DATA / "alpaca" / "*.json",  # 52,002 rows: the data-size check (--fine-tune-alone alpaca:52002)
 }
 DEFAULT_RUNS = ["gsm8k:200", "gsm8k:2000", "lima:200", "hh:200"]
 TARGET_MB = 3 * 1024
@@ -90,7 +93,7 @@ def fine_tune_alone(cache_root: Path, data: str, rows: int, max_length: int, tra
         cache, name = Cache(cache_root), dataset_name(data, rows)
         base = resolve(DEFAULT_MODEL, cache)
     tokenizer = load_tokenizer(base)
-    messages = [json.loads(m) for m in load_examples(cache, name, columns=["messages"])["messages"]]
+    messages = (json.loads(m) for m in load_examples(cache, name, columns=["messages"])["messages"])  # as the job
     memory.bound_heap()
     memory.release()
     steps: list[dict] = []
@@ -196,8 +199,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.fine_tune_alone:
         data, _, rows = args.fine_tune_alone.partition(":")
-        if data not in ("gsm8k", "lima") or not rows.isdigit():
-            parser.error("--fine-tune-alone: DATA:ROWS with DATA gsm8k or lima")
+        if data not in ("gsm8k", "lima", "alpaca") or not rows.isdigit():
+            parser.error("--fine-tune-alone: DATA:ROWS with DATA gsm8k, lima or alpaca")
         if args.ranks > 1:
             print(json.dumps(launched(args)))
             return

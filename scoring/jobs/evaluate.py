@@ -272,9 +272,9 @@ def _train_arm(steps: Steps, kind: str, arm: Arm, first: ModelRef, examples: pd.
     fingerprint = key_of({"dataset": job.dataset_fingerprint, "ids": kept_sha256(arm.ids)})
     what, role = f"training arm {arm.name} ({len(rows)} examples)", f"arm {arm.name}"
     if kind == "sft":
-        messages = [json.loads(m) for m in rows["messages"]]
+        conversations = (json.loads(m) for m in rows["messages"])  # parsed as tokenised, never all at once
         return steps.train(role, what, lambda on_step: train_reference(
-            cache, first, steps.tokenizer, messages, fingerprint, steps.template, config.max_length,
+            cache, first, steps.tokenizer, conversations, fingerprint, steps.template, config.max_length,
             TrainConfig(**job.evaluation["train"]), pick_device(), on_step, steps.should_stop))  # fmt: skip
     return steps.train(role, what, lambda on_step: train_dpo(
         cache, first, steps.tokenizer, as_pairs(rows), steps.template, config.max_length,

@@ -25,9 +25,9 @@ def run_score_job(cache: Cache, job: Job, should_stop, progress: bool) -> None:
     if "ref" not in job.passes:
         return
     if job.reference == "train":
-        messages = [json.loads(m) for m in examples["messages"]]
+        conversations = (json.loads(m) for m in examples["messages"])  # parsed as tokenised, never all at once
         ref = steps.train("ref", "training reference", lambda on_step: train_reference(
-            cache, base, steps.tokenizer, messages, job.dataset_fingerprint, steps.template, config.max_length,
+            cache, base, steps.tokenizer, conversations, job.dataset_fingerprint, steps.template, config.max_length,
             TrainConfig(**job.train), pick_device(), on_step, should_stop))  # fmt: skip
     else:
         ref = resolve(job.reference, cache)

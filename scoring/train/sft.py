@@ -13,6 +13,8 @@ Trainer checkpoints into a ``.partial`` folder, so a killed run resumes from the
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from pathlib import Path
 
 from scoring.models.formatting import encode_many
@@ -39,20 +41,55 @@ def reference_key(base: ModelRef, dataset_fingerprint: str, template_fp: str, ma
 
 
 class Examples:
-    """A torch-style dataset of (input_ids, labels) with labels = -100 off the scored tokens."""
+    """A torch-style dataset of (input_ids, labels) with labels = -100 off the scored tokens.
 
-    def __init__(self, tokenizer, messages: list[list[dict]], max_length: int):
-        self.items = []
-        for e in encode_many(tokenizer, messages, max_length):
-            if e.n_response_tokens:
-                labels = [t if s else -100 for t, s in zip(e.ids, e.scored)]
-                self.items.append({"input_ids": e.ids, "labels": labels})
+    Held as three flat arrays -- every example's token ids (int32) end to end, their scored flags, and where each
+    example starts -- about 5 bytes a token; Python lists of ints held ~150 (Alpaca's 5.55 M tokens: ~0.8 GB, the
+    difference between a fine-tune that fits 3 GB and one that does not). ``messages`` may be any iterable (a
+    generator parsing one conversation at a time): it is tokenised ``CHUNK`` conversations at a time, so no
+    tokenised copy of the whole dataset is ever built in Python objects either."""
+
+    CHUNK = 1024
+
+    def __init__(self, tokenizer, messages: Iterable[list[dict]], max_length: int):
+        import numpy as np
+
+        ids, scored, lengths = [], [], []
+        for chunk in _chunks(messages, self.CHUNK):
+            kept = [e for e in encode_many(tokenizer, chunk, max_length) if e.n_response_tokens]
+            if kept:
+                ids.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in kept), dtype=np.int32))
+                scored.append(np.fromiter(itertools.chain.from_iterable(e.scored for e in kept), dtype=bool))
+                lengths.extend(len(e.ids) for e in kept)
+        self.ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+        self.scored = np.concatenate(scored) if scored else np.zeros(0, dtype=bool)
+        self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
 
     def __len__(self):
-        return len(self.items)
+        return len(self.starts) - 1
+
+    def lengths(self) -> list[int]:
+        """Each example's number of tokens."""
+        import numpy as np
+
+        return np.diff(self.starts).tolist()
 
     def __getitem__(self, i):
-        return self.items[i]
+        import numpy as np
+
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        start, end = self.starts[i], self.starts[i + 1]
+        ids = self.ids[start:end].astype(np.int64)
+        return {"input_ids": ids, "labels": np.where(self.scored[start:end], ids, -100)}
+
+
+def _chunks(items: Iterable, size: int):
+    """Lists of ``size`` consecutive items (the last one shorter)."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 def collator(pad_id: int):
@@ -67,8 +104,8 @@ def collator(pad_id: int):
         attention = torch.zeros((len(batch), width), dtype=torch.long)
         for row, b in enumerate(batch):
             n = len(b["input_ids"])
-            ids[row, :n] = torch.tensor(b["input_ids"])
-            labels[row, :n] = torch.tensor(b["labels"])
+            ids[row, :n] = torch.as_tensor(b["input_ids"])
+            labels[row, :n] = torch.as_tensor(b["labels"])
             attention[row, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": attention}
 
@@ -79,7 +116,7 @@ def train_reference(
     cache: Cache,
     base: ModelRef,
     tokenizer,
-    messages: list[list[dict]],
+    messages: Iterable[list[dict]],
     dataset_fingerprint: str,
     template_fp: str,
     max_length: int,
@@ -137,7 +174,7 @@ def _trainer_class(packed: bool, budget: int, batch: int):
     class ReferenceTrainer(sharded.ShardedCheckpoints, Trainer):
         def _get_train_sampler(self, train_dataset=None):
             data = train_dataset if train_dataset is not None else self.train_dataset
-            return LengthGroupedSampler(batch, lengths=[len(item["input_ids"]) for item in data.items])
+            return LengthGroupedSampler(batch, lengths=data.lengths())
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             return bounded_step(self, model, inputs, num_items_in_batch, budget, packed,

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from scoring.errors import UserError
 from scoring.models.formatting import template_fingerprint
 from scoring.models.loading import load_tokenizer, resolve
-from scoring.train.dpo import pair_token_rows, train_dpo
+from scoring.train import dpo
+from scoring.train.dpo import pair_dataset, pair_token_rows, train_dpo
 from scoring.train.dpo_config import DPOTrainConfig
 
 PAIRS = [([{"role": "user", "content": f"What is {i} + {i}?"}], f"{i} + {i} = {2 * i}.", f"Maybe {2 * i + 3}.")
@@ -50,6 +51,24 @@ def test_pairs_cut_to_an_empty_side_are_left_out(tiny_model, cache):
     assert rows[0]["chosen_ids"] != rows[0]["rejected_ids"] and rows[0]["prompt_ids"]
     with pytest.raises(UserError):
         train_dpo(cache, resolve(str(tiny_model), cache), tok, pairs[1:], template_fingerprint(tok), 64, CFG)
+
+
+def test_the_pair_dataset_holds_every_row_in_arrow_built_a_chunk_at_a_time(tiny_model, cache, monkeypatch):
+    """What DPO trains on: pair_token_rows' rows, in order, each with its own pair's reference log-probs across
+    chunk boundaries, a dropped pair inside a chunk; the ids as int32 Arrow lists, not Python lists."""
+    import pyarrow as pa
+
+    tok = load_tokenizer(resolve(str(tiny_model), cache))
+    too_long = [{"role": "user", "content": "Add these: " + " + ".join(map(str, range(100)))}]
+    pairs = PAIRS[:3] + [(too_long, "4950.", "Maybe 12.")] + PAIRS[3:]
+    logps = [(-float(i), -float(i) - 0.5) for i in range(len(pairs))]
+    monkeypatch.setattr(dpo, "PAIR_CHUNK", 2)
+    data = pair_dataset(tok, pairs, 64, ref_logps=logps)
+    assert data.to_list() == pair_token_rows(tok, pairs, 64, ref_logps=logps)
+    assert len(data) == 8 and data[3]["ref_chosen_logps"] == -4.0  # the fourth row is the fifth pair
+    table = data.data.table
+    assert all(table.schema.field(c).type == pa.list_(pa.int32()) for c in ("prompt_ids", "chosen_ids", "rejected_ids"))
+    assert pair_dataset(tok, [(too_long, "4950.", "Maybe 12.")], 64) is None
 
 
 def test_trls_weight_hash_is_skipped_only_while_our_trainer_is_built():

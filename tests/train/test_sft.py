@@ -60,6 +60,33 @@ def test_labels_cover_only_the_response(tiny_model):
     assert tokenizer.decode(scored) == "0 + 0 = 0.<|im_end|>"
 
 
+def test_examples_hold_every_scored_example_compactly_from_a_one_shot_stream(tiny_model, monkeypatch):
+    """The reference's dataset: the same ids and labels as encoding each conversation on its own, examples with
+    no response token left out, across tokenising chunks, from a generator read once; and held in flat arrays
+    (~5 bytes a token), not Python lists of ints (~150)."""
+    from scoring.models.formatting import encode
+
+    tokenizer = load_tokenizer(ModelRef("tiny", str(tiny_model), "x"))
+    no_answer = [{"role": "user", "content": "Nothing to learn here"}]  # no assistant turn: nothing scored
+    convs = CONVS[:5] + [no_answer] + CONVS[5:11]
+    monkeypatch.setattr(Examples, "CHUNK", 4)  # three chunks, the no-answer one inside the second
+    items = Examples(tokenizer, (c for c in convs), 64)
+    expected = [encode(tokenizer, c, 64) for c in convs]
+    expected = [e for e in expected if e.n_response_tokens]
+    assert len(items) == len(expected) == 11
+    for i, e in enumerate(expected):
+        assert items[i]["input_ids"].tolist() == e.ids
+        assert items[i]["labels"].tolist() == [t if s else -100 for t, s in zip(e.ids, e.scored)]
+    assert items.lengths() == [len(e.ids) for e in expected]
+    assert items[-1]["input_ids"].tolist() == expected[-1].ids
+    with pytest.raises(IndexError):
+        items[11]
+    tokens = sum(len(e.ids) for e in expected)
+    held = items.ids.nbytes + items.scored.nbytes + items.starts.nbytes
+    assert held <= 5 * tokens + 8 * (len(items) + 1)
+    assert len(Examples(tokenizer, iter([no_answer]), 64)) == 0
+
+
 def test_reference_key_depends_on_every_input():
     base = ModelRef("m", "/x", "fp")
     key = reference_key(base, "d", "t", 64, TrainConfig())
