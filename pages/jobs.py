@@ -1,10 +1,10 @@
 """Jobs: start a scoring job (ingest a file, folder or hub id first when given one; for preference pairs, the DPO
-objective of the warm-ups and what θ_val trains from), see the queue with progress,
-ETA and each job's own log tail, cancel, and start a worker when none is running. The page refreshes itself while jobs run.
+objective of the warm-ups and what θ_val trains from; under "Training and speed", score's options for the
+fine-tunes and the passes: method, epochs, batch, tokens per forward, packing, compiling), see the queue with
+progress, ETA and each job's own log tail, cancel, and start a worker when none is running. The page refreshes
+itself while jobs run.
 """
 from __future__ import annotations
-
-from dataclasses import replace
 
 import streamlit as st
 
@@ -12,7 +12,7 @@ from pages import _ui
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_kind, ingest, list_datasets
 from scoring.jobs.pairs import VAL_STARTS
-from scoring.jobs.requests import pass_config_for, score_request
+from scoring.jobs.requests import pass_config_for, score_request, train_configs
 from scoring.jobs.runner import cancel, enqueue
 from scoring.jobs.worker import ensure_worker, live_workers
 from scoring.models.loading import DEFAULT_MODEL
@@ -21,7 +21,7 @@ from scoring.queries.influence import timings_frame
 from scoring.queries.jobs import log_tail
 from scoring.scores.registry import DEFAULT_SCORES, SCORES
 from scoring.store.jobs import WAITING, list_jobs
-from scoring.train.dpo_config import OBJECTIVES, DPOTrainConfig
+from scoring.train.dpo_config import OBJECTIVES
 
 ctx = _ui.ctx()
 st.title("Jobs")
@@ -54,6 +54,24 @@ with st.form("job_form"):
     val_start = c10.selectbox("Pairs: θ_val is trained from", VAL_STARTS, key="job_val_start",
                               help="theta: θ after one DPO epoch on the validation pairs (the paper's LossDiff); "
                                    "ref: π_ref instead (for comparison)")  # fmt: skip
+    with st.expander("Training and speed (the options of `score`)"):
+        t1, t2, t3 = st.columns(3)
+        method = t1.radio("Fine-tuning", ["full", "lora"], horizontal=True, key="job_train_method",
+                          help="the reference fine-tune and the DPO warm-ups: every weight, or LoRA merged back")
+        epochs = t2.number_input("Epochs", 0.1, 100.0, 1.0, step=0.5, key="job_epochs")
+        batch = t3.number_input("Examples per optimizer step (0: 8)", 0, 1 << 20, 0, key="job_train_batch",
+                                help="pairs for the DPO warm-ups; part of the checkpoint key. On a GPU over a large "
+                                     "set, larger batches (Alpaca's recipe: 128) make far fewer optimizer steps")
+        t4, t5, t6 = st.columns(3)
+        train_tokens = t4.number_input("Tokens per training forward (0: auto)", 0, 1 << 22, 0, key="job_train_tokens",
+                                       help="auto: 512 on a CPU, 1,024 on a GPU; memory grows with it, the weights "
+                                            "do not change")
+        batch_tokens = t5.number_input("Tokens per scoring micro-batch (0: auto)", 0, 1 << 24, 0,
+                                       key="job_batch_tokens", help="auto: 8,192 on a CPU, 65,536 on a GPU")
+        pack = t6.selectbox("Packing", ["auto", "on", "off"], key="job_pack",
+                            help="examples side by side in rows without padding, in the passes and the reference "
+                                 "fine-tune: auto (on a CPU), on (a GPU too), off")
+        compiled = st.checkbox("Compile the model's layers (a GPU; ignored on a CPU)", key="job_compile")
     submitted = st.form_submit_button("Queue job", type="primary")
 if submitted:
     try:
@@ -72,9 +90,11 @@ if submitted:
             raise UserError("Give the reference model's folder or hub id, or choose 'train'.")
         # A pair dataset takes the pair scores chosen (the pair defaults when none is), with default DPO warm-ups.
         wanted = [s for s in chosen if kind in SCORES[s].kinds] or None
-        request = score_request(ctx.cache, dataset, model.strip() or None, wanted,
-                                pass_config_for(kind, int(max_length)), reference=reference,
-                                dpo=replace(DPOTrainConfig(), objective=objective), val_start=val_start)  # fmt: skip
+        train, dpo = train_configs(method, float(epochs), pack, int(batch) or None, int(train_tokens) or None,
+                                   objective=objective)  # fmt: skip
+        config = pass_config_for(kind, int(max_length), int(batch_tokens) or None, compiled, "auto", pack)
+        request = score_request(ctx.cache, dataset, model.strip() or None, wanted, config, reference=reference,
+                                train=train, dpo=dpo, val_start=val_start)  # fmt: skip
         job, queued = enqueue(ctx.cache, request)
         pid = ensure_worker(ctx.cache) if job.state != "done" else None
         st.success(f"Job {job.id} for {dataset}: " + ("queued" if queued else f"already {job.state}")

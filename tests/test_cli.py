@@ -177,6 +177,8 @@ def test_the_training_batch_and_tokens_reach_the_fine_tune(tmp_path, tiny_model,
     assert record["train"]["batch_size"] == 2  # the checkpoint was trained, and keyed, with the batch asked for
     code, out, err = run(*score, "--train-batch", "0")
     assert code != 0 and "training batch must be a whole number" in out + err and "Traceback" not in out + err
+    code, out, err = run(*score, "--epochs", "0")
+    assert code != 0 and "epochs must be > 0" in out + err and "Traceback" not in out + err
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

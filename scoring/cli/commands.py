@@ -6,7 +6,6 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from scoring import api, ranks
@@ -19,7 +18,7 @@ from scoring.ingest.demo import HELDOUT_NAME, write_demo, write_planted_pairs
 from scoring.ingest.sources import resolve_source
 from scoring.jobs.influence import DEFAULT_SAMPLE, influence_request
 from scoring.jobs.pairs import VAL_STARTS
-from scoring.jobs.requests import map_request, pass_config_for, score_request
+from scoring.jobs.requests import map_request, pass_config_for, score_request, train_configs
 from scoring.jobs.runner import cancel, enqueue, run
 from scoring.jobs.worker import ensure_worker, live_workers, worker
 from scoring.models.precision import status_line as cpu_status_line
@@ -30,9 +29,7 @@ from scoring.selection.pairs import PAIR_RULE
 from scoring.selection.rules import default_budget, missing_budget_error
 from scoring.store.cache import Cache
 from scoring.store.jobs import ACTIVE, Job, list_jobs
-from scoring.train.dpo import DPOTrainConfig
 from scoring.train.dpo_config import OBJECTIVES
-from scoring.train.sft import TrainConfig
 
 
 @command(
@@ -99,13 +96,12 @@ def _request(cache: Cache, args) -> Job:
     kind = dataset_kind(cache, args.name)
     config = pass_config_for(kind, args.max_length, args.batch_tokens, args.compile,
                              "off" if args.no_kernels else "auto", args.pack)  # fmt: skip
+    train, dpo = train_configs(args.train_method, args.epochs, args.pack, args.train_batch, args.train_tokens,
+                               args.beta, args.objective)  # fmt: skip
     return score_request(
         cache, args.name, args.model, parse_scores(args.scores, kind), config, reference=args.reference,
-        train=replace(TrainConfig(), method=args.train_method, epochs=args.epochs,
-                      pack=args.pack).sized(args.train_batch, args.train_tokens),
-        dpo=replace(DPOTrainConfig(), beta=args.beta, method=args.train_method, epochs=args.epochs,
-                    objective=args.objective).sized(args.train_batch, args.train_tokens),
-        val=args.val, val_fraction=args.val_fraction, val_start=args.val_from, trust_remote_code=args.trust_remote_code,
+        train=train, dpo=dpo, val=args.val, val_fraction=args.val_fraction, val_start=args.val_from,
+        trust_remote_code=args.trust_remote_code,
     )  # fmt: skip
 
 

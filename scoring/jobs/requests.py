@@ -42,6 +42,19 @@ def pass_config_for(kind: str, max_length: int | None = None, batch_tokens: int 
                    chunk_size=default_chunk_size(tokens), compile=compile, kernels=kernels, pack=pack)  # fmt: skip
 
 
+def train_configs(method: str = "full", epochs: float = 1.0, pack: str = "auto", batch: int | None = None,
+                  tokens: int | None = None, beta: float = 0.1,
+                  objective: str = "dpo") -> tuple[TrainConfig, DPOTrainConfig]:  # fmt: skip
+    """(the reference fine-tune's, the DPO warm-ups') training configs with what the user set on the command line
+    or the Jobs page: the method and epochs for both, ``batch`` examples (pairs) per optimizer step and ``tokens``
+    per forward (None: the defaults), the packing for the reference, β and the objective for the warm-ups."""
+    if not epochs > 0:
+        raise UserError(f"the training epochs must be > 0, not {epochs!r}")
+    train = replace(TrainConfig(), method=method, epochs=epochs, pack=pack).sized(batch, tokens)
+    dpo = replace(DPOTrainConfig(), beta=beta, method=method, epochs=epochs, objective=objective).sized(batch, tokens)
+    return train, dpo
+
+
 def with_id(job: Job) -> Job:
     """The job with its id: a fingerprint of its request (and, for score jobs, of the sorted score names)."""
     blob = job.request() if job.kind == MAP_JOB else {**job.request(), "scores": sorted(job.scores)}

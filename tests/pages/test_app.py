@@ -238,6 +238,38 @@ def test_jobs_page_lists_the_job_and_queues_one(app, cache_root, tiny_model):
         os.kill(pid, 15)
 
 
+def test_jobs_page_queues_a_job_with_its_training_and_speed_options(app, cache_root, tiny_model):
+    """The form's "Training and speed" options reach the job as the CLI's flags do: score --train-method lora
+    --epochs 2 --train-batch 16 --train-tokens 2048 --batch-tokens 4096 --pack off --compile."""
+    before = {j.id for j in list_jobs(Cache(cache_root))}
+    at = app("jobs")
+    at.text_input(key="job_model").set_value(str(tiny_model))
+    at.multiselect(key="job_scores").set_value(["davir"])
+    at.radio(key="job_train_method").set_value("lora")
+    at.number_input(key="job_epochs").set_value(2.0)
+    at.number_input(key="job_train_batch").set_value(16)
+    at.number_input(key="job_train_tokens").set_value(2048)
+    at.number_input(key="job_batch_tokens").set_value(4096)
+    at.selectbox(key="job_pack").set_value("off")
+    at.checkbox(key="job_compile").check()
+    at.button[0].click()
+    at.run()
+    assert not at.exception and any("queued" in s.value for s in at.success), [e.value for e in at.error]
+    cache = Cache(cache_root)
+    try:
+        (job,) = [j for j in list_jobs(cache) if j.id not in before]
+        assert (job.train["method"], job.train["epochs"], job.train["batch_size"]) == ("lora", 2.0, 16)
+        assert (job.train["micro_batch_tokens"], job.train["pack"]) == (2048, "off")
+        assert job.pass_config["batch_tokens"] == 4096 and job.pass_config["pack"] == "off"
+        assert job.pass_config["compile"] is True
+    finally:
+        for j in list_jobs(cache):  # leave nothing running behind the test
+            if j.id not in before and j.state in ("queued", "running"):
+                cancel(cache, j.id)
+        for pid in live_workers(cache):
+            os.kill(pid, 15)
+
+
 def test_overview_banner_while_a_job_runs(app, cache_root):
     job_path = next((cache_root / "jobs").glob("*.json"))
     job = json.loads(job_path.read_text())
