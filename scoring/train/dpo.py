@@ -44,6 +44,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from scoring import ranks
 from scoring.errors import UserError
@@ -90,7 +91,6 @@ def pair_dataset(tokenizer, pairs: list[Pair], max_length: int, ref_logps: list[
     as Python lists for the whole set, nor every side's encoding at once while tokenising. 18,832 HH-RLHF pairs
     (the test split 8 times, max length 1,024, AMD EPYC Zen 3): as lists they held 609 MB and peaked 1,658 MB
     above the start; this way 88 MB and 188 MB (int64 ids: 140 and 296 MB)."""
-    import pyarrow as pa
     from datasets import Dataset
 
     tables = []

@@ -17,6 +17,8 @@ import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+
 from scoring.models.formatting import encode_many
 from scoring.models.loading import ModelRef
 from scoring.passes.attention import install
@@ -52,8 +54,6 @@ class Examples:
     CHUNK = 1024
 
     def __init__(self, tokenizer, messages: Iterable[list[dict]], max_length: int):
-        import numpy as np
-
         ids, scored, lengths = [], [], []
         for chunk in _chunks(messages, self.CHUNK):
             kept = [e for e in encode_many(tokenizer, chunk, max_length) if e.n_response_tokens]
@@ -70,13 +70,9 @@ class Examples:
 
     def lengths(self) -> list[int]:
         """Each example's number of tokens."""
-        import numpy as np
-
         return np.diff(self.starts).tolist()
 
     def __getitem__(self, i):
-        import numpy as np
-
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         i %= len(self)
