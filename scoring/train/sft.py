@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scoring.errors import UserError
 from scoring.models.formatting import encode_many
 from scoring.models.loading import ModelRef
 from scoring.passes.attention import install
@@ -125,8 +126,11 @@ def train_reference(
     checkpoint = Checkpoint(cache, f"ref-{reference_key(base, dataset_fingerprint, template_fp, max_length, cfg)}")
     if (done := checkpoint.finished()) is not None:
         return done
-    partial = checkpoint.start()
     data = Examples(tokenizer, messages, max_length)
+    if not len(data):
+        raise UserError(f"no example to fine-tune the reference on: none has a response token within the first "
+                        f"{max_length} tokens (--max-length); raise it, or give a reference model")  # fmt: skip
+    partial = checkpoint.start()
     model = load_to_train(base, cfg.method, device)
     if cfg.method == "lora":
         from peft import get_peft_model

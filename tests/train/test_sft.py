@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from scoring.errors import UserError
 from scoring.models.formatting import template_fingerprint
 from scoring.models.loading import ModelRef, load_model, load_tokenizer, resolve
 from scoring.store.cache import Cache
@@ -85,6 +86,19 @@ def test_examples_hold_every_scored_example_compactly_from_a_one_shot_stream(tin
     held = items.ids.nbytes + items.scored.nbytes + items.starts.nbytes
     assert held <= 5 * tokens + 8 * (len(items) + 1)
     assert len(Examples(tokenizer, iter([no_answer]), 64)) == 0
+
+
+def test_no_response_within_the_max_length_is_a_clear_error(cache, tiny_model):
+    """Every response cut off by --max-length leaves nothing to fine-tune on: a message saying so, not
+    transformers' "max_steps must be set to a positive value", and no staging folder left behind."""
+    base = resolve(str(tiny_model), cache)
+    tokenizer = load_tokenizer(base)
+    long_question = [{"role": "user", "content": "Add these: " + " + ".join(map(str, range(100)))},
+                     {"role": "assistant", "content": "4950."}]  # fmt: skip
+    with pytest.raises(UserError, match="none has a response token within the first 64 tokens"):
+        train_reference(cache, base, tokenizer, [long_question] * 3, "fp", template_fingerprint(tokenizer), 64,
+                        TrainConfig(precision="fp32"))  # fmt: skip
+    assert not list(cache.models_dir().glob(".ref-*"))
 
 
 def test_reference_key_depends_on_every_input():
