@@ -1,5 +1,5 @@
-"""One job over many processes (scoring.ranks): ``torchrun --nproc-per-node 2`` (gloo, on the CPU) against one
-process over the tiny model -- the same ids and identical losses for the base pass, each part on disk once, the
+"""One job over many processes (scoring.ranks): ``torchrun --nproc-per-node 2`` (gloo, on the CPU), and
+``accelerate launch`` of the same, against one process over the tiny model -- the same ids and identical losses for the base pass, each part on disk once, the
 reference trained under DDP within float tolerance of the one-process one -- and a rank killed mid-pass, after which
 the re-launched job resumes with nothing lost; a pair job's two DPO warm-ups (π_θ and θ_val) trained under DDP
 against one process, to float tolerance, and the pair scores they give. Plus the collective steps themselves, in two
@@ -43,12 +43,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(*argv: str, nproc: int = 0, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python ARGV`` (``nproc`` 0) or ``torchrun --nproc-per-node N ARGV`` (gloo, one thread per process), with
-    ``env`` added to this process's environment less any launcher place of its own."""
+def launch(*argv: str, nproc: int = 0, env: dict | None = None, timeout: int = 600,
+           accelerate: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+    """``python ARGV`` (``nproc`` 0) or ``torchrun --nproc-per-node N ARGV`` (gloo, one thread per process; with
+    ``accelerate``, ``accelerate launch --multi_gpu --num_processes N ARGV``, which starts the same torch launcher),
+    with ``env`` added to this process's environment less any launcher place of its own."""
     launcher = [sys.executable] if not nproc else [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
         "--master-port", str(_free_port())]  # fmt: skip
+    if nproc and accelerate:
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "--main_process_port", str(_free_port())]  # fmt: skip
     run_env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", **(env or {}))
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         run_env.pop(name, None)
@@ -167,8 +173,33 @@ def test_two_ranks_score_what_one_process_scores(runs):
     # rank 0 alone wrote the job records: the score job, done, and the map that follows it (rank 0 alone computes it)
     records = {r["kind"]: r for r in (json.loads(p.read_text()) for p in (two / "jobs").glob("*.json"))}
     assert records["score"]["state"] == "done" and records["score"]["reference_model"]
+    assert records["score"]["processes"] == 2 and _records(one)["score"]["processes"] == 1
     assert records["layout"]["state"] == "done"
     assert Cache(two).map_path(records["score"]["base_pass"]).exists()
+
+
+def _records(cache: Path) -> dict[str, dict]:
+    """The job records of a cache by kind (one job of each kind there)."""
+    return {r["kind"]: r for r in (json.loads(p.read_text()) for p in (cache / "jobs").glob("*.json"))}
+
+
+def test_accelerate_launch_runs_the_job_on_two_processes_as_torchrun_does(runs, tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2 -m scoring score … --wait`` (``--multi_gpu`` is accelerate's
+    name for the torch launcher; on a CPU its ranks use gloo): two processes, each chunk written once, the base
+    pass's losses one process's exactly and the reference's update within 2 % of one process's."""
+    root, model, one, _ = runs
+    cache = _ingested(tmp_path, "acc", model)
+    out = launch("-m", "scoring", "--cache", str(cache), *SCORE, "--model", str(model), nproc=2, accelerate=True)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert _records(cache)["score"]["processes"] == 2
+    single, ranked = _passes(one), _passes(cache)
+    assert ranked["base"][:2] == single["base"][:2]  # the same pass key and parts
+    for column in ("loss_sum", "n_response_tokens", "alone_loss_sum"):
+        assert np.array_equal(ranked["base"][2][column].to_numpy(), single["base"][2][column].to_numpy()), column
+    base = _weights(root / "model")
+    update_one = _update(_weights(next((one / "models").glob("ref-*"))), base)
+    update_acc = _update(_weights(next((cache / "models").glob("ref-*"))), base)
+    assert _gap(update_acc, update_one) < 0.02
 
 
 def test_a_rank_killed_mid_pass_and_the_job_relaunched_loses_nothing(runs):

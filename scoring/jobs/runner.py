@@ -95,7 +95,7 @@ def run(cache: Cache, job_id: str, progress: bool = False) -> Job:
         job = load_job(cache, job_id)
         if job.state == "done":
             return job
-        job.progress(state="running", owner_pid=os.getpid(), error=None)
+        job.progress(state="running", owner_pid=os.getpid(), processes=ranks.current().world, error=None)
         save_job(cache, job)
         memory.bound_heap()  # a job's peak memory follows its configuration, not the heap's history
         if main or job.kind in RANKED_KINDS:

@@ -93,6 +93,7 @@ class Job:
     rss_mb: float | None = None  # the worker's resident memory at the last progress report, MB
     error: str | None = None
     owner_pid: int | None = None
+    processes: int | None = None  # how many processes ran it last: 1, or the world of torchrun / accelerate launch
     created: str | None = None
     updated: str | None = None
     finished: str | None = None
