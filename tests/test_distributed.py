@@ -1,6 +1,7 @@
 """One job over many processes (scoring.ranks): ``torchrun --nproc-per-node 2`` (gloo, on the CPU), and
-``accelerate launch`` of the same, against one process over the tiny model -- the same ids and identical losses for the base pass, each part on disk once, the
-reference trained under DDP within float tolerance of the one-process one -- and a rank killed mid-pass, after which
+``accelerate launch`` of the same, against one process over the tiny model -- the same ids and identical losses for
+the base pass, each part on disk once, the reference trained under DDP within float tolerance of the one-process
+one -- and a rank killed mid-pass, after which
 the re-launched job resumes with nothing lost; a pair job's two DPO warm-ups (π_θ and θ_val) trained under DDP
 against one process, to float tolerance, and the pair scores they give. Plus the collective steps themselves, in two
 real gloo processes.
