@@ -157,6 +157,16 @@ def test_asking_for_other_scores_over_the_same_passes_shows_them(tmp_path, tiny_
     assert "ifd" in pd.read_csv(tmp_path / "s.csv").columns
 
 
+def test_a_job_line_says_how_many_processes_run_it():
+    from scoring.cli.commands import _job_line
+    from scoring.store.jobs import Job
+
+    job = Job(id="j1", kind="score", dataset="d", state="running", stage="scoring", rss_mb=2048.0)
+    assert "processes" not in _job_line(job) and "RSS 2.0 GB" in _job_line(job)
+    job.processes = 8
+    assert "on 8 processes" in _job_line(job) and "RSS 2.0 GB (rank 0)" in _job_line(job)
+
+
 def test_status_without_defect_labels_has_no_auroc(tmp_path, tiny_model):
     cache = plain_dataset(tmp_path)
     out = ok(*c(cache), "status")

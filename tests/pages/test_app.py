@@ -216,13 +216,14 @@ def test_map_colours_by_score_and_by_kept(app):
 def test_jobs_page_lists_the_job_and_queues_one(app, cache_root, tiny_model):
     job_path = next((cache_root / "jobs").glob("*.json"))
     original = job_path.read_text()
-    record = dict(json.loads(original), timings={"base pass": 1.5, "ref training": 9.0}, peak_mb={"base pass": 900.0})
+    record = dict(json.loads(original), timings={"base pass": 1.5, "ref training": 9.0}, peak_mb={"base pass": 900.0},
+                  processes=2)  # fmt: skip
     atomic_write_json(job_path, record)
     try:
         at = app("jobs")
     finally:
         job_path.write_text(original)
-    assert any("score" in m.value and "synth" in m.value for m in at.markdown)
+    assert any("score" in m.value and "synth" in m.value and "on 2 processes" in m.value for m in at.markdown)
     steps = [d.value for d in at.dataframe if "peak MB" in d.value.columns]  # each step's time and peak memory
     assert len(steps) == 1 and steps[0]["peak MB"].tolist()[0] == 900.0 and steps[0]["peak MB"].isna().tolist()[1]
     at.text_input(key="job_model").set_value(str(tiny_model))
