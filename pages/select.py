@@ -163,9 +163,12 @@ def summary(spec: SelectionSpec, result, view) -> None:
     edges = cuts(view, spec, result)
     st.session_state["sel_cut_hint"] = {c.score: (c.lo if c.op != "≤" else c.hi) for c in edges if c.lo is not None}
     st.markdown("**The cut as values:** " + " · ".join(f"`{c.text}`" for c in edges))
-    if view.n_scored < view.n_rows:
+    if view.n_scored < view.n_rows and view.job.unfinished:
         st.warning(f"Partial: {view.n_scored:,} of {view.n_rows:,} rows are scored so far (the score job is still "
                    "running); the rule only sees the scored rows.")  # fmt: skip
+    elif view.n_scored < view.n_rows:
+        st.info(f"{view.n_rows - view.n_scored:,} of {view.n_rows:,} rows have no score: nothing of their response "
+                "was left to score (empty, or cut off by the job's max length). The rule never keeps them.")  # fmt: skip
     st.code(reproduce_command(spec.record(view.job.id, "", "NAME")), language="bash")
     q = quality(ctx.cache, view, spec, result)
     if q is not None:
