@@ -123,7 +123,7 @@ def queue() -> None:
             total, done = job.total or 0, job.done or 0
             head.markdown(f"`{job.id}` **{job.kind}** {job.dataset} — {job.state}"
                           + (f" · {job.model}" if job.model else "")
-                          + (f" · on {job.processes} processes" if (job.processes or 1) > 1 else ""))  # fmt: skip
+                          + (f" · on {job.processes} processes" if job.many_processes else ""))  # fmt: skip
             if job.unfinished:
                 if act.button("Cancel", key=f"cancel_{job.id}"):
                     cancel(ctx.cache, job.id)
@@ -134,7 +134,7 @@ def queue() -> None:
                 if job.eta_s:
                     text += f" · ETA {int(job.eta_s) // 60} min {int(job.eta_s) % 60:02d} s"
                 if job.rss_mb and job.state == "running":
-                    text += f" · memory {job.rss_mb / 1024:.1f} GB" + (" (rank 0)" if (job.processes or 1) > 1 else "")
+                    text += f" · memory {job.rss_mb / 1024:.1f} GB" + (" (rank 0)" if job.many_processes else "")
                 head.progress(min(done / total, 1.0) if total else 0.0, text=text)
             if job.error:
                 head.error(job.error)

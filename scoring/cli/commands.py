@@ -209,8 +209,8 @@ def _job_line(job: Job) -> str:
     rate = f"{job.tokens_per_s:.0f} tok/s" if job.tokens_per_s else ""
     eta = f"ETA {_duration(job.eta_s)}" if job.eta_s and job.state == "running" else ""
     mem = f"RSS {job.rss_mb / 1024:.1f} GB" if job.rss_mb and job.state == "running" else ""
-    mem += " (rank 0)" if mem and (job.processes or 1) > 1 else ""
-    where = f"on {job.processes} processes" if (job.processes or 1) > 1 else ""
+    mem += " (rank 0)" if mem and job.many_processes else ""
+    where = f"on {job.processes} processes" if job.many_processes else ""
     error = f"error: {job.error}" if job.error else ""
     stage = job.stage if job.stage != job.state else ""
     parts = [job.id, job.kind, job.dataset, job.state, where, stage, progress, rate, eta, mem, error]

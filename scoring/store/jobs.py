@@ -134,6 +134,11 @@ class Job:
             setattr(self, name, value)
 
     @property
+    def many_processes(self) -> bool:
+        """Whether several processes (a launcher's ranks) ran it last: its ``rss_mb`` is then rank 0's."""
+        return (self.processes or 1) > 1
+
+    @property
     def is_pair(self) -> bool:
         return self.kind == "pair_score"
 

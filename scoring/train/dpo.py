@@ -52,6 +52,7 @@ from scoring.models.formatting import encode_pairs
 from scoring.models.loading import ModelRef
 from scoring.passes.engine import head_losses, trunk_and_head
 from scoring.passes.head import trunk_inputs
+from scoring.passes.runner import chunk_ranges
 from scoring.store.cache import Cache
 from scoring.store.keys import key_of
 from scoring.train import sharded
@@ -94,9 +95,9 @@ def pair_dataset(tokenizer, pairs: list[Pair], max_length: int, ref_logps: list[
     from datasets import Dataset
 
     tables = []
-    for start in range(0, len(pairs), PAIR_CHUNK):
-        logps = ref_logps[start:start + PAIR_CHUNK] if ref_logps is not None else None
-        rows = pair_token_rows(tokenizer, pairs[start:start + PAIR_CHUNK], max_length, logps)
+    for start, end in chunk_ranges(len(pairs), PAIR_CHUNK):
+        logps = ref_logps[start:end] if ref_logps is not None else None
+        rows = pair_token_rows(tokenizer, pairs[start:end], max_length, logps)
         if rows:
             table = pa.Table.from_pylist(rows)
             tables.append(table.cast(pa.schema([
