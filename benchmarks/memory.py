@@ -6,6 +6,7 @@ configuration, not the data?
     python benchmarks/memory.py --fine-tune-alone gsm8k:200 --train-steps 0   # one epoch, step by step
     python benchmarks/memory.py --fine-tune-alone alpaca:52002 --train-steps 2   # the whole of Alpaca tokenised
     python benchmarks/memory.py --fine-tune-alone gsm8k:200 --train-steps 4 --ranks 2 --fsdp   # per rank, sharded
+    python benchmarks/memory.py --data-size alpaca:1040040   # ingest, and the examples a job holds, at 1M rows
 
 Each run ingests the first N rows of a dataset in ../shared/data (gsm8k: train.jsonl, instruction data; lima:
 lima.json, long answers; hh: HH-RLHF helpful-base pairs; alpaca: the 52,002 Alpaca rows, for
@@ -22,7 +23,11 @@ kernel's VmHWM, reset at the start of each stage), in the one process that runs 
 
 The last line printed is JSON: {"cpu", "model", "max_length", "train_steps", "target_mb", "runs": {"gsm8k:200":
 {"peak_mb": {stage: MB}, "seconds": {stage: s}, "rows": N}, ...}, "max_peak_mb", "meets_target", "flat"}; ``flat``
-compares each stage's peak across the sizes of one dataset (largest / smallest). ``--fine-tune-alone`` prints
+compares each stage's peak across the sizes of one dataset (largest / smallest). ``--data-size DATA:ROWS`` measures
+what grows with the rows alone, without a model: ingest's peak, and what a score job then holds for its examples
+(beyond ~52,002 rows ``alpaca`` repeats Alpaca with each copy's instructions marked "(variant k)", written once as
+JSONL in the cache); it prints {"cpu", ..., "ingest": {"peak_mb", "s", "rows"}, "held_mb", "text_mb"}.
+``--fine-tune-alone`` prints
 {"cpu", ..., "steps": [{"step", "peak_mb", "after_mb", "s"}], "max_peak_mb"} instead; with ``--ranks N`` it runs
 under torchrun (gloo) and prints each rank's steps under "per_rank", DDP or, with ``--fsdp``, sharded.
 """
@@ -113,6 +118,45 @@ def fine_tune_alone(cache_root: Path, data: str, rows: int, max_length: int, tra
     return {"rows": rows, "steps": steps, "max_peak_mb": max(s["peak_mb"] for s in steps)}
 
 
+def data_size(cache_root: Path, data: str, rows: int) -> dict:
+    """In this (fresh) process: ingest ``rows`` of ``data`` and load its examples as a score job does; the ingest's
+    peak resident memory and what the examples hold once loaded (MB, after freed memory is handed back)."""
+    from scoring.ingest.catalog import ingest, load_table
+    from scoring.jobs import memory
+    from scoring.passes.runner import INSTRUCTIONS, Rows
+
+    cache = Cache(cache_root)
+    source = str(SOURCES[data]) if data != "alpaca" or rows <= 52002 else str(alpaca_variants(cache_root, rows))
+    memory.release()
+    memory.reset_peak()
+    started = time.perf_counter()
+    ingest(source, cache, name=dataset_name(data, rows), limit=rows, replace=True, progress=False)
+    out = {"ingest": {"rows": rows, "peak_mb": memory.peak_mb(), "s": round(time.perf_counter() - started, 1)}}
+    memory.release()
+    before = memory.rss_mb()
+    rows_held = Rows(load_table(cache, dataset_name(data, rows), list(INSTRUCTIONS.columns)), INSTRUCTIONS.columns)
+    memory.release()
+    text = sum(b.column("messages").nbytes for b in rows_held.batches) / 1e6
+    return {**out, "held_mb": round(memory.rss_mb() - before, 1), "text_mb": round(text, 1)}
+
+
+def alpaca_variants(cache_root: Path, rows: int) -> Path:
+    """Alpaca repeated to ``rows`` rows, every copy after the first with "(variant k)" after each instruction (no two
+    rows alike), as JSONL under the benchmark cache (written once)."""
+    path = Path(cache_root, "sources", f"alpaca-{rows}.jsonl")
+    if path.is_file():
+        return path
+    records = [r for f in sorted(DATA.glob("alpaca/*.json")) for r in json.loads(f.read_text())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".tmp"), "w") as out:
+        for i in range(rows):
+            k, record = i // len(records), records[i % len(records)]
+            variant = dict(record, instruction=f"{record['instruction']} (variant {k})") if k else record
+            out.write(json.dumps(variant) + "\n")
+    path.with_suffix(".tmp").rename(path)
+    return path
+
+
 def launched(args) -> dict:
     """--fine-tune-alone under ``torchrun --nproc-per-node RANKS`` (gloo, one thread per rank), DDP or sharded
     (``--fsdp``): each rank's step peaks, as {"cpu", ..., "ranks", "fsdp", "per_rank": [{"rank", "max_peak_mb",
@@ -194,6 +238,8 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=1, help="--fine-tune-alone under torchrun with this many "
                         "processes (gloo), each rank's steps reported")
     parser.add_argument("--fsdp", action="store_true", help="with --ranks: train sharded (DAVIR_FSDP=1), not DDP")
+    parser.add_argument("--data-size", metavar="DATA:ROWS", help="what grows with the rows alone: ingest's peak "
+                        "and the examples a job holds (no model)")
     parser.add_argument("--child", nargs=2, metavar=("DATA", "ROWS"), help=argparse.SUPPRESS)
     parser.add_argument("--rank-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -212,6 +258,13 @@ def main() -> None:
             return
         print(json.dumps({"cpu": _cpu(), "cores": os.cpu_count(), "max_length": args.max_length,
                           "date": time.strftime("%Y-%m-%d"), **out}))  # fmt: skip
+        return
+    if args.data_size:
+        data, _, rows = args.data_size.partition(":")
+        if data not in ("gsm8k", "lima", "alpaca") or not rows.isdigit():
+            parser.error("--data-size: DATA:ROWS with DATA gsm8k, lima or alpaca")
+        print(json.dumps({"cpu": _cpu(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "data": data,
+                          **data_size(Path(args.cache), data, int(rows))}))  # fmt: skip
         return
     if args.child:
         print(json.dumps(child(Path(args.cache), args.child[0], int(args.child[1]), args.max_length,

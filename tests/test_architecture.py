@@ -27,8 +27,8 @@ STAGES = {
 
 # Imports allowed inside a function body: heavy or optional dependencies that most commands never need
 # (torch alone takes seconds to import), and the numba-compiled kernels (importing them loads numba).
-LAZY_IMPORTS = {"torch", "transformers", "accelerate", "trl", "peft", "datasets", "umap", "sklearn", "numba", "huggingface_hub",
-                "scoring.passes.cpu_kernels"}  # fmt: skip
+LAZY_IMPORTS = {"torch", "transformers", "accelerate", "trl", "peft", "datasets", "umap", "pynndescent", "sklearn", "numba",
+                "huggingface_hub", "scoring.passes.cpu_kernels"}  # fmt: skip
 MAX_FILE_LINES = 500
 MAX_FUNCTION_LINES = 60
 

@@ -13,8 +13,10 @@ see and filter them.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -28,11 +30,11 @@ from scoring.errors import UserError
 from scoring.ingest.demo import HELDOUT_NAME, write_heldout
 from scoring.ingest.layouts import LayoutSpec, detect_layout, instruction_row
 from scoring.ingest.pairs import PairSpec, detect_pair_layout, pair_row
-from scoring.ingest.sources import read_records, record_columns, resolve_source
-from scoring.ingest.tables import Built, Kind, build_table
+from scoring.ingest.sources import record_reader, resolve_source
+from scoring.ingest.tables import Kind, pick_id_column, survey, write_examples
 from scoring.ingest.turns import dumps
 from scoring.schema import EXAMPLES, PAIR_EXAMPLES
-from scoring.store.cache import Cache, atomic_write_json, atomic_write_parquet, read_json, scratch_dir
+from scoring.store.cache import Cache, atomic_write_json, read_json, scratch_dir
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -58,13 +60,11 @@ def _result(meta: dict, cache: Cache, already_present: bool) -> IngestResult:
     )
 
 
-def _build(raws, spec: LayoutSpec | PairSpec, columns: list[str], progress: bool) -> tuple[str, Built]:
-    """(kind, table) of the records under the detected spec."""
+def _kind(spec: LayoutSpec | PairSpec) -> Kind:
+    """How records under the detected spec become rows."""
     if isinstance(spec, PairSpec):
-        kind = Kind("pair", PAIR_EXAMPLES, partial(pair_row, spec=spec), lambda original: "pair:" + original)
-    else:
-        kind = Kind("sft", EXAMPLES, partial(instruction_row, spec=spec), lambda original: original)
-    return kind.name, build_table(raws, kind, spec.id, columns, progress)
+        return Kind("pair", PAIR_EXAMPLES, partial(pair_row, spec=spec), lambda original: "pair:" + original)
+    return Kind("sft", EXAMPLES, partial(instruction_row, spec=spec), lambda original: original)
 
 
 def ingest(source: str, cache: Cache, name: str | None = None, limit: int | None = None,
@@ -88,32 +88,38 @@ def ingest(source: str, cache: Cache, name: str | None = None, limit: int | None
         raise UserError(f"--limit {limit}: must be a positive number of rows")
     src = resolve_source(source)
     name = name or src.default_name
-    raws = read_records(src, None if limit is None else int(limit), progress)
-    if not raws:
+    records = record_reader(src, None if limit is None else int(limit))
+    found = survey(records(), (field_map or {}).get("id"), progress)
+    if not found.n:
         raise UserError(f"{src.display}: no records found")
-    columns = record_columns(raws)
-    if not columns:
-        raise UserError(f"{src.display}: none of the {len(raws)} records is a JSON object "
-                        f"(first at {raws[0].where}: {dumps(raws[0].original)[:80]})")
+    if not found.columns:
+        raise UserError(f"{src.display}: none of the {found.n} records is a JSON object "
+                        f"(first at {found.first.where}: {dumps(found.first.original)[:80]})")
     # pairs first: they may look like chat
-    spec = detect_pair_layout(columns, field_map, src.display) or detect_layout(columns, field_map, src.display)
-    kind, built = _build(raws, spec, columns, progress)
-
-    old = read_json(cache.dataset_meta_path(name))
-    if old and cache.examples_path(name).is_file():
-        if old.get("fingerprint") == built.fingerprint:
-            return _result(old, cache, already_present=True)
-        if not replace:
-            raise UserError(f"dataset {name!r} already holds other data (from {old.get('source')}); "
-                            "pass --replace to overwrite it, or --name to store this one under another name")
-    meta = {
-        "name": name, "fingerprint": built.fingerprint, "source": src.display, "layout": spec.layout,
-        "kind": kind, "n_rows": len(raws), "flag_counts": built.flag_counts, "columns": columns,
-        "id_column": built.id_column, "limit": limit, "field_map": field_map or None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    # Examples first, meta last: a dataset is listed only once its examples are complete.
-    atomic_write_parquet(cache.examples_path(name), built.table)
+    spec = detect_pair_layout(found.columns, field_map, src.display) or detect_layout(found.columns, field_map,
+                                                                                      src.display)  # fmt: skip
+    kind, id_column = _kind(spec), pick_id_column(found, spec.id)
+    folder = scratch_dir(cache)
+    try:
+        built = write_examples(records(), kind, id_column, found.n, folder / "examples.parquet", progress)
+        old = read_json(cache.dataset_meta_path(name))
+        if old and cache.examples_path(name).is_file():
+            if old.get("fingerprint") == built.fingerprint:
+                return _result(old, cache, already_present=True)
+            if not replace:
+                raise UserError(f"dataset {name!r} already holds other data (from {old.get('source')}); "
+                                "pass --replace to overwrite it, or --name to store this one under another name")
+        meta = {
+            "name": name, "fingerprint": built.fingerprint, "source": src.display, "layout": spec.layout,
+            "kind": kind.name, "n_rows": built.n_rows, "flag_counts": built.flag_counts, "columns": found.columns,
+            "id_column": built.id_column, "limit": limit, "field_map": field_map or None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        # Examples first, meta last: a dataset is listed only once its examples are complete.
+        cache.examples_path(name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder / "examples.parquet", cache.examples_path(name))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     atomic_write_json(cache.dataset_meta_path(name), meta)
     return _result(meta, cache, already_present=False)
 
@@ -150,17 +156,29 @@ def dataset_kind(cache: Cache, name: str) -> str:
     return kind_of(dataset_meta(cache, name))
 
 
-def load_examples(cache: Cache, name: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """The examples table of a dataset (optionally only some columns), in idx order."""
+def load_table(cache: Cache, name: str, columns: list[str] | None = None) -> pa.Table:
+    """The examples table of a dataset (optionally only some columns), in idx order, as Arrow: its text held about
+    at its own size (a DataFrame of Python strings holds ~5x; what a score job over millions of rows keeps)."""
     dataset_meta(cache, name)
     unknown = [c for c in columns or [] if c not in PAIR_EXAMPLES.names]  # pair datasets add "rejected"
     if unknown:
         raise UserError(f"unknown examples column {unknown[0]!r}; columns are {', '.join(PAIR_EXAMPLES.names)}")
     try:
-        table = pq.read_table(cache.examples_path(name), columns=columns)
+        return pq.read_table(cache.examples_path(name), columns=columns)
     except (OSError, pa.ArrowException) as e:
         raise UserError(f"dataset {name!r}: cannot read its examples ({e}); ingest it again") from None
-    return table.to_pandas()
+
+
+def load_examples(cache: Cache, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """:func:`load_table` as a DataFrame."""
+    return load_table(cache, name, columns).to_pandas()
+
+
+def column_values(table: pa.Table, column: str, batch: int = 1024) -> Iterator:
+    """The Python values of one column of ``table``, ``batch`` rows converted at a time (never the whole column)."""
+    values = table.column(column)
+    for start in range(0, table.num_rows, batch):
+        yield from values.slice(start, batch).to_pylist()
 
 
 def ingest_heldout(cache: Cache, n: int, name: str = HELDOUT_NAME, **kwargs) -> IngestResult:

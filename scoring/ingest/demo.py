@@ -472,7 +472,7 @@ def write_planted_pairs(source: str, path: Path, limit: int | None = None, fract
     """
     if not 0 < fraction < 1:
         raise UserError(f"--swap {fraction}: the share of swapped pairs must lie strictly between 0 and 1")
-    raws = [r for r in read_records(resolve_source(source), limit, progress=False) if r.record is not None]
+    raws = [r for r in read_records(resolve_source(source), limit) if r.record is not None]
     spec = detect_pair_layout(record_columns(raws), None, source) if raws else None
     if spec is None:
         raise UserError(f"{source}: no preference pairs found (need chosen and rejected columns)")

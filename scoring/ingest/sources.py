@@ -19,11 +19,10 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from scoring.env import hub_offline
 from scoring.errors import UserError
@@ -300,25 +299,32 @@ def _load_hub(source: str):
     return ds
 
 
-def _iter_source(src: Source, limit: int | None, progress: bool) -> Iterator[Raw]:
-    if src.kind == "disk":
-        yield from _iter_dataset(_load_saved(src.root), src.root.name, limit)
-    elif src.kind == "hub":
-        yield from _iter_dataset(_load_hub(src.display), src.display, limit)
-    else:
-        show = progress and len(src.files) > 1
-        with tqdm(src.files, desc="reading", unit=" file", file=sys.stderr, disable=not show) as files:
-            for path in files:
-                yield from _read_file(path, path.relative_to(src.root).as_posix())
+def record_reader(src: Source, limit: int | None) -> Callable[[], Iterator[Raw]]:
+    """A function giving the source's records (or its first ``limit``) afresh at each call, stopping the readers as
+    soon as enough are read: ingest reads a source twice instead of holding it. A ``datasets`` source (a
+    save_to_disk folder, a hub id) is loaded once, memory-mapped; files are read again."""
+    if src.kind in ("disk", "hub"):
+        ds = _load_saved(src.root) if src.kind == "disk" else _load_hub(src.display)
+        label = src.root.name if src.kind == "disk" else src.display
+        return lambda: _iter_dataset(ds, label, limit)
+
+    def files() -> Iterator[Raw]:
+        for path in src.files:
+            yield from _read_file(path, path.relative_to(src.root).as_posix())
+
+    return lambda: _limited(files(), limit)
 
 
-def read_records(src: Source, limit: int | None, progress: bool) -> list[Raw]:
-    """All records (or the first ``limit``), stopping the readers as soon as enough are read."""
-    stream = _iter_source(src, limit, progress)
+def _limited(stream: Iterator[Raw], limit: int | None) -> Iterator[Raw]:
     try:
-        return list(itertools.islice(stream, limit))
+        yield from itertools.islice(stream, limit)
     finally:
         stream.close()
+
+
+def read_records(src: Source, limit: int | None) -> list[Raw]:
+    """All records (or the first ``limit``), as a list (for a sample that is small by design: ``demo``)."""
+    return list(record_reader(src, limit)())
 
 
 def record_columns(raws: list[Raw]) -> list[str]:

@@ -2,7 +2,11 @@
 
 Each kind of dataset supplies one function turning a record into a :class:`Row` (instruction records:
 :func:`scoring.ingest.layouts.instruction_row`; preference pairs: :func:`scoring.ingest.pairs.pair_row`); everything
-else -- ids, the ``duplicate`` flag, flag counts, the content fingerprint, the Arrow table -- is done once, here.
+else -- ids, the ``duplicate`` flag, flag counts, the content fingerprint, the Parquet file -- is done once, here.
+
+The source is read twice, never held: :func:`survey` counts its records, gathers their columns and finds which id
+column is unique; :func:`write_examples` then normalises the records :data:`BATCH` at a time into Parquet row
+groups. What grows with the rows is ~100 bytes each (the duplicate and id-uniqueness digests), not their text.
 
 Rows are never dropped: a record that could not be read keeps its place with empty text and its read flag.
 """
@@ -11,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from scoring.errors import UserError
@@ -23,6 +29,7 @@ from scoring.schema import count_flags, join_flags
 
 ID_COLUMNS = ("id", "uid", "example_id", "idx")
 _ROW_BAR_MIN = 10_000  # show a per-row bar only when there is enough work to watch
+BATCH = 16_384  # records normalised and written at a time: one Parquet row group
 
 
 @dataclass
@@ -50,80 +57,146 @@ class Kind:
 
 @dataclass
 class Built:
-    table: pa.Table
     fingerprint: str
     flag_counts: dict[str, int]
     id_column: str | None
+    n_rows: int
 
 
-def _column_ids(raws: list[Raw], column: str) -> tuple[list[str] | None, str]:
-    """str() of the column's values if all are present and unique, else (None, why not)."""
-    ids: list[str] = []
-    seen: set[str] = set()
-    for raw in raws:
-        value = raw.record.get(column) if raw.record is not None else None
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+class _IdColumn:
+    """Whether one column could give the ids: present in every record, no value twice (kept as digests)."""
+
+    def __init__(self, name: str):
+        self.name, self.seen, self.why = name, set(), ""
+
+    def add(self, raw: Raw) -> None:
+        if self.why:
+            return
+        value = raw.record.get(self.name) if raw.record is not None else None
         if is_null(value):
-            return None, f"row {raw.where} has no value"
-        text = str(value)
-        if text in seen:
-            return None, f"value {text!r} repeats at {raw.where}"
-        seen.add(text)
-        ids.append(text)
-    return ids, ""
+            self.why, self.seen = f"row {raw.where} has no value", set()
+            return
+        digest = _digest(str(value))
+        if digest in self.seen:
+            self.why, self.seen = f"value {str(value)!r} repeats at {raw.where}", set()
+        self.seen.add(digest)
 
 
-def pick_ids(raws: list[Raw], mapped: str | None, columns: list[str]) -> tuple[list[str], str | None]:
-    """Ids from a unique id column (``--map id=`` must qualify), else the global row numbers."""
-    candidates = [mapped] if mapped else [c for c in ID_COLUMNS if c in columns]
-    for column in candidates:
-        ids, why = _column_ids(raws, column)
-        if ids is not None:
-            return ids, column
-        if mapped:
-            raise UserError(f"--map id={column}: ids must be present and unique, but {why}")
-    return [str(i) for i in range(len(raws))], None
+@dataclass
+class Survey:
+    """What the first read of a source found: how many records, their columns in order of first appearance (records
+    of one source need not share every key), the first record, and each id column tried (ID_COLUMNS and ``--map
+    id=``): "" when its values are present and unique, else why not."""
+
+    n: int
+    columns: list[str]
+    first: Raw | None
+    ids: dict[str, str]
 
 
-def fingerprint_rows(ids: Iterable[str], contents: Iterable[str]) -> str:
+def survey(raws: Iterable[Raw], mapped_id: str | None = None, progress: bool = False) -> Survey:
+    """Read every record once, keeping only what :class:`Survey` holds (``progress``: a count of the rows read,
+    shown once reading takes over 2 s)."""
+    columns: dict[str, None] = {}
+    tried = {name: _IdColumn(name) for name in dict.fromkeys([*(mapped_id and [mapped_id] or []), *ID_COLUMNS])}
+    n, first = 0, None
+    for raw in tqdm(raws, desc="reading", unit=" rows", file=sys.stderr, delay=2, disable=not progress):
+        n, first = n + 1, first or raw
+        if raw.record is not None:
+            columns.update(dict.fromkeys(raw.record))
+        for column in tried.values():
+            column.add(raw)
+    names = [str(c) for c in columns]
+    return Survey(n, names, first, {c.name: c.why for c in tried.values() if c.name in names or c.name == mapped_id})
+
+
+def pick_id_column(found: Survey, mapped: str | None) -> str | None:
+    """The id column: ``--map id=`` (which must qualify), else the first of ID_COLUMNS whose values are present and
+    unique, else None (the global row numbers)."""
+    if mapped:
+        if found.ids.get(mapped, f"column {mapped!r} is not there"):
+            raise UserError(f"--map id={mapped}: ids must be present and unique, but {found.ids.get(mapped)}")
+        return mapped
+    return next((c for c in ID_COLUMNS if found.ids.get(c) == ""), None)
+
+
+class Fingerprint:
     """sha256 hex over (id, content) of every row in order; content is the messages JSON.
 
     Paths, times and flags stay out: the same data ingested from another place gives the same key, so model
     passes keyed by it are reused. Strings are length-prefixed so no two row lists hash alike by concatenation.
     """
-    h = hashlib.sha256(b"davir-examples-sft-v1\n")
-    for row_id, content in zip(ids, contents, strict=True):
+
+    def __init__(self):
+        self._h = hashlib.sha256(b"davir-examples-sft-v1\n")
+
+    def add(self, row_id: str, content: str) -> None:
         a, b = row_id.encode(), content.encode()
-        h.update(b"%d:%s%d:%s\n" % (len(a), a, len(b), b))
-    return h.hexdigest()
+        self._h.update(b"%d:%s%d:%s\n" % (len(a), a, len(b), b))
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
 
 
-def build_table(raws: list[Raw], kind: Kind, id_column: str | None, columns: list[str], progress: bool) -> Built:
-    """Normalise every record into the kind's schema, flagging repeats of earlier content as ``duplicate``."""
-    ids, id_column = pick_ids(raws, id_column, columns)
-    cols: dict[str, list] = {name: [] for name in kind.schema.names}
+def fingerprint_rows(ids: Iterable[str], contents: Iterable[str]) -> str:
+    """:class:`Fingerprint` of rows given as two lists."""
+    fingerprint = Fingerprint()
+    for row_id, content in zip(ids, contents, strict=True):
+        fingerprint.add(row_id, content)
+    return fingerprint.hexdigest()
+
+
+def write_examples(raws: Iterable[Raw], kind: Kind, id_column: str | None, n: int, path: Path,
+                   progress: bool) -> Built:  # fmt: skip
+    """Normalise every record into the kind's schema, :data:`BATCH` at a time, flagging repeats of earlier content
+    as ``duplicate``, and write them to the Parquet file ``path``; ``n``: the survey's count (for the bar)."""
     seen: set[bytes] = set()
-    contents = []
-    show = progress and len(raws) >= _ROW_BAR_MIN
-    for idx, raw in enumerate(tqdm(raws, desc="normalising", unit=" rows", file=sys.stderr, disable=not show)):
-        original = dumps(raw.original)
-        row = kind.normalise(raw.record) if raw.record is not None else Row("[]", "", "", rejected="")
-        if raw.record is not None:
-            digest = hashlib.blake2b(row.key.encode(), digest_size=16).digest()
-            if digest in seen:
-                row.flags.append("duplicate")
-            seen.add(digest)
-        contents.append(row.content or kind.unread_content(original))
-        cols["idx"].append(idx)
-        cols["messages"].append(row.messages)
-        cols["prompt"].append(row.prompt)
-        cols["response"].append(row.response)
-        if "rejected" in cols:
-            cols["rejected"].append(row.rejected)
-        cols["flag"].append(join_flags(raw.flag, *row.flags))
-        cols["source"].append(raw.where)
-        cols["original"].append(original)
-    cols["id"] = ids
-    cols["kind"] = [kind.name] * len(raws)
-    table = pa.table(cols, schema=kind.schema)
-    return Built(table, fingerprint_rows(ids, contents), count_flags(cols["flag"]), id_column)
+    fingerprint, flag_counts = Fingerprint(), {}
+    show = progress and n >= _ROW_BAR_MIN
+    bar = tqdm(total=n, desc="normalising", unit=" rows", file=sys.stderr, disable=not show)
+    with pq.ParquetWriter(path, kind.schema, compression="zstd") as writer, bar:
+        cols, idx = _empty(kind), 0
+        for raw in raws:
+            row_id = str(raw.record.get(id_column)) if id_column else str(idx)
+            _add_row(cols, kind, raw, idx, row_id, seen, fingerprint)
+            idx += 1
+            if len(cols["idx"]) == BATCH:
+                _flush(writer, cols, kind, flag_counts)
+                bar.update(BATCH)
+                cols = _empty(kind)
+        bar.update(len(cols["idx"]))
+        _flush(writer, cols, kind, flag_counts)
+    return Built(fingerprint.hexdigest(), flag_counts, id_column, idx)
 
+
+def _empty(kind: Kind) -> dict[str, list]:
+    return {name: [] for name in kind.schema.names}
+
+
+def _add_row(cols: dict[str, list], kind: Kind, raw: Raw, idx: int, row_id: str, seen: set[bytes],
+             fingerprint: Fingerprint) -> None:  # fmt: skip
+    original = dumps(raw.original)
+    row = kind.normalise(raw.record) if raw.record is not None else Row("[]", "", "", rejected="")
+    if raw.record is not None:
+        digest = _digest(row.key)
+        if digest in seen:
+            row.flags.append("duplicate")
+        seen.add(digest)
+    fingerprint.add(row_id, row.content or kind.unread_content(original))
+    values = {"idx": idx, "id": row_id, "kind": kind.name, "messages": row.messages, "prompt": row.prompt,
+              "response": row.response, "rejected": row.rejected, "flag": join_flags(raw.flag, *row.flags),
+              "source": raw.where, "original": original}  # fmt: skip
+    for name, column in cols.items():
+        column.append(values[name])
+
+
+def _flush(writer: pq.ParquetWriter, cols: dict[str, list], kind: Kind, flag_counts: dict[str, int]) -> None:
+    """Write the batch as one row group (an empty batch writes nothing) and count its flags."""
+    for reason, count in count_flags(cols["flag"]).items():
+        flag_counts[reason] = flag_counts.get(reason, 0) + count
+    if cols["idx"]:
+        writer.write_table(pa.table(cols, schema=kind.schema))

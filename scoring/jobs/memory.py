@@ -14,6 +14,8 @@ import resource
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+
 _STATUS, _CLEAR = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
@@ -54,8 +56,10 @@ def release() -> None:
     """Give back what finished steps left: collect the reference cycles a Trainer is full of (its model, optimizer
     state and callbacks would otherwise wait for the next collection) and return freed heap pages to the system
     (glibc keeps them, in one arena per thread that allocated them, the pass's workers included; the next step's
-    resident set would start there)."""
+    resident set would start there), and Arrow's pool the same (mimalloc or jemalloc keep what a Parquet read
+    freed: reading a million Alpaca rows' examples left 1,240 MB resident for a 481 MB table)."""
     gc.collect()
+    pa.default_memory_pool().release_unused()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+from scoring.ingest.catalog import column_values
 from scoring.jobs.steps import start
 from scoring.models.loading import model_card, pick_device, resolve
 from scoring.passes.runner import INSTRUCTIONS
@@ -20,12 +21,12 @@ from scoring.train.sft import TrainConfig, train_reference
 
 def run_score_job(cache: Cache, job: Job, should_stop, progress: bool) -> None:
     """Fill every pass the job needs, training the reference on the way when asked to."""
-    steps, base, examples, config = start(cache, job, INSTRUCTIONS, should_stop, progress)
+    steps, base, examples, config = start(cache, job, INSTRUCTIONS, should_stop, progress, frame=False)  # Arrow
     steps.fill("base", INSTRUCTIONS, base, examples, config)
     if "ref" not in job.passes:
         return
     if job.reference == "train":
-        conversations = (json.loads(m) for m in examples["messages"])  # parsed as tokenised, never all at once
+        conversations = (json.loads(m) for m in column_values(examples, "messages"))  # parsed as tokenised
         ref = steps.train("ref", "training reference", lambda on_step: train_reference(
             cache, base, steps.tokenizer, conversations, job.dataset_fingerprint, steps.template, config.max_length,
             TrainConfig(**job.train), pick_device(), on_step, should_stop))  # fmt: skip

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from scoring import ranks
 from scoring.errors import UserError
-from scoring.ingest.catalog import dataset_meta, load_examples
+from scoring.ingest.catalog import dataset_meta, load_examples, load_table
 from scoring.jobs import memory
 from scoring.models.formatting import template_fingerprint
 from scoring.models.loading import ModelRef, load_tokenizer, model_card, resolve
@@ -117,14 +117,15 @@ class Steps:
         return trained
 
 
-def start(cache: Cache, job: Job, kind: RowKind, should_stop, progress: bool):
+def start(cache: Cache, job: Job, kind: RowKind, should_stop, progress: bool, frame: bool = True):
     """What every score job does first: check the dataset is still what was asked for, resolve and load the base
-    model's tokenizer, and read the examples. Returns (steps, base model, examples, pass config)."""
+    model's tokenizer, and read the examples (the kind's columns: a DataFrame, or with ``frame=False`` the Arrow
+    table, held at about the text's own size). Returns (steps, base model, examples, pass config)."""
     if dataset_meta(cache, job.dataset)["fingerprint"] != job.dataset_fingerprint:
         raise UserError(f"dataset {job.dataset!r} was replaced since this job was queued; score it again")
     job.progress(stage="loading model")
     save_job(cache, job)
     base = resolve(job.model, cache)
     steps = Steps(cache, job, load_tokenizer(base, job.trust_remote_code), should_stop, progress)
-    examples = load_examples(cache, job.dataset, columns=list(kind.columns))
+    examples = (load_examples if frame else load_table)(cache, job.dataset, columns=list(kind.columns))
     return steps, base, examples, PassConfig(**job.pass_config)

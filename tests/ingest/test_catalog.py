@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from scoring.ingest import catalog, tables
 from scoring.ingest.catalog import dataset_meta, ingest, list_datasets, load_examples
 from scoring.ingest.layouts import FLAGS, parse_field_map
 from scoring.ingest.tables import fingerprint_rows
@@ -315,6 +316,7 @@ def test_reingest_is_noop_and_conflicts_need_replace(tmp_path, cache):
     assert load_examples(cache, "a")["response"].iloc[0] == "6"
     with pytest.raises(UserError, match="--replace"):
         ingest(str(tmp_path / "a.json"), cache, name="a", limit=2, progress=False)
+    assert not any((cache.root / "tmp").iterdir())  # the refused table, written aside first, is gone
 
 
 def test_meta_list_load_round_trip(tmp_path, cache):
@@ -336,6 +338,43 @@ def test_meta_list_load_round_trip(tmp_path, cache):
         load_examples(cache, "nope")
     with pytest.raises(UserError, match="column"):
         load_examples(cache, "zeta", columns=["nope"])
+
+
+def test_ingest_streams_the_source_one_batch_at_a_time(tmp_path, cache, monkeypatch):
+    """Ingest reads the source twice and never holds it: each Parquet row group is written with no record read
+    beyond it, and the table is the one a single batch gives (a repeat across row groups is still a duplicate)."""
+    rows = [dict(ALPACA[i % 3], instruction=f"task {i}") for i in range(10)] + [dict(ALPACA[1], instruction="task 1")]
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    whole = ingest(str(path), cache, name="whole", progress=False)
+    reads: list[int] = []  # records yielded by each read of the source so far
+    writes: list[tuple[int, int]] = []  # (rows written with this row group, records read by then)
+    real_reader, real_write = catalog.record_reader, pq.ParquetWriter.write_table
+
+    def counting_reader(*args):
+        records = real_reader(*args)
+
+        def read():
+            reads.append(0)
+            for raw in records():
+                reads[-1] += 1
+                yield raw
+
+        return read
+
+    def spying_write(writer, table, *args, **kwargs):
+        writes.append(((writes[-1][0] if writes else 0) + table.num_rows, reads[-1]))
+        return real_write(writer, table, *args, **kwargs)
+
+    monkeypatch.setattr(tables, "BATCH", 4)
+    monkeypatch.setattr(catalog, "record_reader", counting_reader)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", spying_write)
+    streamed = ingest(str(path), cache, name="streamed", progress=False)
+    assert reads == [11, 11]  # the survey, then the table
+    assert writes == [(4, 4), (8, 8), (11, 11)]  # nothing read ahead of the row group being written
+    assert pq.ParquetFile(streamed.path).metadata.num_row_groups == 3
+    assert (streamed.fingerprint, streamed.flag_counts) == (whole.fingerprint, {"duplicate": 1})
+    pd.testing.assert_frame_equal(load_examples(cache, "streamed"), load_examples(cache, "whole"))
+    assert load_examples(cache, "streamed")["flag"].tolist() == [""] * 10 + ["duplicate"]
 
 
 def test_fingerprint_rows_is_order_and_boundary_sensitive():
