@@ -10,14 +10,11 @@ cover the whole dataset. At or under :data:`MAP_FIT` rows the map is UMAP over a
 had on disk, so existing caches stay valid: ``Cache.map_path`` and ``scoring.jobs.requests.MAP_JOB``.)"""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pyarrow as pa
 
-from scoring.schema import decode_f16
 from scoring.store.cache import Cache, atomic_write_parquet
-from scoring.store.parts import connect, parts_glob, sql_str
+from scoring.store.parts import embedded_idx, embedding_batches, parts_glob
 
 # UMAP over all 51,302 embedded Alpaca rows (the tiny model's 64-d states; AMD EPYC Zen 3, 2 cores) took 83 s and
 # 888 MB; fitted on 20,000 of them with the rest placed, its 10 nearest map neighbours kept 1.6 % of each row's 10
@@ -25,35 +22,21 @@ from scoring.store.parts import connect, parts_glob, sql_str
 # fitted up to this many, and only larger datasets pay in map quality for bounded time and memory.
 MAP_FIT = 100_000
 PLACE_NEIGHBOURS = 15
-_BATCH = 16_384  # rows read, decoded and placed at a time
-
-
-def _embedded(glob: str) -> Iterator[tuple[np.ndarray, list[bytes]]]:
-    """(idx, embedding blobs) of the pass's rows that have an embedding, a batch at a time, in no set order."""
-    query = f"SELECT idx, embedding FROM read_parquet({sql_str(glob)}) WHERE octet_length(embedding) > 0"
-    for batch in connect().sql(query).to_arrow_reader(_BATCH):
-        yield batch.column(0).to_numpy(), batch.column(1).to_pylist()
-
-
-def _vectors(blobs: list[bytes]) -> np.ndarray:
-    return np.stack([decode_f16(b).astype(np.float32) for b in blobs])
 
 
 def compute_map(cache: Cache, pass_key: str, seed: int = 0) -> int:
     """Write the map of the pass ``pass_key`` (idx, x, y) to ``Cache.map_path``. Returns the number of points."""
     glob = parts_glob(cache, pass_key)
-    idx = np.sort(np.concatenate([i for i, _ in _embedded(glob)])) if glob else np.empty(0, np.int64)
+    idx = embedded_idx(glob)
     if len(idx) < 3:
         raise ValueError(f"pass {pass_key} has {len(idx)} embeddings; a layout needs at least 3")
     fit = idx if len(idx) <= MAP_FIT else np.sort(np.random.default_rng(seed).choice(idx, MAP_FIT, replace=False))
     vectors = np.empty((len(fit), 0), np.float32)
-    for batch_idx, blobs in _embedded(glob):
+    for batch_idx, batch in embedding_batches(glob):
         keep = np.isin(batch_idx, fit)
-        if keep.any():
-            rows = _vectors([b for b, k in zip(blobs, keep) if k])
-            if not vectors.shape[1]:
-                vectors = np.empty((len(fit), rows.shape[1]), np.float32)
-            vectors[np.searchsorted(fit, batch_idx[keep])] = rows
+        if not vectors.shape[1]:
+            vectors = np.empty((len(fit), batch.shape[1]), np.float32)
+        vectors[np.searchsorted(fit, batch_idx[keep])] = batch[keep]
     coords = np.full((len(idx), 2), np.nan, np.float32)
     coords[np.searchsorted(idx, fit)] = _fit(vectors, seed)
     if len(fit) < len(idx):
@@ -85,10 +68,10 @@ def _place_the_rest(glob: str, fit: np.ndarray, vectors: np.ndarray, fitted: np.
     from pynndescent import NNDescent  # umap-learn's own nearest-neighbour index
 
     index = NNDescent(vectors, metric="cosine", n_neighbors=PLACE_NEIGHBOURS, random_state=seed)
-    for batch_idx, blobs in _embedded(glob):
+    for batch_idx, batch in embedding_batches(glob):
         rest = ~np.isin(batch_idx, fit)
         if rest.any():
-            near, distance = index.query(_vectors([b for b, r in zip(blobs, rest) if r]), k=PLACE_NEIGHBOURS)
+            near, distance = index.query(batch[rest], k=PLACE_NEIGHBOURS)
             weight = 1.0 / (distance + 1e-6)
             placed = (fitted[near] * weight[..., None]).sum(axis=1) / weight.sum(axis=1, keepdims=True)
             coords[np.searchsorted(idx, batch_idx[rest])] = placed

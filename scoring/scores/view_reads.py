@@ -20,10 +20,9 @@ import pyarrow.parquet as pq
 
 from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_meta
-from scoring.schema import decode_f16
 from scoring.scores.views import GROUP_PREFIX, View
 from scoring.store.cache import Cache
-from scoring.store.parts import parts_glob, sql_str
+from scoring.store.parts import EMBEDDING_BATCH, embedded_idx, embedding_batches, parts_glob, sql_str
 
 _MEMO: OrderedDict = OrderedDict()
 _MEMO_LOCK = threading.Lock()
@@ -131,28 +130,39 @@ def embedding_matrix(cache: Cache, view: View) -> np.ndarray | None:
     memo = _EMBEDDINGS.get(str(path))
     if memo is not None:
         return memo
-    if not path.exists():
-        glob = parts_glob(cache, view.job.base_pass)
-        if glob is None:
-            return None
-        rows = duckdb.connect(":memory:").execute(
-            f"SELECT idx, embedding FROM read_parquet({sql_str(glob)}) WHERE octet_length(embedding) > 0 ORDER BY idx"
-        ).df()
-        if not len(rows):
-            return None
-        vectors = np.stack([decode_f16(b).astype(np.float32) for b in rows["embedding"]])  # (k, d)
-        vectors -= vectors.mean(axis=0, keepdims=True)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors /= np.where(norms > 0, norms, 1.0)
-        idx = column(view, "idx")
-        matrix = np.zeros((len(idx), vectors.shape[1]), dtype=np.float32)
-        matrix[np.searchsorted(idx, rows["idx"].to_numpy())] = vectors
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, matrix)
-        os.replace(tmp, path)
+    if not path.exists() and not _write_embedding_matrix(cache, view, path):
+        return None
     matrix = np.load(path)  # in memory: a matrix-vector product over a memory map re-reads the file each time
     _EMBEDDINGS[str(path)] = matrix
     return matrix
+
+
+def _write_embedding_matrix(cache: Cache, view: View, path) -> bool:
+    """Write ``path`` (see :func:`embedding_matrix`), filling it in place a batch of rows at a time: nothing but the
+    matrix is ever held whole. False when the pass kept no embeddings."""
+    glob = parts_glob(cache, view.job.base_pass)
+    embedded = embedded_idx(glob)
+    if not len(embedded):
+        return False
+    idx, tmp = column(view, "idx"), path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    matrix, total, has = None, None, np.zeros(len(idx), dtype=bool)
+    for batch_idx, vectors in embedding_batches(glob):
+        if matrix is None:
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(idx), vectors.shape[1]))
+            total = np.zeros(vectors.shape[1], dtype=np.float64)
+        at = np.searchsorted(idx, batch_idx)
+        matrix[at], has[at] = vectors, True
+        total += vectors.sum(axis=0, dtype=np.float64)
+    mean = (total / has.sum()).astype(np.float32)
+    for start in range(0, len(idx), EMBEDDING_BATCH):
+        block, rows = matrix[start : start + EMBEDDING_BATCH], has[start : start + EMBEDDING_BATCH]
+        centred = block[rows] - mean
+        norms = np.linalg.norm(centred, axis=1, keepdims=True)
+        block[rows] = centred / np.where(norms > 0, norms, 1.0)
+    matrix.flush()
+    del matrix
+    os.replace(tmp, path)
+    return True
 
 
 def group_values(cache: Cache, view: View, name: str) -> pd.Categorical:

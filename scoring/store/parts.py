@@ -9,9 +9,11 @@ and always see whole parts only: rows not scored yet are simply absent.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from scoring.store.cache import Cache
@@ -60,3 +62,24 @@ def read_pass(cache: Cache, key: str, columns: list[str]) -> pd.DataFrame:
         return pd.DataFrame({c: [] for c in columns})
     cols = ", ".join(columns)
     return connect().execute(f"SELECT {cols} FROM read_parquet({sql_str(glob)}) ORDER BY idx").df()
+
+
+EMBEDDING_BATCH = 16_384  # rows of embeddings read and decoded at a time
+
+
+def embedded_idx(glob: str | None) -> np.ndarray:
+    """The idx of a pass's rows that have an embedding, sorted (none without parts)."""
+    if glob is None:
+        return np.empty(0, np.int64)
+    query = f"SELECT idx FROM read_parquet({sql_str(glob)}) WHERE octet_length(embedding) > 0 ORDER BY idx"
+    return connect().sql(query).fetchnumpy()["idx"].astype(np.int64)
+
+
+def embedding_batches(glob: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(idx, float32 vectors) of a pass's rows that have an embedding, :data:`EMBEDDING_BATCH` rows at a time, in no
+    set order: a million rows' embeddings are never all held as their bytes, nor decoded at once."""
+    query = f"SELECT idx, embedding FROM read_parquet({sql_str(glob)}) WHERE octet_length(embedding) > 0"
+    for rows in connect().sql(query).to_arrow_reader(EMBEDDING_BATCH):
+        blobs = rows.column(1).to_pylist()
+        yield rows.column(0).to_numpy(), np.frombuffer(b"".join(blobs), np.float16).reshape(len(blobs), -1).astype(
+            np.float32)  # fmt: skip

@@ -15,6 +15,7 @@ from scoring.passes.runner import INSTRUCTIONS, run_pass
 from scoring.schema import decode_f16
 from scoring.scores import embedding_map
 from scoring.scores.embedding_map import _fit, compute_map
+from scoring.store import parts
 from scoring.store.parts import connect, read_pass, sql_str
 
 
@@ -50,7 +51,7 @@ def test_a_map_of_more_rows_than_it_fits_places_the_rest_from_their_nearest_fitt
                                                                                         monkeypatch):  # fmt: skip
     vectors = embedded_pass(tiny_model, cache, n=40)
     monkeypatch.setattr(embedding_map, "MAP_FIT", 24)
-    monkeypatch.setattr(embedding_map, "_BATCH", 7)  # read in several batches
+    monkeypatch.setattr(parts, "EMBEDDING_BATCH", 7)  # read in several batches
     assert compute_map(cache, "p") == 40
     points = layout_table(cache, "p")
     assert points["idx"].tolist() == list(range(40)) and np.isfinite(points[["x", "y"]].to_numpy()).all()
