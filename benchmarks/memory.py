@@ -131,7 +131,7 @@ def data_size(cache_root: Path, data: str, rows: int) -> dict:
     memory.reset_peak()
     started = time.perf_counter()
     ingest(source, cache, name=dataset_name(data, rows), limit=rows, replace=True, progress=False)
-    out = {"ingest": {"rows": rows, "peak_mb": memory.peak_mb(), "s": round(time.perf_counter() - started, 1)}}
+    out = {"ingest": {"rows": rows, "peak_mb": memory.peak_mb(), "s": round(time.perf_counter() - started, 2)}}
     memory.release()
     before = memory.rss_mb()
     rows_held = Rows(load_table(cache, dataset_name(data, rows), list(INSTRUCTIONS.columns)), INSTRUCTIONS.columns)

@@ -92,3 +92,34 @@ def test_tokenise_times_each_chunk_size_the_rendering_and_a_pass_both_ways(tmp_p
     scored = result["pass"]
     assert (scored["rows"], scored["chunk"], scored["device"], scored["threads"]) == (80, 64, "cpu", 1)
     assert set(scored["seconds"]) == {"inline", "prefetch"} and all(s > 0 for s in scored["seconds"].values())
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "gsm8k").exists(), reason="needs ../shared/data/gsm8k")
+def test_memory_data_size_reports_ingest_and_the_examples_a_job_holds(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory.py"), "--data-size", "gsm8k:300",
+                          "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=300,
+                         check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["data"] == "gsm8k" and result["ingest"]["rows"] == 300
+    assert result["ingest"]["peak_mb"] > 0 and result["ingest"]["s"] > 0
+    assert 0 < result["text_mb"] < 1  # 300 GSM8K conversations: ~0.2 MB of messages JSON
+    assert result["held_mb"] >= 0
+
+
+def test_memory_alpaca_variants_repeat_alpaca_with_every_row_distinct(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import memory as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    data = tmp_path / "data"
+    (data / "alpaca").mkdir(parents=True)
+    rows = [{"instruction": f"Say {w}.", "input": "", "output": w} for w in ("hi", "yes", "no")]
+    (data / "alpaca" / "a.json").write_text(json.dumps(rows))
+    monkeypatch.setattr(bench, "DATA", data)
+    path = bench.alpaca_variants(tmp_path / "cache", 7)
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert written[:3] == rows and len(written) == 7
+    assert written[3]["instruction"] == "Say hi. (variant 1)" and written[6]["instruction"] == "Say hi. (variant 2)"
+    assert len({json.dumps(r) for r in written}) == 7
