@@ -83,6 +83,7 @@ class _IdColumn:
         digest = _digest(str(value))
         if digest in self.seen:
             self.why, self.seen = f"value {str(value)!r} repeats at {raw.where}", set()
+            return
         self.seen.add(digest)
 
 
