@@ -5,6 +5,10 @@ A source is a file, a folder or glob of files (JSON, JSONL, Parquet, CSV, any of
 object as read, what goes into the ``original`` column, where it came from ("file:line" or "file:#row"), and any
 flag a read problem earned (``invalid_json``, ``bad_encoding``, ``not_an_object``). A problem that leaves no row to
 salvage (a file that does not parse as a whole, a missing file) is a UserError naming file and line.
+
+Every reader yields its records lazily, so a source is never held whole: JSONL and CSV a line at a time, Parquet
+a batch, a JSON array file an element at a time (:func:`_read_json_array`); only a JSON object that wraps the
+record list is parsed as one document. Ingest reads a source twice (:func:`record_reader`).
 """
 from __future__ import annotations
 
@@ -183,8 +187,88 @@ def _records_in(value: Any, path: Path) -> list:
     raise UserError(f"{path}: expected a JSON array of records, found a JSON {type(value).__name__}")
 
 
+_JSON_CHUNK = 1 << 20  # characters of a JSON array file decoded and parsed at a time
+_REPLACED = [0]  # bytes that were not UTF-8, replaced while decoding a JSON array file (see _note_replaced)
+
+
+def _note_replaced(error: UnicodeDecodeError) -> tuple[str, int]:
+    _REPLACED[0] += 1
+    return "\ufffd", error.end
+
+
+codecs.register_error("davir-noted-replace", _note_replaced)
+
+
+def _starts_array(path: Path) -> bool:
+    with _open_binary(path) as fh:
+        head = fh.read(4096)
+    return head.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"["
+
+
+def _read_json_array(path: Path, label: str) -> Iterator[Raw]:
+    """A JSON array file, one element at a time (never the whole file): a chunk of text is decoded and its complete
+    elements parsed, then the next; a parse error names file, line and column, as for a whole document."""
+    decoder, parse = codecs.getincrementaldecoder("utf-8")("davir-noted-replace"), json.JSONDecoder().raw_decode
+    buf, pos, line, col, i, replaced, eof = "", 0, 1, 1, 0, _REPLACED[0], False
+    with _open_binary(path) as fh:
+        def more() -> None:
+            nonlocal buf, pos, line, col, eof
+            done = buf[:pos]
+            newlines = done.count("\n")
+            line, col = line + newlines, (len(done) - done.rfind("\n") if newlines else col + len(done))
+            data = fh.read(max(_JSON_CHUNK, len(buf) - pos))  # an element longer than a chunk: double the read
+            eof = not data
+            buf, pos = buf[pos:] + decoder.decode(data, final=eof), 0
+
+        def fail(at: int, why: str):
+            before = buf[:at]
+            where = (line + before.count("\n"), at - before.rfind("\n") if "\n" in before else col + at)
+            raise UserError(f"{path}: not valid JSON at line {where[0]}, column {where[1]}: {why}")
+
+        more()
+        expect = "["
+        while True:
+            while pos < len(buf) and buf[pos] in (" \t\r\n\ufeff" if expect == "[" else " \t\r\n"):  # BOM first
+                pos += 1
+            if pos == len(buf):
+                if not eof:
+                    more()
+                    continue
+                if expect != "end":
+                    fail(pos, "Expecting ',' delimiter or ']'" if i else "Expecting value")
+                return
+            char = buf[pos]
+            if expect == "[" or (expect == "," and char == ","):
+                pos, expect = pos + 1, "value" if expect == "," else "first"
+            elif expect in ("first", ",") and char == "]":
+                pos, expect = pos + 1, "end"
+            elif expect in ("value", "first"):
+                try:
+                    item, end = parse(buf, pos)
+                except json.JSONDecodeError as e:  # cut off by the chunk's end (then read on), or invalid
+                    cut = e.msg.startswith("Unterminated string") or e.pos >= len(buf) - 8
+                    if not (cut and not eof):
+                        fail(e.pos, e.msg)
+                    more()
+                    continue
+                if end == len(buf) and not eof:  # a number may go on in the next chunk
+                    more()
+                    continue
+                raw = _as_raw(item, f"{label}:#{i}")
+                if _REPLACED[0] != replaced and "\ufffd" in json.dumps(item, ensure_ascii=False, default=str):
+                    raw.flag = join_flags(raw.flag, "bad_encoding")  # this record held the bad bytes
+                yield raw
+                pos, expect, i = end, ",", i + 1
+            else:
+                fail(pos, "Extra data" if expect == "end" else "Expecting ',' delimiter")
+
+
 def _read_json(path: Path, label: str) -> Iterator[Raw]:
-    """A whole-file JSON document; a parse error names file, line and column because no row can be salvaged."""
+    """A JSON file: an array is read an element at a time (:func:`_read_json_array`); anything else as a whole
+    document. A parse error names file, line and column because no row can be salvaged."""
+    if _starts_array(path):
+        yield from _read_json_array(path, label)
+        return
     with _open_binary(path) as fh:
         data = fh.read()
     if data.startswith(codecs.BOM_UTF8):

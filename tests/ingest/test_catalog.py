@@ -1,6 +1,7 @@
 """Ingest: layouts, ids, flags, errors, sources and storage (scoring/ingest/)."""
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import json
@@ -11,7 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from scoring.ingest import catalog, tables
+from scoring.ingest import catalog, sources, tables
 from scoring.ingest.catalog import dataset_meta, ingest, list_datasets, load_examples
 from scoring.ingest.layouts import FLAGS, parse_field_map
 from scoring.ingest.tables import fingerprint_rows
@@ -243,6 +244,32 @@ def test_bad_encoding_in_json_array_flags_only_affected_rows(tmp_path, cache):
     path.write_bytes(body)
     ingest(str(path), cache, name="enc", progress=False)
     assert load_examples(cache, "enc")["flag"].tolist() == ["", "bad_encoding", ""]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64, 1 << 20])
+def test_a_json_array_is_read_an_element_at_a_time_whatever_the_chunk(tmp_path, monkeypatch, chunk):
+    """A JSON array file is decoded and parsed a chunk at a time: every chunk size gives json.loads's records
+    (numbers, multi-byte characters and elements cut at any byte), a BOM is skipped, a bad byte flags only its row,
+    and a broken file's error names json.loads's line and column."""
+    monkeypatch.setattr(sources, "_JSON_CHUNK", chunk)
+    records = [{"instruction": f"café ✓ {i}", "n": 12345.678e-3 * i, "l": [1, None, True]} for i in range(40)]
+    records.insert(7, 42)
+    for indent in (None, 2):
+        path = tmp_path / f"a{indent}.json"
+        path.write_bytes(codecs.BOM_UTF8 + json.dumps(records, indent=indent, ensure_ascii=False).encode())
+        raws = list(sources._read_json(path, "a.json"))
+        assert [r.original for r in raws] == records and raws[40].where == "a.json:#40"
+        assert [r.flag for r in raws] == [""] * 7 + ["not_an_object"] + [""] * 33
+    path = tmp_path / "enc.json"
+    path.write_bytes(json.dumps(ALPACA).encode().replace(b"Blue", b"Bl\xffue"))
+    assert [r.flag for r in sources._read_json(path, "enc.json")] == ["", "bad_encoding", ""]
+    for broken in ('[\n  {"a": 1},\n  {"a": oops}\n]\n', '[{"a": 1},]', '[{"a": 1} {"b": 2}]', '[{"a": 1}] x',
+                   '[{"a": "cut\n"}]'):  # fmt: skip
+        with pytest.raises(json.JSONDecodeError) as expected:
+            json.loads(broken)
+        path.write_text(broken)
+        with pytest.raises(UserError, match=f"line {expected.value.lineno}, column {expected.value.colno}: "):
+            list(sources._read_json(path, "broken.json"))
 
 
 # ---------------------------------------------------------------------------------------------------- errors
