@@ -156,22 +156,33 @@ def dataset_kind(cache: Cache, name: str) -> str:
     return kind_of(dataset_meta(cache, name))
 
 
-def load_table(cache: Cache, name: str, columns: list[str] | None = None) -> pa.Table:
-    """The examples table of a dataset (optionally only some columns), in idx order, as Arrow: its text held about
-    at its own size (a DataFrame of Python strings holds ~5x; what a score job over millions of rows keeps)."""
+def _read(cache: Cache, name: str, columns: list[str] | None, filters=None) -> pa.Table:
     dataset_meta(cache, name)
     unknown = [c for c in columns or [] if c not in PAIR_EXAMPLES.names]  # pair datasets add "rejected"
     if unknown:
         raise UserError(f"unknown examples column {unknown[0]!r}; columns are {', '.join(PAIR_EXAMPLES.names)}")
     try:
-        return pq.read_table(cache.examples_path(name), columns=columns)
+        return pq.read_table(cache.examples_path(name), columns=columns, filters=filters)
     except (OSError, pa.ArrowException) as e:
         raise UserError(f"dataset {name!r}: cannot read its examples ({e}); ingest it again") from None
+
+
+def load_table(cache: Cache, name: str, columns: list[str] | None = None) -> pa.Table:
+    """The examples table of a dataset (optionally only some columns), in idx order, as Arrow: its text held about
+    at its own size (a DataFrame of Python strings holds ~5x; what a score job over millions of rows keeps)."""
+    return _read(cache, name, columns)
 
 
 def load_examples(cache: Cache, name: str, columns: list[str] | None = None) -> pd.DataFrame:
     """:func:`load_table` as a DataFrame."""
     return load_table(cache, name, columns).to_pandas()
+
+
+def load_row(cache: Cache, name: str, idx: int, columns: list[str]) -> dict | None:
+    """One example's ``columns`` (None when no row has that idx), read from the row group that holds it alone:
+    Parquet's idx statistics skip the others, so one row of a million costs about what one of a thousand does."""
+    rows = _read(cache, name, columns, filters=[("idx", "=", int(idx))]).to_pylist()
+    return rows[0] if rows else None
 
 
 def column_values(table: pa.Table, column: str, batch: int = 1024) -> Iterator:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from scoring.errors import UserError
-from scoring.ingest.catalog import load_examples
+from scoring.ingest.catalog import load_row
 from scoring.models.loading import cached_tokenizer
 from scoring.queries.view import positions, query
 from scoring.schema import decode_f16, decode_i32
@@ -71,11 +71,9 @@ def pair_example(cache: Cache, dataset: str, idx: int, job_id: str | None = None
 
     The app's pair view colours tokens from these; decoding the ids needs the job's tokenizer."""
     job = pick_job(cache, dataset, job_id)
-    examples = load_examples(cache, dataset, columns=["idx", "id", "prompt", "response", "rejected", "flag"])
-    row = examples[examples["idx"] == int(idx)]
-    if row.empty:
+    row = load_row(cache, dataset, idx, ["id", "prompt", "response", "rejected", "flag"])
+    if row is None:
         raise UserError(f"dataset {dataset!r} has no pair with idx {idx}")
-    row = row.iloc[0]
     out = {"idx": int(idx), "id": row["id"], "prompt": row["prompt"], "chosen": row["response"],
            "rejected": row["rejected"], "flag": row["flag"], "tokens": {}}  # fmt: skip
     for role in ("ref", "theta", "val"):

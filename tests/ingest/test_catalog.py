@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scoring.ingest import catalog, sources, tables
-from scoring.ingest.catalog import dataset_meta, ingest, list_datasets, load_examples
+from scoring.ingest.catalog import dataset_meta, ingest, list_datasets, load_examples, load_row
 from scoring.ingest.layouts import FLAGS, parse_field_map
 from scoring.ingest.tables import fingerprint_rows
 from scoring.errors import UserError
@@ -402,6 +402,20 @@ def test_ingest_streams_the_source_one_batch_at_a_time(tmp_path, cache, monkeypa
     assert (streamed.fingerprint, streamed.flag_counts) == (whole.fingerprint, {"duplicate": 1})
     pd.testing.assert_frame_equal(load_examples(cache, "streamed"), load_examples(cache, "whole"))
     assert load_examples(cache, "streamed")["flag"].tolist() == [""] * 10 + ["duplicate"]
+
+
+def test_load_row_reads_one_example_from_its_row_group(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(tables, "BATCH", 4)
+    rows = [dict(ALPACA[i % 3], instruction=f"task {i}") for i in range(10)]
+    ingest(str(write_jsonl(tmp_path / "r.jsonl", rows)), cache, name="r", progress=False)
+    whole = load_examples(cache, "r").set_index("idx")
+    for idx in (0, 5, 9):
+        assert load_row(cache, "r", idx, ["id", "prompt", "flag"]) == whole.loc[idx, ["id", "prompt", "flag"]].to_dict()
+    assert load_row(cache, "r", 10, ["id"]) is None
+    with pytest.raises(UserError, match="column"):
+        load_row(cache, "r", 0, ["nope"])
+    with pytest.raises(UserError):
+        load_row(cache, "missing", 0, ["id"])
 
 
 def test_fingerprint_rows_is_order_and_boundary_sensitive():
