@@ -22,7 +22,7 @@ from scoring.errors import UserError
 from scoring.ingest.catalog import dataset_meta
 from scoring.scores.views import GROUP_PREFIX, View
 from scoring.store.cache import Cache
-from scoring.store.parts import EMBEDDING_BATCH, embedded_idx, embedding_batches, parts_glob, sql_str
+from scoring.store.parts import EMBEDDING_BATCH, embedding_batches, parts_glob, sql_str
 
 _MEMO: OrderedDict = OrderedDict()
 _MEMO_LOCK = threading.Lock()
@@ -141,18 +141,17 @@ def _write_embedding_matrix(cache: Cache, view: View, path) -> bool:
     """Write ``path`` (see :func:`embedding_matrix`), filling it in place a batch of rows at a time: nothing but the
     matrix is ever held whole. False when the pass kept no embeddings."""
     glob = parts_glob(cache, view.job.base_pass)
-    embedded = embedded_idx(glob)
-    if not len(embedded):
-        return False
     idx, tmp = column(view, "idx"), path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
     matrix, total, has = None, None, np.zeros(len(idx), dtype=bool)
-    for batch_idx, vectors in embedding_batches(glob):
+    for batch_idx, vectors in embedding_batches(glob) if glob else ():
         if matrix is None:
             matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(idx), vectors.shape[1]))
             total = np.zeros(vectors.shape[1], dtype=np.float64)
         at = np.searchsorted(idx, batch_idx)
         matrix[at], has[at] = vectors, True
         total += vectors.sum(axis=0, dtype=np.float64)
+    if matrix is None:
+        return False
     mean = (total / has.sum()).astype(np.float32)
     for start in range(0, len(idx), EMBEDDING_BATCH):
         block, rows = matrix[start : start + EMBEDDING_BATCH], has[start : start + EMBEDDING_BATCH]

@@ -140,6 +140,13 @@ def test_embedding_matrix_rows_are_unit_or_zero(cache):
     assert view.path.with_name(f"{view.key}.emb.npy").exists()
 
 
+def test_embedding_matrix_is_none_when_the_pass_kept_no_embeddings(cache):
+    synthetic.build(cache.root, n=N, dataset="synth", part_rows=PART, dim=0, layout=False)
+    view = views.score_view(cache, "synth")
+    assert view_reads.embedding_matrix(cache, view) is None
+    assert not list(view.path.parent.glob(f"*{view.key}.emb*"))  # no matrix, and no temporary file left
+
+
 def test_group_values_clusters_and_original_columns(cache):
     synthetic.build(cache.root, n=N, dataset="synth", part_rows=PART)
     view = views.score_view(cache, "synth")
