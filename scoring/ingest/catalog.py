@@ -112,7 +112,7 @@ def ingest(source: str, cache: Cache, name: str | None = None, limit: int | None
         meta = {
             "name": name, "fingerprint": built.fingerprint, "source": src.display, "layout": spec.layout,
             "kind": kind.name, "n_rows": built.n_rows, "flag_counts": built.flag_counts, "columns": found.columns,
-            "id_column": built.id_column, "limit": limit, "field_map": field_map or None,
+            "id_column": id_column, "limit": limit, "field_map": field_map or None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         # Examples first, meta last: a dataset is listed only once its examples are complete.
@@ -156,7 +156,10 @@ def dataset_kind(cache: Cache, name: str) -> str:
     return kind_of(dataset_meta(cache, name))
 
 
-def _read(cache: Cache, name: str, columns: list[str] | None, filters=None) -> pa.Table:
+def load_table(cache: Cache, name: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+    """The examples table of a dataset (optionally only some columns; ``filters``: pyarrow's, on any column), in idx
+    order, as Arrow: its text held about at its own size (a DataFrame of Python strings holds ~5x; what a score job
+    over millions of rows keeps)."""
     dataset_meta(cache, name)
     unknown = [c for c in columns or [] if c not in PAIR_EXAMPLES.names]  # pair datasets add "rejected"
     if unknown:
@@ -167,12 +170,6 @@ def _read(cache: Cache, name: str, columns: list[str] | None, filters=None) -> p
         raise UserError(f"dataset {name!r}: cannot read its examples ({e}); ingest it again") from None
 
 
-def load_table(cache: Cache, name: str, columns: list[str] | None = None) -> pa.Table:
-    """The examples table of a dataset (optionally only some columns), in idx order, as Arrow: its text held about
-    at its own size (a DataFrame of Python strings holds ~5x; what a score job over millions of rows keeps)."""
-    return _read(cache, name, columns)
-
-
 def load_examples(cache: Cache, name: str, columns: list[str] | None = None) -> pd.DataFrame:
     """:func:`load_table` as a DataFrame."""
     return load_table(cache, name, columns).to_pandas()
@@ -181,7 +178,7 @@ def load_examples(cache: Cache, name: str, columns: list[str] | None = None) -> 
 def load_row(cache: Cache, name: str, idx: int, columns: list[str]) -> dict | None:
     """One example's ``columns`` (None when no row has that idx), read from the row group that holds it alone:
     Parquet's idx statistics skip the others, so one row of a million costs about what one of a thousand does."""
-    rows = _read(cache, name, columns, filters=[("idx", "=", int(idx))]).to_pylist()
+    rows = load_table(cache, name, columns, filters=[("idx", "=", int(idx))]).to_pylist()
     return rows[0] if rows else None
 
 

@@ -59,7 +59,6 @@ class Kind:
 class Built:
     fingerprint: str
     flag_counts: dict[str, int]
-    id_column: str | None
     n_rows: int
 
 
@@ -143,14 +142,6 @@ class Fingerprint:
         return self._h.hexdigest()
 
 
-def fingerprint_rows(ids: Iterable[str], contents: Iterable[str]) -> str:
-    """:class:`Fingerprint` of rows given as two lists."""
-    fingerprint = Fingerprint()
-    for row_id, content in zip(ids, contents, strict=True):
-        fingerprint.add(row_id, content)
-    return fingerprint.hexdigest()
-
-
 def write_examples(raws: Iterable[Raw], kind: Kind, id_column: str | None, n: int, path: Path,
                    progress: bool) -> Built:  # fmt: skip
     """Normalise every record into the kind's schema, :data:`BATCH` at a time, flagging repeats of earlier content
@@ -171,7 +162,7 @@ def write_examples(raws: Iterable[Raw], kind: Kind, id_column: str | None, n: in
                 cols = _empty(kind)
         bar.update(len(cols["idx"]))
         _flush(writer, cols, kind, flag_counts)
-    return Built(fingerprint.hexdigest(), flag_counts, id_column, idx)
+    return Built(fingerprint.hexdigest(), flag_counts, idx)
 
 
 def _empty(kind: Kind) -> dict[str, list]:

@@ -37,10 +37,10 @@ def compute_map(cache: Cache, pass_key: str, seed: int = 0) -> int:
         if not vectors.shape[1]:
             vectors = np.empty((len(fit), batch.shape[1]), np.float32)
         vectors[np.searchsorted(fit, batch_idx[keep])] = batch[keep]
-    coords = np.full((len(idx), 2), np.nan, np.float32)
-    coords[np.searchsorted(idx, fit)] = _fit(vectors, seed)
+    coords, fitted = np.full((len(idx), 2), np.nan, np.float32), _fit(vectors, seed)
+    coords[np.searchsorted(idx, fit)] = fitted
     if len(fit) < len(idx):
-        _place_the_rest(glob, fit, vectors, coords[np.searchsorted(idx, fit)], idx, coords, seed)
+        _place_the_rest(glob, fit, vectors, fitted, idx, coords, seed)
     table = pa.table({"idx": idx, "x": coords[:, 0], "y": coords[:, 1]})
     atomic_write_parquet(cache.map_path(pass_key), table)
     return len(idx)

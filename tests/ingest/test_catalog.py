@@ -15,7 +15,7 @@ import pytest
 from scoring.ingest import catalog, sources, tables
 from scoring.ingest.catalog import dataset_meta, ingest, list_datasets, load_examples, load_row
 from scoring.ingest.layouts import FLAGS, parse_field_map
-from scoring.ingest.tables import fingerprint_rows
+from scoring.ingest.tables import Fingerprint
 from scoring.errors import UserError
 from scoring.schema import EXAMPLES
 from scoring.store.cache import Cache
@@ -416,6 +416,13 @@ def test_load_row_reads_one_example_from_its_row_group(tmp_path, cache, monkeypa
         load_row(cache, "r", 0, ["nope"])
     with pytest.raises(UserError):
         load_row(cache, "missing", 0, ["id"])
+
+
+def fingerprint_rows(ids: list[str], contents: list[str]) -> str:
+    fingerprint = Fingerprint()
+    for row_id, content in zip(ids, contents, strict=True):
+        fingerprint.add(row_id, content)
+    return fingerprint.hexdigest()
 
 
 def test_fingerprint_rows_is_order_and_boundary_sensitive():
